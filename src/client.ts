@@ -1,0 +1,148 @@
+/**
+ * The requester side of the protocol, shared by the CLI, the scheduler and
+ * the MCP server. A requester may not receive on `_INBOX` under the plan's
+ * permissions, so it listens on its own `build.responses.<unique id>`,
+ * subscribes *before* publishing, and stops listening at the final message.
+ */
+import { nuid, type Msg, type NatsConnection, type Subscription } from "nats";
+import { NoBuilderError, HomelabDeployError } from "./errors.js";
+import {
+  BuildResponseSchema,
+  RESPONSE_PREFIX,
+  buildSubject,
+  isFinal,
+  type BuildResponse,
+  type FinalResponse,
+} from "./protocol.js";
+
+export interface BuildTarget {
+  repo: string;
+  target: string;
+  ref?: string | undefined;
+}
+
+export interface ExchangeOptions<T> {
+  /** No acknowledgement within this long means nobody is serving the subject. */
+  ackTimeoutMs: number;
+  signal?: AbortSignal;
+  /** Every valid message, in order. */
+  onMessage?: (message: T) => void;
+  /** A message that did not match the protocol (reported, then ignored). */
+  onInvalid?: (raw: string) => void;
+}
+
+/** The caller gave up waiting (MCP cancel, Ctrl-C). The build goes on for its other requesters. */
+export class RequestAbortedError extends HomelabDeployError {}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+export function newReplySubject(): string {
+  return `${RESPONSE_PREFIX}${nuid.next()}`;
+}
+
+interface Exchange<T> {
+  subject: string;
+  payload: Uint8Array;
+  parse: (json: unknown) => T | undefined;
+  /** First message that proves a builder took the request. */
+  isAck: (message: T) => boolean;
+  isFinal: (message: T) => boolean;
+}
+
+/**
+ * Publishes one request and follows its answers until the final one.
+ * Rejects with NoBuilderError when NATS reports no responders or nothing
+ * acknowledges the request in time.
+ */
+export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, options: ExchangeOptions<T>): Promise<T> {
+  const reply = newReplySubject();
+  let subscription: Subscription | undefined;
+  let ackTimer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  const cleanup = () => {
+    clearTimeout(ackTimer);
+    if (onAbort) options.signal?.removeEventListener("abort", onAbort);
+    subscription?.unsubscribe();
+  };
+  const result = new Promise<T>((resolve, reject) => {
+    const fail = (err: Error) => {
+      cleanup();
+      reject(err);
+    };
+    onAbort = () => fail(new RequestAbortedError("stopped waiting for the builder's answer"));
+    if (options.signal?.aborted) return onAbort();
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+    subscription = nc.subscribe(reply, {
+      callback: (err, msg) => {
+        if (err) return fail(err);
+        if (isNoResponders(msg)) {
+          return fail(new NoBuilderError(`no builder is listening on ${request.subject} (NATS reported no responders); is the builder running?`));
+        }
+        const message = parseMessage(msg, request.parse);
+        if (message === undefined) return options.onInvalid?.(decoder.decode(msg.data));
+        if (request.isAck(message)) clearTimeout(ackTimer);
+        options.onMessage?.(message);
+        if (request.isFinal(message)) {
+          cleanup();
+          resolve(message);
+        }
+      },
+    });
+    ackTimer = setTimeout(() => {
+      const seconds = Math.round(options.ackTimeoutMs / 1000);
+      fail(new NoBuilderError(`no builder answered on ${request.subject} within ${seconds}s; is the builder running and connected to this NATS server?`));
+    }, options.ackTimeoutMs);
+  });
+  try {
+    // The subscription must be known to the server before anyone can answer.
+    await nc.flush();
+    nc.publish(request.subject, request.payload, { reply });
+  } catch (err) {
+    cleanup();
+    result.catch(() => undefined);
+    throw err;
+  }
+  return result;
+}
+
+function isNoResponders(msg: Msg): boolean {
+  return msg.data.length === 0 && msg.headers?.code === 503;
+}
+
+function parseMessage<T>(msg: Msg, parse: (json: unknown) => T | undefined): T | undefined {
+  try {
+    return parse(JSON.parse(decoder.decode(msg.data)));
+  } catch {
+    return undefined;
+  }
+}
+
+export function parseBuildResponse(json: unknown): BuildResponse | undefined {
+  const parsed = BuildResponseSchema.safeParse(json);
+  return parsed.success ? parsed.data : undefined;
+}
+
+export function requestPayload(body: Record<string, unknown> | undefined): Uint8Array {
+  if (!body || Object.keys(body).length === 0) return new Uint8Array();
+  return encoder.encode(JSON.stringify(body));
+}
+
+/** Requests a build and follows it to `completed` or `rejected`. */
+export function requestBuild(
+  nc: NatsConnection,
+  target: BuildTarget,
+  options: ExchangeOptions<BuildResponse>,
+): Promise<FinalResponse> {
+  return exchange<BuildResponse>(
+    nc,
+    {
+      subject: buildSubject(target.repo, target.target),
+      payload: requestPayload(target.ref ? { ref: target.ref } : undefined),
+      parse: parseBuildResponse,
+      isAck: (m) => m.type === "accepted" || m.type === "rejected",
+      isFinal,
+    },
+    options,
+  ) as Promise<FinalResponse>;
+}

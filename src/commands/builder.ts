@@ -1,0 +1,36 @@
+/** `homelab-deploy builder --config FILE`: the long-running build service. */
+import { Option, type Command } from "commander";
+import { loadConfig } from "../config.js";
+import { startDaemon } from "../daemon.js";
+import { ExitCode } from "../errors.js";
+import { createLogger } from "../logger.js";
+
+/** systemd's default TimeoutStopSec is 90 s; we promise far less. */
+const STOP_DEADLINE_MS = 9_500;
+
+export function registerBuilder(program: Command): void {
+  program
+    .command("builder")
+    .description("run the build service: take build requests from NATS and build them with nix, one host at a time")
+    .addOption(new Option("-c, --config <file>", "config file (YAML, or JSON)").env("HOMELAB_DEPLOY_CONFIG").makeOptionMandatory())
+    .action(async (flags: { config: string }) => {
+      process.exitCode = await runBuilder(flags.config);
+    });
+}
+
+export async function runBuilder(configFile: string): Promise<number> {
+  const config = await loadConfig(configFile);
+  const logger = createLogger({ level: config.log.level, fd: 1 });
+  const daemon = await startDaemon(config, logger);
+  const onSignal = (signal: NodeJS.Signals) => {
+    logger.info({ signal }, "received signal");
+    setTimeout(() => {
+      logger.error({ deadlineMs: STOP_DEADLINE_MS }, "graceful stop took too long; exiting now");
+      process.exit(ExitCode.buildFailed);
+    }, STOP_DEADLINE_MS).unref();
+    void daemon.stop();
+  };
+  process.once("SIGTERM", onSignal);
+  process.once("SIGINT", onSignal);
+  return daemon.done;
+}

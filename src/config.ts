@@ -1,0 +1,133 @@
+/**
+ * The builder's config file: YAML (JSON is YAML too, which is what the NixOS
+ * module renders). Every key is documented in config.example.yaml; the key
+ * names are a contract with operators' configs, so renames need a migration.
+ */
+import { readFile } from "node:fs/promises";
+import { parse as parseYaml } from "yaml";
+import { z } from "zod";
+import { parseDuration } from "./duration.js";
+import { ConfigError, errorMessage } from "./errors.js";
+import { RepoNameSchema } from "./protocol.js";
+
+const DurationSchema = z.union([z.string(), z.number()]).transform((value, ctx) => {
+  const ms = parseDuration(value);
+  if (ms === undefined || ms <= 0) {
+    ctx.addIssue({ code: "custom", message: `expected a duration like 30s, 10m or 1h, got ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+const NatsUrlSchema = z
+  .string()
+  .regex(/^(nats|tls|ws|wss):\/\/[^\s/]+\/?$|^[A-Za-z0-9.-]+:\d+$/, {
+    message: "expected a NATS server URL like nats://host:4222",
+  });
+
+// The flake reference types a builder can fetch; indirect ids ("nixpkgs")
+// are refused because they depend on the machine's registry.
+const FLAKE_URL_RE =
+  /^(?:(?:git\+(?:https?|ssh|file)|hg\+(?:https?|ssh|file)|tarball\+https?|file\+https?|https?|file|path|github|gitlab|sourcehut):[^\s]+|\/[^\s]*)$/;
+
+const FlakeUrlSchema = z.string().refine((url) => FLAKE_URL_RE.test(url) && !url.includes("#"), {
+  message: "expected a flake URL such as git+https://example.org/repo.git or github:owner/repo (no #fragment)",
+});
+
+const SubjectTokenSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, {
+  message: 'expected letters, digits, "-" or "_"',
+});
+
+const NatsSchema = z.strictObject({
+  url: z.union([NatsUrlSchema, z.array(NatsUrlSchema).min(1)]).default("nats://127.0.0.1:4222"),
+  nkeySeedFile: z.string().min(1).optional(),
+  queueGroup: SubjectTokenSchema.optional(),
+  name: z.string().min(1).max(128).optional(),
+});
+
+const RepoSchema = z.strictObject({ url: FlakeUrlSchema });
+
+const BuildSchema = z.strictObject({
+  timeout: DurationSchema.default(3_600_000),
+  resolveTimeout: DurationSchema.default(600_000),
+  maxQueue: z.number().int().min(1).max(10_000).default(32),
+  logTailLines: z.number().int().min(1).max(1_000).default(50),
+  keepGoing: z.boolean().default(true),
+  killGrace: DurationSchema.default(3_000),
+  nixBin: z.string().min(1).default("nix"),
+});
+
+const LogSchema = z.strictObject({
+  level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),
+});
+
+export const ConfigSchema = z
+  .strictObject({
+    nats: NatsSchema,
+    repos: z.record(RepoNameSchema, RepoSchema).refine((repos) => Object.keys(repos).length > 0, {
+      message: "expected at least one repo",
+    }),
+    build: BuildSchema.default(BuildSchema.parse({})),
+    log: LogSchema.default(LogSchema.parse({})),
+  })
+  .superRefine((config, ctx) => {
+    if (!config.nats.nkeySeedFile) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["nats", "nkeySeedFile"],
+        message: "required: the path to the builder's NATS user NKey seed",
+      });
+    }
+  });
+
+export type Config = z.infer<typeof ConfigSchema>;
+export type RepoConfig = z.infer<typeof RepoSchema>;
+export type BuildConfig = z.infer<typeof BuildSchema>;
+
+export function natsServers(config: Pick<Config, "nats">): string[] {
+  const { url } = config.nats;
+  return Array.isArray(url) ? url : [url];
+}
+
+/** "repos.nixos-servers.url: expected a flake URL …" — one line per problem. */
+export function formatIssues(error: z.ZodError): string[] {
+  return error.issues.flatMap((issue) => {
+    const path = issue.path.map(String).join(".");
+    if (issue.code === "unrecognized_keys") {
+      return issue.keys.map((key) => `${path ? `${path}.` : ""}${key}: unknown key`);
+    }
+    return [`${path || "(top level)"}: ${issueMessage(issue)}`];
+  });
+}
+
+function issueMessage(issue: z.core.$ZodIssue): string {
+  if (issue.code === "invalid_key") {
+    const inner = issue.issues.map((i) => i.message).join("; ");
+    return `invalid name: ${inner}`;
+  }
+  const missing = /^Invalid input: expected (\w+), received undefined$/.exec(issue.message);
+  if (missing) return `required (expected ${missing[1]})`;
+  return issue.message;
+}
+
+export function parseConfig(raw: unknown, file: string): Config {
+  const result = ConfigSchema.safeParse(raw ?? {});
+  if (!result.success) throw new ConfigError(file, formatIssues(result.error));
+  return result.data;
+}
+
+export async function loadConfig(file: string): Promise<Config> {
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (err) {
+    throw new ConfigError(file, [`cannot read file: ${errorMessage(err)}`], { cause: err });
+  }
+  let raw: unknown;
+  try {
+    raw = parseYaml(text);
+  } catch (err) {
+    throw new ConfigError(file, [`not valid YAML/JSON: ${errorMessage(err)}`], { cause: err });
+  }
+  return parseConfig(raw, file);
+}

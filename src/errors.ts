@@ -1,0 +1,73 @@
+/**
+ * The error classes of homelab-deploy. Each carries the exit code the CLI
+ * should use and a message written for the operator who has to fix it.
+ * Build failures are not errors: they are results (see protocol.ts).
+ */
+
+export const ExitCode = {
+  ok: 0,
+  buildFailed: 1,
+  /** Usage, configuration or connection problem: nothing was built. */
+  usage: 2,
+} as const;
+
+export class HomelabDeployError extends Error {
+  readonly exitCode: number = ExitCode.usage;
+
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** Wrong or missing command-line arguments. */
+export class UsageError extends HomelabDeployError {}
+
+/** The config file is unreadable or does not match the schema. */
+export class ConfigError extends HomelabDeployError {
+  constructor(
+    readonly file: string,
+    readonly problems: readonly string[],
+    options?: { cause?: unknown },
+  ) {
+    super(`invalid config ${file}:\n  ${problems.join("\n  ")}`, options);
+  }
+}
+
+/** An NKey seed could not be read or is not a NATS user seed. Never carries the seed. */
+export class CredentialsError extends HomelabDeployError {}
+
+/** NATS could not be reached, refused us, or closed the connection for good. */
+export class ConnectionError extends HomelabDeployError {
+  constructor(
+    message: string,
+    readonly reason: "refused" | "unreachable" | "closed",
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** The client published a request and no builder answered it. */
+export class NoBuilderError extends HomelabDeployError {}
+
+/** nix could not be run at all, or printed something we cannot use (not a failed build). */
+export class NixError extends HomelabDeployError {
+  constructor(
+    message: string,
+    readonly detail: { args?: readonly string[]; exitCode?: number; stderrTail?: readonly string[] } = {},
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export function errorMessage(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}
+
+export function exitCodeOf(err: unknown): number {
+  if (err instanceof HomelabDeployError) return err.exitCode;
+  return ExitCode.usage;
+}

@@ -1,0 +1,42 @@
+/**
+ * The builder's event stream. Everything that happens to a job is emitted
+ * here once; requesters' messages, metrics and logs are all fed from it, so
+ * observers never reach into the build code.
+ */
+import type { Job } from "./queue.js";
+import type { BuildResponse, Rejected } from "./protocol.js";
+
+export type BuilderEvent =
+  /** A protocol message was sent to the requesters of `job`. */
+  | { type: "response"; job: Job; message: BuildResponse }
+  /** A request was answered with `rejected` and never became a job. */
+  | { type: "rejected"; subject: string; message: Rejected }
+  /** The queue changed: a job was added, started, finished or removed. */
+  | { type: "queue"; depth: number; running: Job | null };
+
+export type BuilderEventListener = (event: BuilderEvent) => void;
+
+export class EventBus {
+  private readonly listeners: BuilderEventListener[] = [];
+
+  constructor(private readonly onListenerError: (err: unknown) => void = () => undefined) {}
+
+  on(listener: BuilderEventListener): () => void {
+    this.listeners.push(listener);
+    return () => {
+      const index = this.listeners.indexOf(listener);
+      if (index !== -1) this.listeners.splice(index, 1);
+    };
+  }
+
+  /** A throwing observer is reported and skipped; it never breaks a build. */
+  emit(event: BuilderEvent): void {
+    for (const listener of this.listeners) {
+      try {
+        listener(event);
+      } catch (err) {
+        this.onListenerError(err);
+      }
+    }
+  }
+}
