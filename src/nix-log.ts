@@ -73,6 +73,8 @@ export type NixEvent = z.infer<typeof NixEventSchema>;
 export type NixLine = NixEvent | { action: "plain"; text: string } | { action: "ignored" };
 
 const PREFIX = "@nix ";
+/** Advice nix prints at error level after the real error. */
+const HINT = /^\(use '--show-trace'/;
 
 /** One stderr line from nix, classified. Never throws. */
 export function parseNixLine(line: string): NixLine {
@@ -183,9 +185,13 @@ export class NixLogState {
     return this.tail.toArray();
   }
 
-  /** nix's last error, ANSI codes removed, or undefined if it printed none. */
-  lastError(): NixError | undefined {
-    return this.errors[this.errors.length - 1];
+  /**
+   * The error that explains the failure: nix's first one (later ones are
+   * consequences, e.g. "1 dependencies of derivation … failed to build"),
+   * ANSI codes removed; undefined if nix printed none.
+   */
+  mainError(): NixError | undefined {
+    return this.errors[0];
   }
 
   private onStart(event: z.infer<typeof StartSchema>): boolean {
@@ -293,12 +299,11 @@ export class NixLogState {
     const text = stripVTControlCharacters(event.msg);
     if (event.level > Verbosity.Warn) return;
     this.tail.push(text);
-    if (event.level !== Verbosity.Error) return;
+    if (event.level !== Verbosity.Error || HINT.test(text)) return;
     const error: NixError = { message: text };
     if (event.file) error.file = event.file;
     if (typeof event.line === "number") error.line = event.line;
     if (typeof event.column === "number") error.column = event.column;
-    this.errors.push(error);
-    if (this.errors.length > NixLogState.MAX_ERRORS) this.errors.shift();
+    if (this.errors.length < NixLogState.MAX_ERRORS) this.errors.push(error);
   }
 }

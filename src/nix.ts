@@ -8,6 +8,7 @@
  * `--json` instead of `--print-out-paths` (absent in 2.8), and `-L` *before*
  * `--log-format internal-json` (in 2.8 a later `-L` resets the format).
  */
+import { stripVTControlCharacters } from "node:util";
 import { execa } from "execa";
 import { z } from "zod";
 import { forEachLine } from "./line-splitter.js";
@@ -212,7 +213,7 @@ export function describeFailure(run: RunResult, nixBin: string): string {
     case "exited":
       break;
   }
-  const nixError = run.log.lastError();
+  const nixError = run.log.mainError();
   if (nixError) return nixError.message.replace(/^error:\s*/, "");
   if (run.signal) return `nix was killed by ${run.signal}`;
   if (run.exitCode === 137) return "nix exited with code 137 (killed, perhaps out of memory)";
@@ -231,7 +232,7 @@ export function hostBuildFrom(run: RunResult, nixBin: string): HostBuild {
     return { status: "failure", durationMs, error: `nix build succeeded but printed no store path: ${truncate(run.stdout)}` };
   }
   // No Realise/Builds activity means nix never got past evaluation.
-  const evalError = run.outcome === "exited" && !run.log.realiseStarted && run.log.lastError() !== undefined;
+  const evalError = run.outcome === "exited" && !run.log.realiseStarted && run.log.mainError() !== undefined;
   return {
     status: evalError ? "eval_error" : "failure",
     durationMs,
@@ -241,7 +242,7 @@ export function hostBuildFrom(run: RunResult, nixBin: string): HostBuild {
 }
 
 function truncate(text: string, max = 200): string {
-  const flat = text.replace(/\s+/g, " ").trim();
+  const flat = stripVTControlCharacters(text).replace(/\s+/g, " ").trim();
   return flat.length > max ? `${flat.slice(0, max)}…` : flat || "(nothing)";
 }
 

@@ -5,7 +5,7 @@
 import { execFile } from "node:child_process";
 import { chmod, cp, mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { dirname, isAbsolute, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { randomBytes } from "node:crypto";
@@ -33,6 +33,7 @@ export interface FixtureFlake {
   events(): Promise<Array<{ what: "start" | "end"; host: string; at: number }>>;
 }
 
+/** `fixture`: a directory name under test/fixtures, or an absolute path to a flake directory. */
 export async function createFixtureFlake(fixture = "flake"): Promise<FixtureFlake> {
   const dir = await mkdtemp(join(tmpdir(), "hd-flake-"));
   await chmod(dir, 0o755);
@@ -40,7 +41,7 @@ export async function createFixtureFlake(fixture = "flake"): Promise<FixtureFlak
   // nix runs builders as the nixbld users, even without a sandbox.
   await mkdir(eventsDir, { mode: 0o1777 });
   await chmod(eventsDir, 0o1777);
-  await cp(join(FIXTURES, fixture), dir, { recursive: true });
+  await cp(isAbsolute(fixture) ? fixture : join(FIXTURES, fixture), dir, { recursive: true });
   const flakeFile = join(dir, "flake.nix");
   const template = await readFile(flakeFile, "utf8");
   await writeFile(flakeFile, template.replaceAll("@SYSTEM@", nixSystem).replaceAll("@EVENTS@", eventsDir));

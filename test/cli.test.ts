@@ -1,0 +1,66 @@
+/** The CLI as a user meets it: help, exit codes, config errors. */
+import { mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { runCli } from "./support/cli.js";
+
+describe("homelab-deploy", () => {
+  it("has --help for itself and every subcommand, exiting 0", async () => {
+    const root = await runCli(["--help"]);
+    expect(root.exitCode).toBe(0);
+    expect(root.stdout).toMatch(/builder \[options\]/);
+    expect(root.stdout).toMatch(/build \[options\] <repo> <target>/);
+    const builder = await runCli(["builder", "--help"]);
+    expect(builder.exitCode).toBe(0);
+    expect(builder.stdout).toContain("--config <file>");
+    const build = await runCli(["build", "--help"]);
+    expect(build.exitCode).toBe(0);
+    for (const flag of ["--ref <ref>", "--json", "--nats-url <url>", "--nkey-seed-file <file>", "HOMELAB_DEPLOY_NATS_URL"]) {
+      expect(build.stdout).toContain(flag);
+    }
+  });
+
+  it("exits 2 on usage errors", async () => {
+    expect((await runCli(["bogus"])).exitCode).toBe(2);
+    expect((await runCli(["build", "only-repo"])).exitCode).toBe(2);
+    expect((await runCli(["builder"])).exitCode).toBe(2);
+    const noCreds = await runCli(["build", "nixos-servers", "ns1"], { HOMELAB_DEPLOY_NKEY_SEED_FILE: "" });
+    expect(noCreds.exitCode).toBe(2);
+    expect(noCreds.stderr).toContain("--nkey-seed-file");
+  });
+
+  it("prints its version", async () => {
+    const { exitCode, stdout } = await runCli(["--version"]);
+    expect(exitCode).toBe(0);
+    expect(stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+  });
+
+  it("refuses a bad builder config with the key's path and exit code 2", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "hd-cli-"));
+    const file = join(dir, "config.yaml");
+    await writeFile(
+      file,
+      ["nats:", "  nkeySeedFile: /x", "  colour: blue", "repos:", "  nixos-servers:", "    url: ftp//nope", "build:", "  timeout: soon", ""].join("\n"),
+    );
+    const { exitCode, stderr, stdout } = await runCli(["builder", "--config", file]);
+    expect(exitCode).toBe(2);
+    expect(stdout).toBe("");
+    expect(stderr).toContain(`invalid config ${file}`);
+    expect(stderr).toContain("nats.colour: unknown key");
+    expect(stderr).toMatch(/repos\.nixos-servers\.url: expected a flake URL/);
+    expect(stderr).toContain('build.timeout: expected a duration like 30s, 10m or 1h, got "soon"');
+  });
+
+  it("exits 2 when the builder's seed file is unusable, without printing its content", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "hd-cli-"));
+    const seed = join(dir, "seed");
+    await writeFile(seed, "SAAGNSECRETNOTAUSERSEED\n");
+    const file = join(dir, "config.json");
+    await writeFile(file, JSON.stringify({ nats: { nkeySeedFile: seed }, repos: { r: { url: "git+file:///nonexistent" } } }));
+    const { exitCode, stderr, stdout } = await runCli(["builder", "--config", file]);
+    expect(exitCode).toBe(2);
+    expect(stderr).toContain(`seed file ${seed} holds an NKey seed, but not a user seed`);
+    expect(stderr + stdout).not.toContain("SAAGNSECRET");
+  });
+});

@@ -1,0 +1,102 @@
+import { mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { loadConfig, parseConfig } from "../src/config.js";
+import { ConfigError } from "../src/errors.js";
+import { ROOT } from "./support/cli.js";
+
+const base = {
+  nats: { url: "nats://127.0.0.1:4222", nkeySeedFile: "/run/keys/builder.nk" },
+  repos: { "nixos-servers": { url: "git+https://git.t-juice.club/torjus/nixos-servers.git" } },
+};
+
+function problems(raw: unknown): string[] {
+  try {
+    parseConfig(raw, "test.yaml");
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return [...(err as ConfigError).problems];
+  }
+  throw new Error("expected the config to be rejected");
+}
+
+describe("config", () => {
+  it("accepts config.example.yaml as shipped", async () => {
+    const config = await loadConfig(join(ROOT, "config.example.yaml"));
+    expect(Object.keys(config.repos)).toEqual(["nixos-servers", "nixos"]);
+    expect(config.repos["nixos-servers"]?.url).toBe("git+https://git.t-juice.club/torjus/nixos-servers.git");
+    expect(config.build).toMatchObject({ timeout: 3_600_000, maxQueue: 32, logTailLines: 50 });
+  });
+
+  it("fills in the documented defaults", () => {
+    const config = parseConfig(base, "test.yaml");
+    expect(config.build).toEqual({
+      timeout: 3_600_000,
+      resolveTimeout: 600_000,
+      maxQueue: 32,
+      logTailLines: 50,
+      keepGoing: true,
+      killGrace: 3_000,
+      nixBin: "nix",
+    });
+    expect(config.log.level).toBe("info");
+    expect(config.nats.queueGroup).toBeUndefined();
+  });
+
+  it("takes a list of NATS URLs and durations with several units", () => {
+    const config = parseConfig(
+      { ...base, nats: { ...base.nats, url: ["nats://a:4222", "tls://b:4222"] }, build: { timeout: "1h30m", resolveTimeout: 90 } },
+      "test.yaml",
+    );
+    expect(config.nats.url).toEqual(["nats://a:4222", "tls://b:4222"]);
+    expect(config.build.timeout).toBe(5_400_000);
+    expect(config.build.resolveTimeout).toBe(90_000);
+  });
+
+  it("names the key and what is wrong with it", () => {
+    expect(problems({ ...base, repos: { "nixos-servers": { url: "not a url" } } })).toEqual([
+      expect.stringMatching(/^repos\.nixos-servers\.url: expected a flake URL/),
+    ]);
+    expect(problems({ ...base, build: { timeout: "forever" } })).toEqual([
+      'build.timeout: expected a duration like 30s, 10m or 1h, got "forever"',
+    ]);
+    expect(problems({ ...base, build: { maxQueue: 0 } })).toEqual([expect.stringMatching(/^build\.maxQueue: /)]);
+    expect(problems({ ...base, log: { level: "loud" } })).toEqual([expect.stringMatching(/^log\.level: /)]);
+    expect(problems({ ...base, nats: { ...base.nats, url: "http://x" } })).toEqual([
+      expect.stringMatching(/^nats\.url: /),
+    ]);
+  });
+
+  it("reports unknown keys by path instead of ignoring them", () => {
+    expect(problems({ ...base, nats: { ...base.nats, nkeySeed: "SU..." }, bild: {} })).toEqual([
+      "nats.nkeySeed: unknown key",
+      "bild: unknown key",
+    ]);
+  });
+
+  it("rejects repo names that cannot be subjects or collide with control subjects", () => {
+    for (const name of ["responses", "status", "bad name", "a.b", "-x"]) {
+      expect(problems({ ...base, repos: { [name]: { url: "github:a/b" } } })).toEqual([
+        expect.stringMatching(new RegExp(`^repos\\.${name.replace(".", "\\.")}: invalid name`)),
+      ]);
+    }
+  });
+
+  it("requires repos and an NKey source", () => {
+    expect(problems({ nats: {}, repos: {} })).toEqual([
+      "repos: expected at least one repo",
+      "nats.nkeySeedFile: required: the path to the builder's NATS user NKey seed",
+    ]);
+    expect(problems(null)).toEqual(["nats: required (expected object)", "repos: required (expected record)"]);
+  });
+
+  it("reads JSON as well as YAML, and says when the file is neither", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "hd-config-"));
+    await writeFile(join(dir, "c.json"), JSON.stringify(base));
+    expect((await loadConfig(join(dir, "c.json"))).repos["nixos-servers"]).toBeDefined();
+    await writeFile(join(dir, "bad.yaml"), "nats: [unclosed\n");
+    await expect(loadConfig(join(dir, "bad.yaml"))).rejects.toThrow(/not valid YAML\/JSON/);
+    await expect(loadConfig(join(dir, "missing.yaml"))).rejects.toThrow(/cannot read file/);
+  });
+});
