@@ -6,6 +6,8 @@
 import { Command, CommanderError } from "commander";
 import { registerBuild } from "./commands/build.js";
 import { registerBuilder } from "./commands/builder.js";
+import { registerCancel } from "./commands/cancel.js";
+import { registerStatus } from "./commands/status.js";
 import { ExitCode, errorMessage, exitCodeOf } from "./errors.js";
 import { VERSION } from "./version.js";
 
@@ -17,6 +19,8 @@ function program(): Command {
     .exitOverride();
   registerBuilder(root);
   registerBuild(root);
+  registerStatus(root);
+  registerCancel(root);
   return root;
 }
 

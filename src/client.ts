@@ -8,6 +8,8 @@ import { nuid, type Msg, type NatsConnection, type Subscription } from "nats";
 import { NoBuilderError, HomelabDeployError } from "./errors.js";
 import {
   BuildResponseSchema,
+  ControlResponseSchema,
+  type ControlResponse,
   RESPONSE_PREFIX,
   buildSubject,
   isFinal,
@@ -24,6 +26,11 @@ export interface BuildTarget {
 export interface ExchangeOptions<T> {
   /** No acknowledgement within this long means nobody is serving the subject. */
   ackTimeoutMs: number;
+  /**
+   * After the acknowledgement, silence for this long means the builder is
+   * gone (it sends heartbeats to everyone waiting). 0 waits forever.
+   */
+  idleTimeoutMs?: number;
   signal?: AbortSignal;
   /** Every valid message, in order. */
   onMessage?: (message: T) => void;
@@ -33,6 +40,9 @@ export interface ExchangeOptions<T> {
 
 /** The caller gave up waiting (MCP cancel, Ctrl-C). The build goes on for its other requesters. */
 export class RequestAbortedError extends HomelabDeployError {}
+
+/** The builder acknowledged the request and then went silent (restarted, or lost its connection for good). */
+export class BuilderSilentError extends HomelabDeployError {}
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -59,9 +69,11 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
   const reply = newReplySubject();
   let subscription: Subscription | undefined;
   let ackTimer: NodeJS.Timeout | undefined;
+  let idleTimer: NodeJS.Timeout | undefined;
   let onAbort: (() => void) | undefined;
   const cleanup = () => {
     clearTimeout(ackTimer);
+    clearTimeout(idleTimer);
     if (onAbort) options.signal?.removeEventListener("abort", onAbort);
     subscription?.unsubscribe();
   };
@@ -71,6 +83,19 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
       reject(err);
     };
     onAbort = () => fail(new RequestAbortedError("stopped waiting for the builder's answer"));
+    let acknowledged = false;
+    const watchSilence = () => {
+      const idle = options.idleTimeoutMs ?? 0;
+      if (!acknowledged || idle <= 0) return;
+      clearTimeout(idleTimer);
+      idleTimer = setTimeout(() => {
+        fail(
+          new BuilderSilentError(
+            `the builder accepted the request on ${request.subject} and then sent nothing for ${Math.round(idle / 1000)}s; it may have restarted (the job may still be queued or running: check \`homelab-deploy status\`)`,
+          ),
+        );
+      }, idle);
+    };
     if (options.signal?.aborted) return onAbort();
     options.signal?.addEventListener("abort", onAbort, { once: true });
     subscription = nc.subscribe(reply, {
@@ -81,7 +106,11 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
         }
         const message = parseMessage(msg, request.parse);
         if (message === undefined) return options.onInvalid?.(decoder.decode(msg.data));
-        if (request.isAck(message)) clearTimeout(ackTimer);
+        if (request.isAck(message)) {
+          clearTimeout(ackTimer);
+          acknowledged = true;
+        }
+        watchSilence();
         options.onMessage?.(message);
         if (request.isFinal(message)) {
           cleanup();
@@ -145,4 +174,31 @@ export function requestBuild(
     },
     options,
   ) as Promise<FinalResponse>;
+}
+
+function parseWith<T>(schema: { safeParse(json: unknown): { success: true; data: T } | { success: false } }) {
+  return (json: unknown): T | undefined => {
+    const parsed = schema.safeParse(json);
+    return parsed.success ? parsed.data : undefined;
+  };
+}
+
+/** One question to the builder (`build.discover`, `build.status`, `build.cancel`) and its single answer. */
+export function requestControl(
+  nc: NatsConnection,
+  name: "discover" | "status" | "cancel",
+  body: Record<string, unknown> | undefined,
+  options: ExchangeOptions<ControlResponse>,
+): Promise<ControlResponse> {
+  return exchange<ControlResponse>(
+    nc,
+    {
+      subject: `build.${name}`,
+      payload: requestPayload(body),
+      parse: parseWith(ControlResponseSchema),
+      isAck: () => true,
+      isFinal: () => true,
+    },
+    options,
+  );
 }

@@ -54,6 +54,7 @@ const BuildSchema = z.strictObject({
   logTailLines: z.number().int().min(1).max(1_000).default(50),
   keepGoing: z.boolean().default(true),
   killGrace: DurationSchema.default(3_000),
+  heartbeatInterval: DurationSchema.default(30_000),
   nixBin: z.string().min(1).default("nix"),
 });
 

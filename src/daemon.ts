@@ -34,15 +34,16 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
     logTailLines: config.build.logTailLines,
     keepGoing: config.build.keepGoing,
   });
+  const builderName = config.nats.name ?? `homelab-deploy-builder@${hostname()}`;
   const transport = new NatsTransport({
     servers: natsServers(config),
-    name: config.nats.name ?? `homelab-deploy-builder@${hostname()}`,
+    name: builderName,
     seed: seedSourceOf(config),
     logger: logger.child({ component: "nats" }),
     waitForServer: true,
   });
   const catalog = new HostCatalog({ nix, repos: config.repos, logger: logger.child({ component: "catalog" }), timeoutMs: config.build.resolveTimeout });
-  const builder = new Builder({ config, transport, nix, catalog, events, logger });
+  const builder = new Builder({ config, transport, nix, catalog, events, logger, version: VERSION, builderName });
 
   await transport.start();
   catalog.start();

@@ -14,7 +14,8 @@ import { z } from "zod";
 import { forEachLine } from "./line-splitter.js";
 import { NixLogState, type NixProgress } from "./nix-log.js";
 import { killProcessTree } from "./process-tree.js";
-import { isCommitId, type HostStatus } from "./protocol.js";
+import { isCommitId, type HostStatus, type SourceLocation } from "./protocol.js";
+import type { NixError as NixLogError } from "./nix-log.js";
 
 export interface NixRunnerOptions {
   nixBin: string;
@@ -59,6 +60,7 @@ export interface HostBuild {
   durationMs: number;
   storePath?: string;
   error?: string;
+  location?: SourceLocation;
   logTail?: string[];
 }
 
@@ -232,13 +234,22 @@ export function hostBuildFrom(run: RunResult, nixBin: string): HostBuild {
     return { status: "failure", durationMs, error: `nix build succeeded but printed no store path: ${truncate(run.stdout)}` };
   }
   // No Realise/Builds activity means nix never got past evaluation.
-  const evalError = run.outcome === "exited" && !run.log.realiseStarted && run.log.mainError() !== undefined;
-  return {
-    status: evalError ? "eval_error" : "failure",
-    durationMs,
-    error: describeFailure(run, nixBin),
-    logTail: run.log.logTail(),
-  };
+  const nixError = run.log.mainError();
+  if (run.outcome === "exited" && !run.log.realiseStarted && nixError) {
+    const location = sourceLocation(nixError);
+    return { status: "eval_error", durationMs, error: describeFailure(run, nixBin), ...(location ? { location } : {}) };
+  }
+  return { status: "failure", durationMs, error: describeFailure(run, nixBin), logTail: run.log.logTail() };
+}
+
+/** nix names files by their store path; the part after "-source/" is the path in the repo. */
+export function sourceLocation(error: NixLogError): SourceLocation | undefined {
+  if (!error.file) return undefined;
+  const file = error.file.replace(/^\/nix\/store\/[a-z0-9]{32}-source\//, "");
+  const location: SourceLocation = { file };
+  if (error.line !== undefined) location.line = error.line;
+  if (error.column !== undefined) location.column = error.column;
+  return location;
 }
 
 function truncate(text: string, max = 200): string {

@@ -61,12 +61,22 @@ export type HostStatus = z.infer<typeof HostStatusSchema>;
 export const JobStatusSchema = z.enum(["success", "failure", "cancelled"]);
 export type JobStatus = z.infer<typeof JobStatusSchema>;
 
+/** Where nix says an evaluation error is, relative to the flake's root when it can tell. */
+export const SourceLocationSchema = z.object({
+  file: z.string(),
+  line: z.number().int().optional(),
+  column: z.number().int().optional(),
+});
+export type SourceLocation = z.infer<typeof SourceLocationSchema>;
+
 export const HostResultSchema = z.object({
   host: z.string(),
   status: HostStatusSchema,
   durationMs: z.number().int().nonnegative(),
   storePath: z.string().optional(),
   error: z.string().optional(),
+  /** For eval_error: the file and line nix blamed. */
+  location: SourceLocationSchema.optional(),
   logTail: z.array(z.string()).optional(),
 });
 export type HostResult = z.infer<typeof HostResultSchema>;
@@ -119,6 +129,43 @@ export const HostFinishedSchema = z.object({
   ...HostResultSchema.shape,
 });
 
+export const CountsSchema = z.object({
+  done: z.number().int().nonnegative(),
+  expected: z.number().int().nonnegative(),
+  running: z.number().int().nonnegative(),
+  failed: z.number().int().nonnegative(),
+});
+
+/** What nix is doing for the host being built, from its internal-json log. */
+export const BuildProgressSchema = z.object({
+  derivations: CountsSchema,
+  substitutions: CountsSchema,
+  downloadedBytes: z.number().nonnegative(),
+  expectedDownloadBytes: z.number().nonnegative(),
+  building: z.object({ drv: z.string(), phase: z.string().nullable() }).nullable(),
+});
+export type BuildProgress = z.infer<typeof BuildProgressSchema>;
+
+export const ProgressSchema = z.object({
+  type: z.literal("progress"),
+  jobId: z.string(),
+  host: z.string(),
+  index: z.number().int().positive(),
+  total: z.number().int().positive(),
+  /** Time since host_started, when this snapshot was taken. */
+  elapsedMs: z.number().int().nonnegative(),
+  ...BuildProgressSchema.shape,
+});
+
+/** Sent every heartbeat interval to requesters of queued and running jobs, so they can tell a silent builder from a slow one. */
+export const HeartbeatSchema = z.object({
+  type: z.literal("heartbeat"),
+  jobId: z.string(),
+  state: z.enum(["queued", "running"]),
+  position: z.number().int().nonnegative(),
+  host: z.string().nullable(),
+});
+
 export const CompletedSchema = z.object({
   type: z.literal("completed"),
   ...jobFields,
@@ -139,6 +186,7 @@ export const RejectCodeSchema = z.enum([
   "queue_full",
   "unavailable",
   "shutting_down",
+  "unknown_job",
 ]);
 export type RejectCode = z.infer<typeof RejectCodeSchema>;
 
@@ -155,6 +203,8 @@ export const BuildResponseSchema = z.discriminatedUnion("type", [
   QueuedSchema,
   JobStartedSchema,
   HostStartedSchema,
+  ProgressSchema,
+  HeartbeatSchema,
   HostFinishedSchema,
   CompletedSchema,
   RejectedSchema,
@@ -166,6 +216,8 @@ export type JobStarted = z.infer<typeof JobStartedSchema>;
 export type HostStarted = z.infer<typeof HostStartedSchema>;
 export type HostFinished = z.infer<typeof HostFinishedSchema>;
 export type Completed = z.infer<typeof CompletedSchema>;
+export type Progress = z.infer<typeof ProgressSchema>;
+export type Heartbeat = z.infer<typeof HeartbeatSchema>;
 export type Rejected = z.infer<typeof RejectedSchema>;
 export type BuildResponse = z.infer<typeof BuildResponseSchema>;
 export type FinalResponse = Completed | Rejected;
@@ -205,3 +257,93 @@ export function isValidReplySubject(reply: string | undefined): reply is string 
 export function buildSubject(repo: string, target: string): string {
   return `${SUBJECT_PREFIX}.${repo}.${target}`;
 }
+
+// --- Control requests: build.discover, build.status, build.cancel -------
+
+export const DiscoverRequestSchema = z.strictObject({ refresh: z.boolean().optional() });
+export type DiscoverRequest = z.infer<typeof DiscoverRequestSchema>;
+
+export const RepoInfoSchema = z.object({
+  name: z.string(),
+  url: z.string(),
+  hosts: z.array(z.string()),
+  /** The default-branch revision the host list was read from. */
+  revision: z.string().nullable(),
+  /** When the host list was read (ISO 8601), or null if it never was. */
+  fetchedAt: z.string().nullable(),
+  /** Why the host list is missing or stale. */
+  error: z.string().optional(),
+});
+export type RepoInfo = z.infer<typeof RepoInfoSchema>;
+
+export const DiscoverResponseSchema = z.object({
+  type: z.literal("discover"),
+  version: z.string(),
+  builder: z.string(),
+  repos: z.array(RepoInfoSchema),
+});
+
+export const StatusRequestSchema = z.strictObject({});
+
+export const RunningJobSchema = z.object({
+  jobId: z.string(),
+  repo: z.string(),
+  target: z.string(),
+  ref: z.string().nullable(),
+  startedAt: z.string(),
+  requesters: z.number().int().nonnegative(),
+  /** Null while the flake is being fetched and its hosts listed. */
+  currentHost: z.string().nullable(),
+  hostIndex: z.number().int().nonnegative(),
+  totalHosts: z.number().int().nonnegative(),
+  hostStartedAt: z.string().nullable(),
+  progress: BuildProgressSchema.nullable(),
+});
+
+export const QueuedJobSchema = z.object({
+  jobId: z.string(),
+  repo: z.string(),
+  target: z.string(),
+  ref: z.string().nullable(),
+  position: z.number().int().nonnegative(),
+  requesters: z.number().int().nonnegative(),
+  enqueuedAt: z.string(),
+});
+
+export const StatusResponseSchema = z.object({
+  type: z.literal("status"),
+  version: z.string(),
+  builder: z.string(),
+  running: RunningJobSchema.nullable(),
+  queued: z.array(QueuedJobSchema),
+});
+
+/** Job ids are "j" and 10 hex digits (src/queue.ts makes them). */
+const JOB_ID_RE = /^j[0-9a-f]{10}$/;
+
+export function isValidJobId(id: string): boolean {
+  return JOB_ID_RE.test(id);
+}
+
+export const CancelRequestSchema = z.strictObject({ jobId: z.string().regex(JOB_ID_RE, "expected a job id like j3fa2c1d9e0") });
+
+export const CancelResponseSchema = z.object({
+  type: z.literal("cancel"),
+  jobId: z.string(),
+  /** removed: it was queued and never ran; stopping: its nix process tree is being killed. */
+  outcome: z.enum(["removed", "stopping"]),
+});
+
+export const ControlResponseSchema = z.discriminatedUnion("type", [
+  DiscoverResponseSchema,
+  StatusResponseSchema,
+  CancelResponseSchema,
+  RejectedSchema,
+]);
+
+export type DiscoverResponse = z.infer<typeof DiscoverResponseSchema>;
+export type StatusResponse = z.infer<typeof StatusResponseSchema>;
+export type RunningJob = z.infer<typeof RunningJobSchema>;
+export type QueuedJob = z.infer<typeof QueuedJobSchema>;
+export type CancelResponse = z.infer<typeof CancelResponseSchema>;
+export type ControlResponse = z.infer<typeof ControlResponseSchema>;

@@ -4,6 +4,7 @@
  * builder's business.
  */
 import { randomBytes } from "node:crypto";
+import type { BuildProgress } from "./protocol.js";
 
 export interface JobSpec {
   repo: string;
@@ -20,8 +21,12 @@ export class Job {
   readonly abort = new AbortController();
   state: JobState = "queued";
   startedAt: number | undefined;
-  /** Host being built now, for status replies. */
+  /** What is being built now, for status replies and heartbeats. */
   currentHost: string | null = null;
+  hostIndex = 0;
+  totalHosts = 0;
+  hostStartedAt: number | undefined;
+  progress: BuildProgress | null = null;
 
   constructor(readonly spec: JobSpec) {}
 

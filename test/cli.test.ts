@@ -10,7 +10,9 @@ describe("homelab-deploy", () => {
     const root = await runCli(["--help"]);
     expect(root.exitCode).toBe(0);
     expect(root.stdout).toMatch(/builder \[options\]/);
-    expect(root.stdout).toMatch(/build \[options\] <repo> <target>/);
+    expect(root.stdout).toMatch(/build \[options\] \[repo\] \[target\]/);
+    expect(root.stdout).toMatch(/status \[options\]/);
+    expect(root.stdout).toMatch(/cancel \[options\] <job>/);
     const builder = await runCli(["builder", "--help"]);
     expect(builder.exitCode).toBe(0);
     expect(builder.stdout).toContain("--config <file>");

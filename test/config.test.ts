@@ -38,6 +38,7 @@ describe("config", () => {
       logTailLines: 50,
       keepGoing: true,
       killGrace: 3_000,
+      heartbeatInterval: 30_000,
       nixBin: "nix",
     });
     expect(config.log.level).toBe("info");

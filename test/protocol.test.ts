@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import {
   BuildResponseSchema,
+  ControlResponseSchema,
   classifySubject,
   isValidHostName,
   isValidRef,
@@ -64,8 +65,19 @@ describe("docs/protocol.md", () => {
       expect(parsed.success, `${block}\n${parsed.error?.message}`).toBe(true);
     }
     const types = new Set(blocks.map((b) => (JSON.parse(b) as { type: string }).type));
-    for (const type of ["accepted", "queued", "job_started", "host_started", "host_finished", "completed", "rejected"]) {
+    for (const type of ["accepted", "queued", "job_started", "host_started", "progress", "heartbeat", "host_finished", "completed", "rejected"]) {
       expect(types.has(type), type).toBe(true);
     }
+  });
+
+  it("shows only control answers that the schemas accept", async () => {
+    const doc = await readFile(join(ROOT, "docs", "protocol.md"), "utf8");
+    const blocks = [...doc.matchAll(/```json control\n([\s\S]*?)```/g)].map((m) => m[1] as string);
+    const types = blocks.map((block) => {
+      const parsed = ControlResponseSchema.safeParse(JSON.parse(block));
+      expect(parsed.success, `${block}\n${parsed.error?.message}`).toBe(true);
+      return (JSON.parse(block) as { type: string }).type;
+    });
+    expect(new Set(types)).toEqual(new Set(["discover", "status", "cancel", "rejected"]));
   });
 });

@@ -1,81 +1,103 @@
 /**
  * `homelab-deploy build <repo> <target>`: request a build and follow it.
+ * `homelab-deploy build --list [repo]`: what the builder can build.
  * Exit 0 when every host built, 1 when any did not, 2 when nothing could be
  * built (bad arguments, rejected, no builder, no NATS).
  */
 import { Option, type Command } from "commander";
-import { requestBuild } from "../client.js";
-import { parseDuration } from "../duration.js";
+import { requestBuild, requestControl } from "../client.js";
 import { ExitCode, UsageError } from "../errors.js";
-import { ALL_HOSTS, isValidHostName, isValidRef, isValidRepoName, type BuildResponse, type FinalResponse } from "../protocol.js";
-import { describeMessage, summaryTable } from "../report.js";
-import { addConnectionOptions, clientLogger, connectClient, type ConnectionFlags } from "./connection.js";
+import { ALL_HOSTS, isValidHostName, isValidRef, isValidRepoName, type FinalResponse } from "../protocol.js";
+import { createReporter, describeDiscover } from "../report.js";
+import { addConnectionOptions, durationFlag, withClient, type ConnectionFlags } from "./connection.js";
 
 interface BuildFlags extends ConnectionFlags {
   ref?: string;
   json?: boolean;
+  list?: boolean;
+  refresh?: boolean;
   ackTimeout: string;
+  idleTimeout: string;
 }
 
 export function registerBuild(program: Command): void {
   const command = program
     .command("build")
-    .description("ask the builder to build a host (or all hosts) of a repo, and follow the build")
-    .argument("<repo>", "repo name from the builder's config, e.g. nixos-servers")
-    .argument("<target>", `host name, or "${ALL_HOSTS}" for every host of the repo`)
+    .description("ask the builder to build a host (or all hosts) of a repo and follow the build; or --list what it can build")
+    .argument("[repo]", "repo name from the builder's config, e.g. nixos-servers")
+    .argument("[target]", `host name, or "${ALL_HOSTS}" for every host of the repo`)
     .option("--ref <ref>", "build this branch, tag or full commit id instead of the default branch")
+    .option("--list", "list the builder's repos and their hosts (of [repo] only, if given) instead of building")
+    .option("--refresh", "with --list: fetch the repos again instead of using the builder's cached host lists")
     .option("--json", "print every message from the builder as one JSON line")
     .addOption(
       new Option("--ack-timeout <duration>", "give up when no builder accepts the request within this long")
         .env("HOMELAB_DEPLOY_ACK_TIMEOUT")
         .default("10s"),
+    )
+    .addOption(
+      new Option("--idle-timeout <duration>", "give up when an accepted build sends nothing (not even a heartbeat) for this long; 0 waits forever")
+        .env("HOMELAB_DEPLOY_IDLE_TIMEOUT")
+        .default("2m"),
     );
-  addConnectionOptions(command).action(async (repo: string, target: string, flags: BuildFlags) => {
-    process.exitCode = await runBuild(repo, target, flags);
+  addConnectionOptions(command).action(async (repo: string | undefined, target: string | undefined, flags: BuildFlags) => {
+    process.exitCode = flags.list ? await runList(repo, target, flags) : await runBuild(repo, target, flags);
   });
 }
 
-function checkArguments(repo: string, target: string, flags: BuildFlags): number {
+function checkTarget(repo: string | undefined, target: string | undefined, flags: BuildFlags): { repo: string; target: string } {
+  if (repo === undefined || target === undefined) throw new UsageError("build needs <repo> and <target> (a host, or all); or use --list");
   if (!isValidRepoName(repo)) throw new UsageError(`invalid repo name ${JSON.stringify(repo)}`);
   if (target !== ALL_HOSTS && !isValidHostName(target)) throw new UsageError(`invalid host name ${JSON.stringify(target)}`);
   if (flags.ref !== undefined && !isValidRef(flags.ref)) throw new UsageError(`invalid ref ${JSON.stringify(flags.ref)}`);
-  const ackTimeoutMs = parseDuration(flags.ackTimeout);
-  if (ackTimeoutMs === undefined || ackTimeoutMs <= 0) throw new UsageError(`invalid --ack-timeout ${JSON.stringify(flags.ackTimeout)}`);
-  return ackTimeoutMs;
+  return { repo, target };
 }
 
-export async function runBuild(repo: string, target: string, flags: BuildFlags): Promise<number> {
-  const ackTimeoutMs = checkArguments(repo, target, flags);
-  const logger = clientLogger(flags);
-  const print = (line: string) => process.stdout.write(`${line}\n`);
-  const show = flags.json
-    ? (message: BuildResponse) => print(JSON.stringify(message))
-    : (message: BuildResponse) => describeMessage(message).forEach(print);
-  const transport = await connectClient(flags, logger);
-  const abort = new AbortController();
-  const onSignal = () => abort.abort();
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
-  try {
-    const final = await requestBuild(
-      transport.connection,
-      { repo, target, ref: flags.ref },
-      { ackTimeoutMs, signal: abort.signal, onMessage: show, onInvalid: (raw) => logger.warn({ raw }, "ignoring a message that is not part of the protocol") },
-    );
-    if (!flags.json) printSummary(final, print);
-    return exitCodeFor(final);
-  } finally {
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
-    await transport.stop();
-  }
+export async function runBuild(repoArg: string | undefined, targetArg: string | undefined, flags: BuildFlags): Promise<number> {
+  const { repo, target } = checkTarget(repoArg, targetArg, flags);
+  const ackTimeoutMs = durationFlag("--ack-timeout", flags.ackTimeout);
+  const idleTimeoutMs = durationFlag("--idle-timeout", flags.idleTimeout, true);
+  const reporter = createReporter({ json: flags.json === true, out: process.stdout });
+  return withClient(flags, async (nc, signal, logger) => {
+    try {
+      const final = await requestBuild(nc, { repo, target, ref: flags.ref }, {
+        ackTimeoutMs,
+        idleTimeoutMs,
+        signal,
+        onMessage: (message) => reporter.message(message),
+        onInvalid: (raw) => logger.warn({ raw }, "ignoring a message that is not part of the protocol"),
+      });
+      reporter.finish(final);
+      return exitCodeFor(final);
+    } finally {
+      reporter.close();
+    }
+  });
 }
 
-function printSummary(final: FinalResponse, print: (line: string) => void): void {
-  const table = summaryTable(final);
-  if (table.length === 0) return;
-  print("");
-  table.forEach(print);
+async function runList(repo: string | undefined, extra: string | undefined, flags: BuildFlags): Promise<number> {
+  if (extra !== undefined) throw new UsageError("--list takes at most one argument: the repo");
+  if (repo !== undefined && !isValidRepoName(repo)) throw new UsageError(`invalid repo name ${JSON.stringify(repo)}`);
+  const ackTimeoutMs = durationFlag("--ack-timeout", flags.ackTimeout);
+  return withClient(flags, async (nc, signal) => {
+    // A refresh fetches and evaluates every repo: allow it the time that takes.
+    const answer = await requestControl(nc, "discover", flags.refresh ? { refresh: true } : undefined, {
+      ackTimeoutMs: flags.refresh ? Math.max(ackTimeoutMs, 600_000) : ackTimeoutMs,
+      signal,
+    });
+    if (flags.json) process.stdout.write(`${JSON.stringify(answer)}\n`);
+    if (answer.type === "rejected") {
+      if (!flags.json) process.stderr.write(`rejected: ${answer.error}\n`);
+      return ExitCode.usage;
+    }
+    if (answer.type !== "discover") throw new UsageError(`unexpected answer ${answer.type} to build.discover`);
+    if (repo !== undefined && !answer.repos.some((r) => r.name === repo)) {
+      if (!flags.json) process.stderr.write(`unknown repo ${repo}; this builder builds ${answer.repos.map((r) => r.name).join(", ")}\n`);
+      return ExitCode.usage;
+    }
+    if (!flags.json) for (const line of describeDiscover(answer, repo)) process.stdout.write(`${line}\n`);
+    return ExitCode.ok;
+  });
 }
 
 export function exitCodeFor(final: FinalResponse): number {

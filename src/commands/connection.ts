@@ -4,6 +4,8 @@
  * fallbacks so a systemd unit or CI job can set them once.
  */
 import { Option, type Command } from "commander";
+import type { NatsConnection } from "nats";
+import { parseDuration } from "../duration.js";
 import { fileSeedSource, type SeedSource } from "../credentials.js";
 import { UsageError } from "../errors.js";
 import { createLogger, type Logger } from "../logger.js";
@@ -41,6 +43,35 @@ export function seedSourceFrom(flags: ConnectionFlags): SeedSource {
     throw new UsageError("no NATS credentials: pass --nkey-seed-file FILE or set HOMELAB_DEPLOY_NKEY_SEED_FILE");
   }
   return fileSeedSource(flags.nkeySeedFile);
+}
+
+export function durationFlag(name: string, value: string, allowZero = false): number {
+  const ms = parseDuration(value);
+  if (ms === undefined || (ms === 0 && !allowZero)) throw new UsageError(`invalid ${name} ${JSON.stringify(value)}: expected a duration like 10s or 2m`);
+  return ms;
+}
+
+/**
+ * Connects, runs `work` with an AbortSignal that fires on Ctrl-C/SIGTERM,
+ * and always closes the connection afterwards.
+ */
+export async function withClient<T>(
+  flags: ConnectionFlags,
+  work: (nc: NatsConnection, signal: AbortSignal, logger: Logger) => Promise<T>,
+): Promise<T> {
+  const logger = clientLogger(flags);
+  const transport = await connectClient(flags, logger);
+  const abort = new AbortController();
+  const onSignal = () => abort.abort();
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  try {
+    return await work(transport.connection, abort.signal, logger);
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+    await transport.stop();
+  }
 }
 
 /** Connects once; a client says so and exits rather than waiting for NATS. */

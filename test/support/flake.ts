@@ -3,7 +3,7 @@
  * them exactly as it fetches git+https repos in production.
  */
 import { execFile } from "node:child_process";
-import { chmod, cp, mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
+import { chmod, cp, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, isAbsolute, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -30,7 +30,17 @@ export interface FixtureFlake {
   /** Creates (or updates) a branch whose builds differ from the default branch. */
   branch(name: string): Promise<string>;
   head(): Promise<string>;
+  /** Rewrites flake.nix on the default branch and commits it. */
+  editFlake(transform: (text: string) => string): Promise<string>;
   events(): Promise<Array<{ what: "start" | "end"; host: string; at: number }>>;
+  /**
+   * Removes the slow host's pid file before a build of it, so the pid read
+   * afterwards is that build's (a stale file could belong to another
+   * nixbld user and not be overwritten).
+   */
+  clearPid(): Promise<void>;
+  /** The pid the slow host's build wrote (waits up to 10 s for the build to get there). */
+  slowPid(): Promise<number>;
 }
 
 /** `fixture`: a directory name under test/fixtures, or an absolute path to a flake directory. */
@@ -38,9 +48,13 @@ export async function createFixtureFlake(fixture = "flake"): Promise<FixtureFlak
   const dir = await mkdtemp(join(tmpdir(), "hd-flake-"));
   await chmod(dir, 0o755);
   const eventsDir = join(dir, ".events");
-  // nix runs builders as the nixbld users, even without a sandbox.
+  // nix runs builders as whichever nixbld user is free, even without a
+  // sandbox: the log must be writable by all of them (a file one of them
+  // created would be read-only to the others).
   await mkdir(eventsDir, { mode: 0o1777 });
   await chmod(eventsDir, 0o1777);
+  await writeFile(join(eventsDir, "events.log"), "");
+  await chmod(join(eventsDir, "events.log"), 0o666);
   await cp(isAbsolute(fixture) ? fixture : join(FIXTURES, fixture), dir, { recursive: true });
   const flakeFile = join(dir, "flake.nix");
   const template = await readFile(flakeFile, "utf8");
@@ -68,6 +82,22 @@ export async function createFixtureFlake(fixture = "flake"): Promise<FixtureFlak
       return rev;
     },
     head: () => git(dir, "rev-parse", "HEAD"),
+    async editFlake(transform) {
+      await writeFile(flakeFile, transform(await readFile(flakeFile, "utf8")));
+      await git(dir, "commit", "-q", "-am", "edit flake.nix");
+      return git(dir, "rev-parse", "HEAD");
+    },
+    async clearPid() {
+      await rm(join(eventsDir, "slow.pid"), { force: true });
+    },
+    async slowPid() {
+      for (let waited = 0; ; waited += 50) {
+        const text = await readFile(join(eventsDir, "slow.pid"), "utf8").catch(() => "");
+        if (/^\d+\s*$/.test(text)) return Number(text);
+        if (waited > 10_000) throw new Error("the slow host's build never wrote its pid");
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    },
     async events() {
       const text = await readFile(join(eventsDir, "events.log"), "utf8").catch(() => "");
       return text

@@ -64,6 +64,8 @@ export interface NatsServer {
   port: number;
   dir: string;
   identities: Record<Role, Identity>;
+  /** Everything the server logged so far (permission violations show up here). */
+  log(): string;
   /** Kills the server (SIGKILL unless told otherwise). */
   stop(signal?: NodeJS.Signals): Promise<void>;
   /** Starts it again on the same port with the same users. */
@@ -111,12 +113,13 @@ export async function startNatsServer(): Promise<NatsServer> {
   const users = Object.values(identities).map((id) => ({ publicKey: id.publicKey, permissions: PLAN_PERMISSIONS[id.role] }));
   let child: ChildProcess | undefined;
   let port: number | "-1" = "-1";
+  let log = "";
   const launch = async () => {
     const configFile = join(dir, "nats.conf");
     await writeFile(configFile, natsServerConfig(port, users));
     child = spawn("nats-server", ["-c", configFile], { stdio: ["ignore", "ignore", "pipe"] });
+    child.stderr?.on("data", (chunk: Buffer) => (log += chunk.toString()));
     const actual = await waitForListening(child);
-    child.stderr?.resume();
     port = actual;
     return actual;
   };
@@ -126,6 +129,7 @@ export async function startNatsServer(): Promise<NatsServer> {
     port: first,
     dir,
     identities,
+    log: () => log,
     async stop(signal = "SIGKILL") {
       const running = child;
       if (!running || running.exitCode !== null) return;

@@ -1,0 +1,146 @@
+/**
+ * Runs one job: lock the repo at one revision, list its hosts (for `all`),
+ * then build host after host, telling the job's requesters each step. A
+ * host that fails, times out or does not evaluate is a result; the job goes
+ * on with the next host.
+ */
+import type { HostCatalog } from "./catalog.js";
+import type { Config } from "./config.js";
+import type { Logger } from "./logger.js";
+import { boundedLogTail } from "./log-tail.js";
+import type { NixRunner, Outcome } from "./nix.js";
+import { ProgressThrottle } from "./progress.js";
+import { ALL_HOSTS, isValidHostName, type Completed, type HostResult, type JobStatus } from "./protocol.js";
+import type { Job } from "./queue.js";
+import type { Responder } from "./responder.js";
+
+export interface JobRunnerOptions {
+  config: Config;
+  nix: NixRunner;
+  catalog: HostCatalog;
+  responder: Responder;
+  logger: Logger;
+  /** Shortest time between two progress messages of one build. */
+  progressIntervalMs?: number;
+}
+
+type JobOutcome = Pick<Completed, "status" | "revision" | "results" | "durationMs" | "error">;
+
+/** The final message of a job that ended before any host was built. */
+export function unstartedOutcome(job: Job, error: string, status: JobStatus, startedAt: number, revision: string | null = null): JobOutcome {
+  const { target } = job.spec;
+  const hostStatus = status === "cancelled" ? "cancelled" : "failure";
+  const results: HostResult[] = target === ALL_HOSTS ? [] : [{ host: target, status: hostStatus, durationMs: 0, error }];
+  return { status, revision, results, durationMs: Date.now() - startedAt, error };
+}
+
+export function completedMessage(job: Job, outcome: JobOutcome): Completed {
+  const message: Completed = { type: "completed", jobId: job.id, ...job.spec, ...outcome };
+  if (message.error === undefined) delete message.error;
+  return message;
+}
+
+export class JobRunner {
+  private readonly progressIntervalMs: number;
+
+  constructor(private readonly options: JobRunnerOptions) {
+    this.progressIntervalMs = options.progressIntervalMs ?? 250;
+  }
+
+  async run(job: Job): Promise<void> {
+    const { config, nix, logger } = this.options;
+    const { repo, target, ref } = job.spec;
+    const started = Date.now();
+    const signal = job.abort.signal;
+    const url = config.repos[repo]?.url as string;
+    logger.info({ jobId: job.id, repo, target, ref }, "job started");
+
+    const lock = await nix.resolveFlake(url, ref, { timeoutMs: config.build.resolveTimeout, signal });
+    if (!lock.ok) {
+      this.complete(job, unstartedOutcome(job, lock.error, job.cancelled ? "cancelled" : "failure", started));
+      return;
+    }
+    const { lockedUrl, revision } = lock.value;
+    const hosts = await this.hostsOf(job, lockedUrl, revision);
+    if (!hosts.ok) {
+      this.complete(job, unstartedOutcome(job, hosts.error, job.cancelled ? "cancelled" : "failure", started, revision));
+      return;
+    }
+
+    job.totalHosts = hosts.value.length;
+    this.options.responder.toJob(job, { type: "job_started", jobId: job.id, ...job.spec, revision, lockedUrl, hosts: hosts.value });
+    const results: HostResult[] = [];
+    for (const [i, host] of hosts.value.entries()) {
+      if (job.cancelled) {
+        results.push({ host, status: "cancelled", durationMs: 0, error: "not started: the job was cancelled" });
+        continue;
+      }
+      results.push(await this.buildHost(job, lockedUrl, host, i + 1, hosts.value.length));
+    }
+    job.currentHost = null;
+    job.progress = null;
+    this.complete(job, { status: jobStatus(job, results), revision, results, durationMs: Date.now() - started });
+  }
+
+  complete(job: Job, outcome: JobOutcome): void {
+    this.options.responder.toJob(job, completedMessage(job, outcome));
+    this.options.logger.info(
+      { jobId: job.id, ...job.spec, status: outcome.status, revision: outcome.revision, durationMs: outcome.durationMs, error: outcome.error },
+      "job completed",
+    );
+  }
+
+  private async hostsOf(job: Job, lockedUrl: string, revision: string | null): Promise<Outcome<string[]>> {
+    const { repo, target, ref } = job.spec;
+    if (target !== ALL_HOSTS) return { ok: true, value: [target] };
+    const { config, nix, catalog, logger } = this.options;
+    const listed = await nix.listHosts(lockedUrl, { timeoutMs: config.build.resolveTimeout, signal: job.abort.signal });
+    if (!listed.ok) return listed;
+    const valid = listed.value.filter(isValidHostName);
+    const skipped = listed.value.filter((h) => !isValidHostName(h));
+    if (skipped.length > 0) logger.warn({ repo, skipped }, "skipping hosts whose names cannot be requested");
+    if (ref === null) catalog.record(repo, { hosts: valid, revision, fetchedAt: Date.now() });
+    if (valid.length === 0) return { ok: false, error: `repo ${repo} has no nixosConfigurations to build`, outcome: "exited" };
+    return { ok: true, value: valid };
+  }
+
+  private async buildHost(job: Job, lockedUrl: string, host: string, index: number, total: number): Promise<HostResult> {
+    const { config, nix, logger, responder } = this.options;
+    const startedAt = Date.now();
+    Object.assign(job, { currentHost: host, hostIndex: index, hostStartedAt: startedAt, progress: null });
+    responder.toJob(job, { type: "host_started", jobId: job.id, host, index, total, startedAt: new Date(startedAt).toISOString() });
+    logger.info({ jobId: job.id, repo: job.spec.repo, host, index, total }, "building host");
+    const throttle = new ProgressThrottle(this.progressIntervalMs, (progress) => {
+      job.progress = progress;
+      responder.toJob(job, { type: "progress", jobId: job.id, host, index, total, elapsedMs: Date.now() - startedAt, ...progress });
+    });
+    const build = await nix.buildHost(lockedUrl, host, {
+      timeoutMs: config.build.timeout,
+      signal: job.abort.signal,
+      onProgress: (progress) => throttle.update(progress),
+    });
+    throttle.flush();
+    const result: HostResult = { host, status: build.status, durationMs: build.durationMs };
+    if (build.storePath) result.storePath = build.storePath;
+    if (build.error) result.error = build.error;
+    if (build.location) result.location = build.location;
+    // An eval error's message already is the useful part; the log would repeat it.
+    const withTail = build.status !== "success" && build.status !== "eval_error" && build.logTail;
+    responder.toJob(job, {
+      type: "host_finished",
+      jobId: job.id,
+      index,
+      total,
+      ...result,
+      ...(withTail ? { logTail: boundedLogTail(build.logTail ?? []) } : {}),
+    });
+    const level = build.status === "success" ? "info" : "warn";
+    logger[level]({ jobId: job.id, repo: job.spec.repo, host, status: build.status, durationMs: build.durationMs, error: build.error }, "host finished");
+    return result;
+  }
+}
+
+function jobStatus(job: Job, results: HostResult[]): JobStatus {
+  if (job.cancelled) return "cancelled";
+  return results.every((r) => r.status === "success") ? "success" : "failure";
+}
