@@ -5,7 +5,7 @@
  * permissions let it publish to).
  */
 import type { Msg } from "nats";
-import type { Config } from "./config.js";
+import { repoNamed, type Config } from "./config.js";
 import { Control, type ControlName } from "./control.js";
 import type { EventBus } from "./events.js";
 import type { HostCatalog } from "./catalog.js";
@@ -26,7 +26,7 @@ import {
   type Rejected,
 } from "./protocol.js";
 import { JobQueue, type Job } from "./queue.js";
-import { parseBody, rejection, type ParsedBody } from "./request-body.js";
+import { MAX_REQUEST_BYTES, parseBody, rejection, type ParsedBody } from "./request-body.js";
 import { Responder } from "./responder.js";
 import type { NatsTransport } from "./transport.js";
 
@@ -92,6 +92,7 @@ export class Builder {
     this.queue.running?.cancel(reason);
     this.options.catalog.stop();
     await this.loop;
+    this.responder.stop();
   }
 
   /** Entry point for every message under `build.>`. Never throws. */
@@ -173,7 +174,7 @@ export class Builder {
   private async validate(repo: string, target: string, data: Uint8Array): Promise<Validated> {
     const { config, catalog } = this.options;
     if (!isValidRepoName(repo)) return rejection("invalid_name", `invalid repo name ${JSON.stringify(repo)}`);
-    const repoConfig = config.repos[repo];
+    const repoConfig = repoNamed(config.repos, repo);
     if (!repoConfig) {
       const known = Object.keys(config.repos);
       return rejection("unknown_repo", `unknown repo ${repo}; this builder builds ${known.join(", ")}`, known);
@@ -193,7 +194,10 @@ export class Builder {
         const list = lookup.hosts.join(", ") || "(none)";
         return rejection("unknown_host", `unknown host ${target} in repo ${repo}; its hosts are ${list}`, lookup.hosts);
       }
-      if (!lookup.found) return rejection("unavailable", `cannot check host ${target} of repo ${repo}: ${lookup.error}`);
+      // The host list itself is unavailable (repo unreachable, nix broken):
+      // the build will hit the same problem and report it per host, which
+      // says more than refusing here.
+      if (!lookup.found) this.options.logger.warn({ repo, target, err: lookup.error }, "cannot check the host name; accepting the request");
     }
     return { ok: true, repo, target, ref };
   }
@@ -246,7 +250,7 @@ export class Builder {
 /** Like parseBody, but a ref that fails its pattern is an invalid name, not a malformed body. */
 export function parseBuildRequest(data: Uint8Array): ParsedBody<BuildRequest> {
   const parsed = parseBody(data, BuildRequestSchema, '{"ref": "<branch or commit>"} or nothing');
-  if (parsed.ok) return parsed;
+  if (parsed.ok || data.length > MAX_REQUEST_BYTES) return parsed;
   const ref = refOf(data);
   if (typeof ref === "string" && !isValidRef(ref)) return rejection("invalid_name", `invalid ref ${JSON.stringify(ref)}`);
   return parsed;

@@ -6,6 +6,7 @@
  * cannot turn into a stream of git fetches), and updated for free whenever
  * a job lists the hosts of the default branch.
  */
+import { repoNamed } from "./config.js";
 import type { Logger } from "./logger.js";
 import type { NixRunner } from "./nix.js";
 
@@ -99,7 +100,7 @@ export class HostCatalog {
 
   private async load(repo: string, entry: Entry): Promise<void> {
     const { nix, repos, logger, timeoutMs } = this.options;
-    const url = repos[repo]?.url;
+    const url = repoNamed(repos, repo)?.url;
     if (!url) return;
     entry.attemptedAt = Date.now();
     const run = { timeoutMs, signal: this.abort.signal };

@@ -85,6 +85,14 @@ export type Config = z.infer<typeof ConfigSchema>;
 export type RepoConfig = z.infer<typeof RepoSchema>;
 export type BuildConfig = z.infer<typeof BuildSchema>;
 
+/**
+ * The repo of that name, if the config has one. Own keys only: a request
+ * for repo "constructor" or "toString" must not find Object.prototype's.
+ */
+export function repoNamed(repos: Record<string, RepoConfig>, name: string): RepoConfig | undefined {
+  return Object.hasOwn(repos, name) ? repos[name] : undefined;
+}
+
 export function natsServers(config: Pick<Config, "nats">): string[] {
   const { url } = config.nats;
   return Array.isArray(url) ? url : [url];

@@ -3,7 +3,7 @@
  * `build.cancel`: what it can build, what it is doing, and stopping a job.
  */
 import type { HostCatalog } from "./catalog.js";
-import type { Config } from "./config.js";
+import { repoNamed, type Config } from "./config.js";
 import type { Job } from "./queue.js";
 import {
   CancelRequestSchema,
@@ -58,7 +58,7 @@ export class Control {
     // One repo after another: a refresh fetches and evaluates each flake.
     for (const name of names) {
       const hosts = await catalog.hosts(name, request.value.refresh === true);
-      const url = config.repos[name]?.url as string;
+      const url = repoNamed(config.repos, name)?.url as string;
       if ("error" in hosts) repos.push({ name, url, hosts: [], revision: null, fetchedAt: null, error: hosts.error });
       else repos.push({ name, url, hosts: hosts.hosts, revision: hosts.revision, fetchedAt: iso(hosts.fetchedAt) });
     }

@@ -5,10 +5,13 @@
  * on with the next host.
  */
 import type { HostCatalog } from "./catalog.js";
-import type { Config } from "./config.js";
+import { repoNamed, type Config } from "./config.js";
 import type { Logger } from "./logger.js";
 import { boundedLogTail } from "./log-tail.js";
-import type { NixRunner, Outcome } from "./nix.js";
+import { existsSync } from "node:fs";
+import { LruMap } from "./lru.js";
+import { isLockedUrl, type NixRunner, type Outcome, type ToplevelDrvs } from "./nix.js";
+import type { NixProgress } from "./nix-log.js";
 import { ProgressThrottle } from "./progress.js";
 import { ALL_HOSTS, isValidHostName, type Completed, type HostResult, type JobStatus } from "./protocol.js";
 import type { Job } from "./queue.js";
@@ -40,8 +43,16 @@ export function completedMessage(job: Job, outcome: JobOutcome): Completed {
   return message;
 }
 
+/** A host to build, and its toplevel .drv when one evaluation of all hosts already produced it. */
+interface PlannedHost {
+  host: string;
+  drv: string | null;
+}
+
 export class JobRunner {
   private readonly progressIntervalMs: number;
+  /** Toplevel .drv paths per locked URL: a re-run of an unchanged revision evaluates nothing. */
+  private readonly toplevels = new LruMap<string, ToplevelDrvs>(8);
 
   constructor(private readonly options: JobRunnerOptions) {
     this.progressIntervalMs = options.progressIntervalMs ?? 250;
@@ -52,7 +63,7 @@ export class JobRunner {
     const { repo, target, ref } = job.spec;
     const started = Date.now();
     const signal = job.abort.signal;
-    const url = config.repos[repo]?.url as string;
+    const url = repoNamed(config.repos, repo)?.url as string;
     logger.info({ jobId: job.id, repo, target, ref }, "job started");
 
     const lock = await nix.resolveFlake(url, ref, { timeoutMs: config.build.resolveTimeout, signal });
@@ -61,21 +72,22 @@ export class JobRunner {
       return;
     }
     const { lockedUrl, revision } = lock.value;
-    const hosts = await this.hostsOf(job, lockedUrl, revision);
-    if (!hosts.ok) {
-      this.complete(job, unstartedOutcome(job, hosts.error, job.cancelled ? "cancelled" : "failure", started, revision));
+    const plan = await this.plan(job, lockedUrl, revision);
+    if (!plan.ok) {
+      this.complete(job, unstartedOutcome(job, plan.error, job.cancelled ? "cancelled" : "failure", started, revision));
       return;
     }
 
-    job.totalHosts = hosts.value.length;
-    this.options.responder.toJob(job, { type: "job_started", jobId: job.id, ...job.spec, revision, lockedUrl, hosts: hosts.value });
+    const hosts = plan.value.map((p) => p.host);
+    job.totalHosts = hosts.length;
+    this.options.responder.toJob(job, { type: "job_started", jobId: job.id, ...job.spec, revision, lockedUrl, hosts });
     const results: HostResult[] = [];
-    for (const [i, host] of hosts.value.entries()) {
+    for (const [i, planned] of plan.value.entries()) {
       if (job.cancelled) {
-        results.push({ host, status: "cancelled", durationMs: 0, error: "not started: the job was cancelled" });
+        results.push({ host: planned.host, status: "cancelled", durationMs: 0, error: "not started: the job was cancelled" });
         continue;
       }
-      results.push(await this.buildHost(job, lockedUrl, host, i + 1, hosts.value.length));
+      results.push(await this.buildHost(job, lockedUrl, planned, i + 1, hosts.length));
     }
     job.currentHost = null;
     job.progress = null;
@@ -90,22 +102,43 @@ export class JobRunner {
     );
   }
 
-  private async hostsOf(job: Job, lockedUrl: string, revision: string | null): Promise<Outcome<string[]>> {
+  /**
+   * Which hosts to build, in order. A single host is left to `nix build`
+   * (nix's eval cache makes its re-runs cheap). For `all`, one evaluation
+   * yields every host's .drv, so hosts share what they have in common
+   * instead of evaluating nixpkgs once each; if that evaluation fails as a
+   * whole, every host is built on its own and reports its own error.
+   */
+  private async plan(job: Job, lockedUrl: string, revision: string | null): Promise<Outcome<PlannedHost[]>> {
     const { repo, target, ref } = job.spec;
-    if (target !== ALL_HOSTS) return { ok: true, value: [target] };
+    if (target !== ALL_HOSTS) return { ok: true, value: [{ host: target, drv: null }] };
     const { config, nix, catalog, logger } = this.options;
-    const listed = await nix.listHosts(lockedUrl, { timeoutMs: config.build.resolveTimeout, signal: job.abort.signal });
-    if (!listed.ok) return listed;
-    const valid = listed.value.filter(isValidHostName);
-    const skipped = listed.value.filter((h) => !isValidHostName(h));
+    const run = { timeoutMs: config.build.resolveTimeout, signal: job.abort.signal };
+    let drvs = this.toplevels.get(lockedUrl);
+    if (!drvs) {
+      const evaluated = await nix.evaluateToplevels(lockedUrl, run);
+      if (evaluated.ok) {
+        drvs = evaluated.value;
+        if (isLockedUrl(lockedUrl)) this.toplevels.set(lockedUrl, drvs);
+      } else if (job.cancelled) {
+        return evaluated;
+      } else {
+        logger.warn({ jobId: job.id, repo, err: evaluated.error }, "evaluating all hosts at once failed; building them one at a time");
+      }
+    }
+    const names: Outcome<string[]> = drvs ? { ok: true, value: Object.keys(drvs) } : await nix.listHosts(lockedUrl, run);
+    if (!names.ok) return names;
+    const valid = names.value.filter(isValidHostName);
+    const skipped = names.value.filter((h) => !isValidHostName(h));
     if (skipped.length > 0) logger.warn({ repo, skipped }, "skipping hosts whose names cannot be requested");
     if (ref === null) catalog.record(repo, { hosts: valid, revision, fetchedAt: Date.now() });
     if (valid.length === 0) return { ok: false, error: `repo ${repo} has no nixosConfigurations to build`, outcome: "exited" };
-    return { ok: true, value: valid };
+    return { ok: true, value: valid.map((host) => ({ host, drv: drvs?.[host] ?? null })) };
   }
 
-  private async buildHost(job: Job, lockedUrl: string, host: string, index: number, total: number): Promise<HostResult> {
+  private async buildHost(job: Job, lockedUrl: string, planned: PlannedHost, index: number, total: number): Promise<HostResult> {
     const { config, nix, logger, responder } = this.options;
+    const { host, drv } = planned;
     const startedAt = Date.now();
     Object.assign(job, { currentHost: host, hostIndex: index, hostStartedAt: startedAt, progress: null });
     responder.toJob(job, { type: "host_started", jobId: job.id, host, index, total, startedAt: new Date(startedAt).toISOString() });
@@ -114,11 +147,9 @@ export class JobRunner {
       job.progress = progress;
       responder.toJob(job, { type: "progress", jobId: job.id, host, index, total, elapsedMs: Date.now() - startedAt, ...progress });
     });
-    const build = await nix.buildHost(lockedUrl, host, {
-      timeoutMs: config.build.timeout,
-      signal: job.abort.signal,
-      onProgress: (progress) => throttle.update(progress),
-    });
+    const run = { timeoutMs: config.build.timeout, signal: job.abort.signal, onProgress: (progress: NixProgress) => throttle.update(progress) };
+    // A cached .drv may have been garbage-collected since: then evaluate again.
+    const build = drv && existsSync(drv) ? await nix.realise(drv, run) : await nix.buildHost(lockedUrl, host, run);
     throttle.flush();
     const result: HostResult = { host, status: build.status, durationMs: build.durationMs };
     if (build.storePath) result.storePath = build.storePath;

@@ -75,6 +75,8 @@ export type NixLine = NixEvent | { action: "plain"; text: string } | { action: "
 const PREFIX = "@nix ";
 /** Advice nix prints at error level after the real error. */
 const HINT = /^\(use '--show-trace'/;
+/** nix-store --realise's advice about GC roots: the builder keeps none on purpose (like nix build --no-link). */
+const NOISE = /you did not specify '--add-root'/;
 
 /** One stderr line from nix, classified. Never throws. */
 export function parseNixLine(line: string): NixLine {
@@ -297,7 +299,7 @@ export class NixLogState {
 
   private onMsg(event: z.infer<typeof MsgSchema>): void {
     const text = stripVTControlCharacters(event.msg);
-    if (event.level > Verbosity.Warn) return;
+    if (event.level > Verbosity.Warn || NOISE.test(text)) return;
     this.tail.push(text);
     if (event.level !== Verbosity.Error || HINT.test(text)) return;
     const error: NixError = { message: text };

@@ -9,6 +9,7 @@
  * `--log-format internal-json` (in 2.8 a later `-L` resets the format).
  */
 import { stripVTControlCharacters } from "node:util";
+import { dirname, join } from "node:path";
 import { execa } from "execa";
 import { z } from "zod";
 import { forEachLine } from "./line-splitter.js";
@@ -79,6 +80,23 @@ const BuildOutputSchema = z
 
 const HostListSchema = z.array(z.string());
 
+/** Host → its toplevel's .drv path, or null when evaluating it threw. */
+const ToplevelDrvsSchema = z.record(z.string(), z.string().nullable());
+export type ToplevelDrvs = z.infer<typeof ToplevelDrvsSchema>;
+
+// Evaluates every host's toplevel .drv in one nix process, so the hosts
+// share the evaluation of what they have in common (nixpkgs). tryEval
+// catches `throw` and `assert` — how the NixOS module system reports bad
+// configs — so one broken host does not hide the others; any other error
+// fails the whole evaluation and the caller falls back to one host at a time.
+const TOPLEVEL_DRVS_EXPR =
+  "cs: builtins.mapAttrs (name: c: let r = builtins.tryEval c.config.system.build.toplevel.drvPath; in if r.success then r.value else null) cs";
+
+/** A locked URL pins a revision (or a NAR hash): what it evaluates to never changes. */
+export function isLockedUrl(url: string): boolean {
+  return /[?&](rev|narHash)=/.test(url);
+}
+
 const REF_CAPABLE = /^(?:git\+|hg\+|github:|gitlab:|sourcehut:)/;
 
 export function supportsRef(url: string): boolean {
@@ -100,12 +118,17 @@ export function toplevelInstallable(lockedUrl: string, host: string): string {
 }
 
 export class NixRunner {
-  constructor(private readonly options: NixRunnerOptions) {}
+  private readonly nixStoreBin: string;
 
-  async run(args: readonly string[], options: RunOptions): Promise<RunResult> {
+  constructor(private readonly options: NixRunnerOptions) {
+    // nix-store ships next to nix in every Nix release, 2.8 to current.
+    this.nixStoreBin = options.nixBin.includes("/") ? join(dirname(options.nixBin), "nix-store") : "nix-store";
+  }
+
+  async run(args: readonly string[], options: RunOptions, bin = this.options.nixBin): Promise<RunResult> {
     const started = performance.now();
     const log = new NixLogState(this.options.logTailLines);
-    const subprocess = execa(this.options.nixBin, args, {
+    const subprocess = execa(bin, args, {
       detached: true,
       cleanup: false,
       reject: false,
@@ -180,12 +203,38 @@ export class NixRunner {
     return { ok: true, value: hosts };
   }
 
+  /** Every host's toplevel .drv from one evaluation (see TOPLEVEL_DRVS_EXPR). */
+  async evaluateToplevels(lockedUrl: string, options: RunOptions): Promise<Outcome<ToplevelDrvs>> {
+    const run = await this.run(["eval", "--json", `${lockedUrl}#nixosConfigurations`, "--apply", TOPLEVEL_DRVS_EXPR], options);
+    const failure = this.failure(run, "evaluating nixosConfigurations");
+    if (failure) return failure;
+    const drvs = parseJson(run.stdout, ToplevelDrvsSchema);
+    if (!drvs) return { ok: false, error: "nix eval printed unexpected output for nixosConfigurations", outcome: "exited" };
+    return { ok: true, value: drvs };
+  }
+
+  /** Evaluates and builds one host: `nix build` (uses nix's own eval cache). */
   async buildHost(lockedUrl: string, host: string, options: RunOptions): Promise<HostBuild> {
     const args = ["build", "-L", "--log-format", "internal-json", "--no-link", "--json"];
     if (this.options.keepGoing) args.push("--keep-going");
     args.push(toplevelInstallable(lockedUrl, host));
     const run = await this.run(args, options);
     return hostBuildFrom(run, this.options.nixBin);
+  }
+
+  /**
+   * Builds an already evaluated toplevel. `nix-store --realise` works on
+   * Nix 2.8 and current Nix alike (`nix build <drv>^*` does not exist in 2.8).
+   */
+  async realise(drvPath: string, options: RunOptions): Promise<HostBuild> {
+    const args = ["--log-format", "internal-json", "--realise", drvPath];
+    if (this.options.keepGoing) args.push("--keep-going");
+    const run = await this.run(args, options, this.nixStoreBin);
+    if (run.outcome === "exited" && run.exitCode === 0) {
+      const storePath = run.stdout.split("\n").find((line) => line.startsWith("/nix/store/"));
+      if (storePath) return { status: "success", durationMs: run.durationMs, storePath: storePath.trim() };
+    }
+    return hostBuildFrom(run, this.nixStoreBin);
   }
 
   private failure(run: RunResult, what: string): Outcome<never> | undefined {

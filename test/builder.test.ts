@@ -115,12 +115,12 @@ describe("target all", () => {
     const { exitCode, messages } = await buildJson(["fixture", "all"]);
     expect(exitCode).toBe(1);
     const started = messages.find((m) => m.type === "job_started");
-    expect(started?.hosts).toEqual(["alpha", "beta", "broken", "delta", "gamma", "slow"]);
+    expect(started?.hosts).toEqual(["alpha", "beta", "broken", "delta", "gamma", "medium", "slow"]);
     const completed = finalOf(messages) as { status: string; revision: string; results: Array<Record<string, unknown>> };
     expect(completed.status).toBe("failure");
     expect(completed.revision).toBe(revision);
     const byHost = Object.fromEntries(completed.results.map((r) => [r.host, r]));
-    for (const host of ["alpha", "beta", "delta", "gamma"]) {
+    for (const host of ["alpha", "beta", "delta", "gamma", "medium"]) {
       expect(byHost[host]).toMatchObject({ status: "success", storePath: expect.stringMatching(new RegExp(`-${host}$`)) });
     }
     expect(byHost["broken"]).toMatchObject({ status: "failure", error: expect.stringMatching(/failed with exit code 1/) });
@@ -146,11 +146,20 @@ describe("rejections", () => {
     ]);
   });
 
+  it("does not mistake Object.prototype's keys for repos", async () => {
+    for (const repo of ["constructor", "toString", "hasOwnProperty", "valueOf"]) {
+      const inbox = await Inbox.open(deployer);
+      inbox.send(`build.${repo}.alpha`);
+      expect(await inbox.final(10_000)).toMatchObject({ type: "rejected", code: "unknown_repo" });
+      inbox.close();
+    }
+  });
+
   it("names the repo's hosts for an unknown host", async () => {
     const { exitCode, messages, stdout } = await buildJson(["fixture", "nosuchhost"]);
     expect(exitCode).toBe(2);
     expect(messages[0]).toMatchObject({ type: "rejected", code: "unknown_host" });
-    expect(messages[0]?.known).toEqual(["alpha", "beta", "broken", "delta", "gamma", "slow"]);
+    expect(messages[0]?.known).toEqual(["alpha", "beta", "broken", "delta", "gamma", "medium", "slow"]);
     expect(stdout).toContain("nosuchhost");
   });
 
