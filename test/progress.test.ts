@@ -118,7 +118,7 @@ describe("discovery", () => {
     expect(discover).toMatchObject({ type: "discover", version: expect.stringMatching(/^\d+\.\d+\.\d+/) });
     const repos = Object.fromEntries((discover?.repos as Array<{ name: string; hosts: string[] }>).map((r) => [r.name, r]));
     expect(repos["progress"]?.hosts).toEqual(["evalfail", "failing", "multi"]);
-    expect(repos["fixture"]?.hosts).toEqual(["alpha", "beta", "broken", "delta", "gamma", "medium", "slow"]);
+    expect(repos["fixture"]?.hosts).toEqual(["alpha", "beta", "broken", "delta", "gamma", "slow"]);
 
     const human = await runCli(["build", "--list", "fixture"], env());
     expect(human.exitCode).toBe(0);
