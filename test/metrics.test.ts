@@ -64,6 +64,7 @@ beforeAll(async () => {
     seedFile: nats.identities.builder.seedFile,
     repos: { fixture: flake.url, spare: flake.url },
     build: { timeout: "2s" },
+    // The support code's defaults, spelled out: this file reads and corrupts the state file.
     extra: { metrics: { listen: "127.0.0.1:0" }, stateDir },
   });
   baseUrl = await metricsBaseUrl(builder);
@@ -253,7 +254,7 @@ describe("the state file", () => {
       natsUrl: nats.url,
       seedFile: nats.identities.builder.seedFile,
       repos: { fixture: flake.url },
-      extra: { metrics: { listen: "127.0.0.1:0" }, stateDir: join(emptyDir, "not", "yet") },
+      extra: { stateDir: join(emptyDir, "not", "yet") },
     });
     try {
       const warnings = fresh.logs.filter((l) => (l.level ?? 0) >= 40);
@@ -305,7 +306,6 @@ describe("/healthz and /readyz", () => {
       seedFile: nats.identities.builder.seedFile,
       repos: { fixture: flake.url },
       build: { nixBin: "/nonexistent/bin/nix" },
-      extra: { metrics: { listen: "127.0.0.1:0" }, stateDir: await mkdtemp(join(tmpdir(), "hd-state-")) },
     });
     try {
       const url = await metricsBaseUrl(broken);
@@ -327,7 +327,6 @@ describe("/healthz and /readyz", () => {
         natsUrl: `nats://127.0.0.1:${await closedPort()}`,
         seedFile: nats.identities.builder.seedFile,
         repos: { fixture: flake.url },
-        extra: { metrics: { listen: "127.0.0.1:0" }, stateDir: await mkdtemp(join(tmpdir(), "hd-state-")) },
       },
       { waitReady: false },
     );

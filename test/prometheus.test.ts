@@ -4,8 +4,6 @@
  * counter comes back through Prometheus's query API, a failed build fires
  * the alert, and every dashboard query runs.
  */
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROOT, runCli } from "./support/cli.js";
@@ -46,7 +44,6 @@ beforeAll(async () => {
     natsUrl: nats.url,
     seedFile: nats.identities.builder.seedFile,
     repos: { fixture: flake.url },
-    extra: { metrics: { listen: "127.0.0.1:0" }, stateDir: await mkdtemp(join(tmpdir(), "hd-state-")) },
   });
   target = new URL(await metricsBaseUrl(builder)).host;
   // Built before Prometheus starts: its first scrape already sees broken's
