@@ -10,12 +10,9 @@ import { natsServers, type Config } from "./config.js";
 import { fileSeedSource, type SeedSource } from "./credentials.js";
 import { ExitCode, errorMessage, exitCodeOf } from "./errors.js";
 import { EventBus } from "./events.js";
-import { HttpServer } from "./http-server.js";
 import type { Logger } from "./logger.js";
-import { BuildMetrics } from "./metrics.js";
 import { NixRunner } from "./nix.js";
-import { Readiness } from "./readiness.js";
-import { StatePersister, StateStore } from "./state.js";
+import { startObservability } from "./observability.js";
 import { NatsTransport } from "./transport.js";
 import { VERSION } from "./version.js";
 
@@ -68,7 +65,7 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
   const stop = (code: number = ExitCode.ok) => {
     stopping ??= (async () => {
       logger.info("stopping: answering waiting requesters and ending running builds");
-      observability.readiness.stop();
+      observability.beginShutdown();
       await builder.stop();
       await transport.stop();
       // Last: the final events are saved, and Prometheus can scrape until the end.
@@ -83,55 +80,4 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
     void stop(exitCodeOf(err));
   });
   return { stop: () => stop(), done };
-}
-
-interface Observability {
-  readiness: Readiness;
-  /** Saves the metrics state and closes the HTTP server. */
-  stop(): Promise<void>;
-}
-
-/**
- * Metrics (restored from the state file, fed from the event bus), readiness
- * and the HTTP server. Started before NATS, so /healthz answers and /readyz
- * says why while the builder still waits for the NATS server.
- */
-async function startObservability(
-  config: Config,
-  logger: Logger,
-  parts: { events: EventBus; transport: NatsTransport; nix: NixRunner },
-): Promise<Observability> {
-  const { events, transport, nix } = parts;
-  const metrics = new BuildMetrics({ repos: Object.keys(config.repos), version: VERSION });
-  const stateLogger = logger.child({ component: "state" });
-  const store = new StateStore({ dir: config.stateDir, logger: stateLogger });
-  const saved = await store.load();
-  if (saved) {
-    const dropped = metrics.restore(saved);
-    if (dropped.length > 0) stateLogger.info({ dropped }, "saved metrics of repos that are no longer configured were dropped");
-  }
-  const persister = new StatePersister({ store, snapshot: () => metrics.snapshot(), logger: stateLogger });
-  metrics.onPersistentChange(() => persister.request());
-  const unsubscribe = events.on(metrics.onEvent);
-  metrics.setNatsState(transport.state);
-  transport.onStateChange((state) => metrics.setNatsState(state));
-
-  const readiness = new Readiness({ natsState: () => transport.state, nix, nixBin: config.build.nixBin });
-  const http = new HttpServer({
-    listen: config.metrics.listen,
-    registry: metrics.registry,
-    readiness: () => readiness.report(),
-    logger: logger.child({ component: "http" }),
-  });
-  await http.start();
-  readiness.start();
-  return {
-    readiness,
-    async stop() {
-      readiness.stop();
-      unsubscribe();
-      await persister.flush();
-      await http.stop();
-    },
-  };
 }

@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { jsonLines, ROOT, runCli, spawnCli } from "./support/cli.js";
-import { spawnBuilder, startBuilder, type BuilderProcess, type LogLine } from "./support/daemon.js";
+import { spawnBuilder, startBuilder, type BuilderProcess, type BuilderSetup, type LogLine } from "./support/daemon.js";
 import { createFixtureFlake, type FixtureFlake } from "./support/flake.js";
 import { eventually, metricsBaseUrl, samplesOf, scrape, valueOf, type Exposition } from "./support/metrics.js";
 import { startNatsServer, type NatsServer } from "./support/nats-server.js";
@@ -36,6 +36,14 @@ async function restart(): Promise<void> {
   expect(code).toBe(0);
   builder = await spawnBuilder(builder.configFile);
   baseUrl = await metricsBaseUrl(builder);
+}
+
+/** A second builder on the fixture repo (the shared one keeps running; no builds go to this one). */
+function extraBuilder(setup: Partial<BuilderSetup> = {}, waitReady = true): Promise<BuilderProcess> {
+  return startBuilder(
+    { natsUrl: nats.url, seedFile: nats.identities.builder.seedFile, repos: { fixture: flake.url }, ...setup },
+    { waitReady },
+  );
 }
 
 const fixture = (labels: Record<string, string> = {}) => ({ repo: "fixture", ...labels });
@@ -250,12 +258,7 @@ describe("the state file", () => {
 
   it("warns once when there is no file yet, and never stops the daemon over it", async () => {
     const emptyDir = await mkdtemp(join(tmpdir(), "hd-state-empty-"));
-    const fresh = await startBuilder({
-      natsUrl: nats.url,
-      seedFile: nats.identities.builder.seedFile,
-      repos: { fixture: flake.url },
-      extra: { stateDir: join(emptyDir, "not", "yet") },
-    });
+    const fresh = await extraBuilder({ extra: { stateDir: join(emptyDir, "not", "yet") } });
     try {
       const warnings = fresh.logs.filter((l) => (l.level ?? 0) >= 40);
       expect(warnings).toEqual([expect.objectContaining({ msg: expect.stringMatching(/does not exist yet/) })]);
@@ -301,12 +304,7 @@ describe("/healthz and /readyz", () => {
   });
 
   it("is not ready when nix cannot be run, and says so", async () => {
-    const broken = await startBuilder({
-      natsUrl: nats.url,
-      seedFile: nats.identities.builder.seedFile,
-      repos: { fixture: flake.url },
-      build: { nixBin: "/nonexistent/bin/nix" },
-    });
+    const broken = await extraBuilder({ build: { nixBin: "/nonexistent/bin/nix" } });
     try {
       const url = await metricsBaseUrl(broken);
       const response = await fetch(`${url}/readyz`);
@@ -322,14 +320,7 @@ describe("/healthz and /readyz", () => {
   });
 
   it("answers /healthz and /readyz (not ready) while still waiting for NATS at start-up", async () => {
-    const unreachable = await startBuilder(
-      {
-        natsUrl: `nats://127.0.0.1:${await closedPort()}`,
-        seedFile: nats.identities.builder.seedFile,
-        repos: { fixture: flake.url },
-      },
-      { waitReady: false },
-    );
+    const unreachable = await extraBuilder({ natsUrl: `nats://127.0.0.1:${await closedPort()}` }, false);
     try {
       const url = await metricsBaseUrl(unreachable);
       expect((await fetch(`${url}/healthz`)).status).toBe(200);
@@ -347,15 +338,7 @@ describe("the HTTP server's life", () => {
     const blocker = await listenOn(0);
     const port = (blocker.address() as { port: number }).port;
     try {
-      const taken = await startBuilder(
-        {
-          natsUrl: nats.url,
-          seedFile: nats.identities.builder.seedFile,
-          repos: { fixture: flake.url },
-          extra: { metrics: { listen: `127.0.0.1:${port}` }, stateDir },
-        },
-        { waitReady: false },
-      );
+      const taken = await extraBuilder({ extra: { metrics: { listen: `127.0.0.1:${port}` } } }, false);
       expect(await taken.exited).toBe(2);
       expect(taken.output()).toContain(`cannot listen on 127.0.0.1:${port}`);
     } finally {
