@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { jsonLines, ROOT, runCli, spawnCli } from "./support/cli.js";
-import { spawnBuilder, startBuilder, type BuilderProcess, type BuilderSetup, type LogLine } from "./support/daemon.js";
+import { spawnBuilder, startBuilder, type BuilderProcess, type BuilderSetup } from "./support/daemon.js";
 import { createFixtureFlake, type FixtureFlake } from "./support/flake.js";
 import { eventually, metricsBaseUrl, samplesOf, scrape, valueOf, type Exposition } from "./support/metrics.js";
 import { startNatsServer, type NatsServer } from "./support/nats-server.js";
@@ -166,37 +166,42 @@ describe("/metrics after real builds", () => {
   });
 
   it("shows the running job, since when, and the queue behind it", async () => {
-    const waitBefore = valueOf(await scrape(baseUrl), "homelab_deploy_queue_wait_seconds_count", fixture()) as number;
-    const fromNow = newLogs();
-    const slow = spawnCli(["build", "fixture", "slow", "--json"], clientEnv());
-    await builder.waitForLog(fromNow((l) => l.msg === "building host" && l.host === "slow"));
-    const queued = spawnCli(["build", "fixture", "gamma", "--json"], clientEnv());
-    await builder.waitForLog(fromNow((l) => l.msg === "job queued" && l.target === "gamma"));
+    // A builder of its own with a longer timeout, so slow surely still runs
+    // when the queued job is scraped; the shared one must not take the requests.
+    await builder.stop();
+    const own = await extraBuilder({ build: { timeout: "8s" } });
+    try {
+      const url = await metricsBaseUrl(own);
+      const slow = spawnCli(["build", "fixture", "slow", "--json"], clientEnv());
+      await own.waitForLog((l) => l.msg === "building host" && l.host === "slow");
+      const queued = spawnCli(["build", "fixture", "gamma", "--json"], clientEnv());
+      await own.waitForLog((l) => l.msg === "job queued" && l.target === "gamma");
 
-    const during = await scrape(baseUrl);
-    expect(valueOf(during, "homelab_deploy_build_running")).toBe(1);
-    expect(valueOf(during, "homelab_deploy_queue_depth")).toBe(1);
-    const since = valueOf(during, "homelab_deploy_build_running_since_timestamp", fixture({ target: "slow" })) as number;
-    expect(nowSeconds() - since).toBeGreaterThanOrEqual(0);
-    expect(nowSeconds() - since).toBeLessThan(10);
-    expect(samplesOf(during, "homelab_deploy_build_running_since_timestamp")).toHaveLength(1);
+      const during = await scrape(url);
+      expect(valueOf(during, "homelab_deploy_build_running")).toBe(1);
+      expect(valueOf(during, "homelab_deploy_queue_depth")).toBe(1);
+      const since = valueOf(during, "homelab_deploy_build_running_since_timestamp", fixture({ target: "slow" })) as number;
+      expect(nowSeconds() - since).toBeGreaterThanOrEqual(0);
+      expect(nowSeconds() - since).toBeLessThan(8);
+      expect(samplesOf(during, "homelab_deploy_build_running_since_timestamp")).toHaveLength(1);
 
-    await Promise.all([slow, queued]);
-    const after = await scrape(baseUrl);
-    expect(valueOf(after, "homelab_deploy_build_running")).toBe(0);
-    expect(valueOf(after, "homelab_deploy_queue_depth")).toBe(0);
-    expect(samplesOf(after, "homelab_deploy_build_running_since_timestamp")).toEqual([]);
-    // gamma waited behind slow (about build.timeout); the wait histogram saw both jobs.
-    expect(valueOf(after, "homelab_deploy_queue_wait_seconds_count", fixture())).toBe(waitBefore + 2);
-    expect(valueOf(after, "homelab_deploy_queue_wait_seconds_bucket", fixture({ le: "1" }))).toBe(waitBefore + 1);
+      await Promise.all([slow, queued]);
+      const after = await scrape(url);
+      expect(valueOf(after, "homelab_deploy_build_running")).toBe(0);
+      expect(valueOf(after, "homelab_deploy_queue_depth")).toBe(0);
+      expect(samplesOf(after, "homelab_deploy_build_running_since_timestamp")).toEqual([]);
+      // slow started at once; gamma waited behind it for seconds.
+      expect(valueOf(after, "homelab_deploy_queue_wait_seconds_count", fixture())).toBe(2);
+      expect(valueOf(after, "homelab_deploy_queue_wait_seconds_bucket", fixture({ le: "1" }))).toBe(1);
+      expect(valueOf(after, "homelab_deploy_queue_wait_seconds_sum", fixture())).toBeGreaterThan(1);
+    } finally {
+      await own.stop();
+      builder = await spawnBuilder(builder.configFile);
+      baseUrl = await metricsBaseUrl(builder);
+    }
   });
 });
 
-/** Narrows a log predicate to lines logged from now on, so an older line cannot match. */
-function newLogs(): (predicate: (line: LogLine) => boolean) => (line: LogLine) => boolean {
-  const mark = builder.logs.length;
-  return (predicate) => (line) => builder.logs.indexOf(line) >= mark && predicate(line);
-}
 
 describe("the state file", () => {
   it("keeps counters and timestamps across a restart", async () => {
@@ -219,12 +224,15 @@ describe("the state file", () => {
   it("is written when a build ends, so a crash (SIGKILL) loses nothing", async () => {
     await flake.bump();
     expect(await build("fixture", "beta")).toEqual({ exitCode: 0, status: "success" });
-    const before = persisted(await scrape(baseUrl));
-    // The write follows the event by a few milliseconds; wait for it, then crash.
+    const scraped = await scrape(baseUrl);
+    const before = persisted(scraped);
+    // The write follows the job's last event by a few milliseconds: wait
+    // until the file holds that event's timestamp, then crash.
+    const lastBuild = valueOf(scraped, "homelab_deploy_build_last_timestamp", fixture());
     await eventually(async () => {
-      const saved = JSON.parse(await readFile(STATE_FILE(), "utf8")) as { metrics: { hostBuilds: Array<Record<string, unknown>> } };
-      return saved.metrics.hostBuilds.some((h) => h.host === "beta" && h.status === "success" && h.value === 1) ? true : undefined;
-    }, "the state file to record beta's build");
+      const saved = JSON.parse(await readFile(STATE_FILE(), "utf8")) as { metrics: { lastBuild: Record<string, number> } };
+      return saved.metrics.lastBuild["fixture"] === lastBuild ? true : undefined;
+    }, "the state file to record beta's job");
     await builder.stop("SIGKILL");
     builder = await spawnBuilder(builder.configFile);
     baseUrl = await metricsBaseUrl(builder);
