@@ -48,6 +48,8 @@ async function main(): Promise<number> {
   });
   const ready = builder.logs.find((l) => l.msg === "connected to NATS");
   say(`builder connected as NKey user ${String(ready?.user)} and listening on build.>`);
+  const metrics = builder.logs.find((l) => l.msg === "metrics server listening");
+  say(`builder metrics on ${String(metrics?.url)} (also /healthz, /readyz)`);
 
   say("homelab-deploy build demo all   (as the test deployer)");
   const code = await new Promise<number>((resolve) => {

@@ -4,6 +4,7 @@
  * names are a contract with operators' configs, so renames need a migration.
  */
 import { readFile } from "node:fs/promises";
+import { isAbsolute } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { parseDuration } from "./duration.js";
@@ -58,6 +59,31 @@ const BuildSchema = z.strictObject({
   nixBin: z.string().min(1).default("nix"),
 });
 
+// host:port for the metrics HTTP server: an IPv4 address or host name, or
+// an IPv6 address in brackets ("[::]:9973"); port 0 picks a free one (tests).
+const LISTEN_RE = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/;
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+const ListenSchema = z.string().transform((value, ctx): ListenAddress => {
+  const match = LISTEN_RE.exec(value);
+  const port = Number(match?.[3]);
+  if (!match || port > 65_535) {
+    ctx.addIssue({ code: "custom", message: `expected host:port like 0.0.0.0:9973 or [::]:9973, got ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return { host: (match[1] ?? match[2]) as string, port };
+});
+
+const MetricsSchema = z.strictObject({
+  listen: ListenSchema.prefault("0.0.0.0:9973"),
+});
+
+const StateDirSchema = z.string().refine(isAbsolute, { message: "expected an absolute directory path" });
+
 const LogSchema = z.strictObject({
   level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),
 });
@@ -70,6 +96,8 @@ export const ConfigSchema = z
     }),
     build: BuildSchema.default(BuildSchema.parse({})),
     log: LogSchema.default(LogSchema.parse({})),
+    metrics: MetricsSchema.prefault({}),
+    stateDir: StateDirSchema.default("/var/lib/homelab-deploy"),
   })
   .superRefine((config, ctx) => {
     if (!config.nats.nkeySeedFile) {
@@ -84,6 +112,7 @@ export const ConfigSchema = z
 export type Config = z.infer<typeof ConfigSchema>;
 export type RepoConfig = z.infer<typeof RepoSchema>;
 export type BuildConfig = z.infer<typeof BuildSchema>;
+export type MetricsConfig = z.infer<typeof MetricsSchema>;
 
 /**
  * The repo of that name, if the config has one. Own keys only: a request

@@ -12,6 +12,7 @@ import { ExitCode, errorMessage, exitCodeOf } from "./errors.js";
 import { EventBus } from "./events.js";
 import type { Logger } from "./logger.js";
 import { NixRunner } from "./nix.js";
+import { startObservability } from "./observability.js";
 import { NatsTransport } from "./transport.js";
 import { VERSION } from "./version.js";
 
@@ -44,8 +45,14 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
   });
   const catalog = new HostCatalog({ nix, repos: config.repos, logger: logger.child({ component: "catalog" }), timeoutMs: config.build.resolveTimeout });
   const builder = new Builder({ config, transport, nix, catalog, events, logger, version: VERSION, builderName });
+  const observability = await startObservability(config, logger, { events, transport, nix });
 
-  await transport.start();
+  try {
+    await transport.start();
+  } catch (err) {
+    await observability.stop();
+    throw err;
+  }
   catalog.start();
   builder.start();
   logger.info(
@@ -59,8 +66,11 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
   const stop = (code: number = ExitCode.ok) => {
     stopping ??= (async () => {
       logger.info("stopping: answering waiting requesters and ending running builds");
+      observability.beginShutdown();
       await builder.stop();
       await transport.stop();
+      // Last: the final events are saved, and Prometheus can scrape until the end.
+      await observability.stop();
       logger.info("stopped");
       resolveDone(code);
     })();

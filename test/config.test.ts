@@ -27,6 +27,8 @@ describe("config", () => {
     expect(Object.keys(config.repos)).toEqual(["nixos-servers", "nixos"]);
     expect(config.repos["nixos-servers"]?.url).toBe("git+https://git.t-juice.club/torjus/nixos-servers.git");
     expect(config.build).toMatchObject({ timeout: 3_600_000, maxQueue: 32, logTailLines: 50 });
+    expect(config.metrics.listen).toEqual({ host: "0.0.0.0", port: 9973 });
+    expect(config.stateDir).toBe("/var/lib/homelab-deploy");
   });
 
   it("fills in the documented defaults", () => {
@@ -90,6 +92,22 @@ describe("config", () => {
       "nats.nkeySeedFile: required: the path to the builder's NATS user NKey seed",
     ]);
     expect(problems(null)).toEqual(["nats: required (expected object)", "repos: required (expected record)"]);
+  });
+
+  it("takes metrics.listen as host:port and stateDir as an absolute path, with defaults", () => {
+    const defaults = parseConfig(base, "test.yaml");
+    expect(defaults.metrics.listen).toEqual({ host: "0.0.0.0", port: 9973 });
+    expect(defaults.stateDir).toBe("/var/lib/homelab-deploy");
+    const custom = (listen: string) => parseConfig({ ...base, metrics: { listen } }, "test.yaml").metrics.listen;
+    expect(custom("127.0.0.1:0")).toEqual({ host: "127.0.0.1", port: 0 });
+    expect(custom("[::]:9100")).toEqual({ host: "::", port: 9100 });
+    expect(custom("nix-cache02.home.2rjus.net:9973")).toEqual({ host: "nix-cache02.home.2rjus.net", port: 9973 });
+    for (const listen of ["9973", "0.0.0.0:99999", ":9973", "http://0.0.0.0:9973", "::1:9973", "host:port"]) {
+      expect(problems({ ...base, metrics: { listen } })).toEqual([expect.stringMatching(/^metrics\.listen: expected host:port/)]);
+    }
+    expect(problems({ ...base, metrics: { port: 9973 } })).toEqual(["metrics.port: unknown key"]);
+    expect(parseConfig({ ...base, stateDir: "/srv/hd" }, "test.yaml").stateDir).toBe("/srv/hd");
+    expect(problems({ ...base, stateDir: "state" })).toEqual(["stateDir: expected an absolute directory path"]);
   });
 
   it("reads JSON as well as YAML, and says when the file is neither", async () => {

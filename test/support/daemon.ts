@@ -31,12 +31,19 @@ export interface BuilderSetup {
   env?: Record<string, string>;
 }
 
-export function builderConfig(setup: BuilderSetup): Record<string, unknown> {
+/**
+ * `dir` holds the builder's state unless `extra` says otherwise; the
+ * metrics server takes a free loopback port (logged as "metrics server
+ * listening"), so builders of parallel test files never collide on 9973.
+ */
+export function builderConfig(setup: BuilderSetup, dir: string): Record<string, unknown> {
   return {
     nats: { url: setup.natsUrl, ...(setup.seedFile ? { nkeySeedFile: setup.seedFile } : {}) },
     repos: Object.fromEntries(Object.entries(setup.repos).map(([name, url]) => [name, { url }])),
     build: { timeout: "1m", killGrace: "1s", ...setup.build },
     log: { level: "debug" },
+    metrics: { listen: "127.0.0.1:0" },
+    stateDir: join(dir, "state"),
     ...setup.extra,
   };
 }
@@ -44,7 +51,7 @@ export function builderConfig(setup: BuilderSetup): Record<string, unknown> {
 export async function startBuilder(setup: BuilderSetup, options: { waitReady?: boolean } = {}): Promise<BuilderProcess> {
   const dir = await mkdtemp(join(tmpdir(), "hd-builder-"));
   const configFile = join(dir, "config.json");
-  await writeFile(configFile, JSON.stringify(builderConfig(setup), null, 2));
+  await writeFile(configFile, JSON.stringify(builderConfig(setup, dir), null, 2));
   return spawnBuilder(configFile, setup.env, options);
 }
 
