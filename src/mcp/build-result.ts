@@ -18,10 +18,13 @@ import {
 import { describeMessage, summaryTable } from "../report.js";
 import type { BuildTarget } from "../client.js";
 
-/** The builder sends up to build.logTailLines (50) lines of 2000 characters; an assistant needs the end of it. */
+/**
+ * The builder sends up to build.logTailLines (50) lines of 2000 characters;
+ * an assistant needs the end of it: 40 lines of at most 400 characters
+ * (about 4k tokens at most).
+ */
 export const MCP_TAIL_LINES = 40;
 export const MCP_TAIL_LINE_CHARS = 400;
-const MCP_TAIL_CHARS = 12_000;
 /** An eval error carries nix's whole message and code frame; a long trace is cut. */
 export const MCP_ERROR_CHARS = 4_000;
 
@@ -89,7 +92,7 @@ function trimResult(result: HostResult, logTail: readonly string[] | undefined):
   const trimmed: HostResult = { ...result };
   if (result.error !== undefined) trimmed.error = trimText(result.error);
   const tail = logTail ?? result.logTail;
-  if (tail && tail.length > 0) trimmed.logTail = boundedLogTail(tail.slice(-MCP_TAIL_LINES), MCP_TAIL_LINE_CHARS, MCP_TAIL_CHARS);
+  if (tail && tail.length > 0) trimmed.logTail = boundedLogTail(tail.slice(-MCP_TAIL_LINES), MCP_TAIL_LINE_CHARS, Infinity);
   return trimmed;
 }
 
