@@ -11,9 +11,10 @@ import type { NatsConnection } from "nats";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BuildToolOutputSchema, MCP_TAIL_LINES } from "../src/mcp/build-result.js";
 import { CLI } from "./support/cli.js";
-import { startBuilder, type BuilderProcess } from "./support/daemon.js";
-import { createFixtureFlake, type FixtureFlake } from "./support/flake.js";
-import { Inbox, connectAs, sleep } from "./support/nats-client.js";
+import type { BuilderProcess } from "./support/daemon.js";
+import { startBuildEnvironment, type BuildEnvironment } from "./support/environment.js";
+import type { FixtureFlake } from "./support/flake.js";
+import { Inbox, sleep } from "./support/nats-client.js";
 import { startNatsServer, type NatsServer } from "./support/nats-server.js";
 import { isRunning } from "./support/processes.js";
 
@@ -60,22 +61,16 @@ async function call(session: McpSession, name: string, args: Record<string, unkn
   return (await session.client.callTool({ name, arguments: args }, undefined, { timeout: 120_000, ...options })) as CallToolResult;
 }
 
+let environment: BuildEnvironment | undefined;
+
 beforeAll(async () => {
-  [nats, progressFlake, flake] = await Promise.all([startNatsServer(), createFixtureFlake("progress-flake"), createFixtureFlake()]);
-  builder = await startBuilder({
-    natsUrl: nats.url,
-    seedFile: nats.identities.builder.seedFile,
-    repos: { progress: progressFlake.url, fixture: flake.url },
-    build: { timeout: "5m", heartbeatInterval: "1s", logTailLines: 50 },
-  });
-  deployer = await connectAs(nats.url, nats.identities.testDeployer);
+  environment = await startBuildEnvironment();
+  ({ nats, progressFlake, flake, builder, deployer } = environment);
 });
 
 afterAll(async () => {
   await Promise.all(servers.map((s) => s.close().catch(() => undefined)));
-  await deployer?.close();
-  await builder?.stop();
-  await nats?.stop();
+  await environment?.stop();
 });
 
 describe("the tools offered", () => {
