@@ -7,13 +7,14 @@ import { Command, CommanderError } from "commander";
 import { registerBuild } from "./commands/build.js";
 import { registerBuilder } from "./commands/builder.js";
 import { registerCancel } from "./commands/cancel.js";
+import { registerMcp } from "./commands/mcp.js";
 import { registerStatus } from "./commands/status.js";
 import { ExitCode, errorMessage, exitCodeOf } from "./errors.js";
 import { VERSION } from "./version.js";
 
 function program(): Command {
   const root = new Command("homelab-deploy")
-    .description("Nix build service driven over NATS: a builder daemon and the clients that ask it to build")
+    .description("Nix build service driven over NATS: a builder daemon, the clients that ask it to build, and an MCP server")
     .version(VERSION)
     .showHelpAfterError("(run with --help for usage)")
     .exitOverride();
@@ -21,6 +22,7 @@ function program(): Command {
   registerBuild(root);
   registerStatus(root);
   registerCancel(root);
+  registerMcp(root);
   return root;
 }
 

@@ -8,6 +8,7 @@
 import { formatDuration } from "./duration.js";
 import type {
   BuildResponse,
+  CancelResponse,
   Completed,
   DiscoverResponse,
   FinalResponse,
@@ -292,4 +293,9 @@ export function describeStatus(status: StatusResponse, now = Date.now()): string
     }
   }
   return lines;
+}
+
+export function describeCancel(answer: CancelResponse): string {
+  const what = answer.outcome === "removed" ? "removed from the queue" : "stopping: its nix process tree is being killed";
+  return `job ${answer.jobId}: ${what}`;
 }

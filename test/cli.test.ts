@@ -13,6 +13,10 @@ describe("homelab-deploy", () => {
     expect(root.stdout).toMatch(/build \[options\] \[repo\] \[target\]/);
     expect(root.stdout).toMatch(/status \[options\]/);
     expect(root.stdout).toMatch(/cancel \[options\] <job>/);
+    expect(root.stdout).toMatch(/mcp \[options\]/);
+    const mcp = await runCli(["mcp", "--help"]);
+    expect(mcp.exitCode).toBe(0);
+    for (const flag of ["--enable-builds", "--nats-url <url>", "--nkey-seed-file <file>", "--idle-timeout <duration>"]) expect(mcp.stdout).toContain(flag);
     const builder = await runCli(["builder", "--help"]);
     expect(builder.exitCode).toBe(0);
     expect(builder.stdout).toContain("--config <file>");
@@ -27,6 +31,9 @@ describe("homelab-deploy", () => {
     expect((await runCli(["bogus"])).exitCode).toBe(2);
     expect((await runCli(["build", "only-repo"])).exitCode).toBe(2);
     expect((await runCli(["builder"])).exitCode).toBe(2);
+    const badTimeout = await runCli(["mcp", "--ack-timeout", "soon"]);
+    expect(badTimeout.exitCode).toBe(2);
+    expect(badTimeout.stderr).toContain('invalid --ack-timeout "soon"');
     const noCreds = await runCli(["build", "nixos-servers", "ns1"], { HOMELAB_DEPLOY_NKEY_SEED_FILE: "" });
     expect(noCreds.exitCode).toBe(2);
     expect(noCreds.stderr).toContain("--nkey-seed-file");

@@ -9,8 +9,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { NatsConnection } from "nats";
 import { jsonLines, runCli, spawnCli } from "./support/cli.js";
 import { startBuilder, type BuilderProcess } from "./support/daemon.js";
-import { createFixtureFlake, type FixtureFlake } from "./support/flake.js";
-import { Inbox, connectAs, type Message } from "./support/nats-client.js";
+import { startBuildEnvironment, type BuildEnvironment } from "./support/environment.js";
+import type { FixtureFlake } from "./support/flake.js";
+import { Inbox, type Message } from "./support/nats-client.js";
 import { startNatsServer, type NatsServer } from "./support/nats-server.js";
 import { isRunning } from "./support/processes.js";
 
@@ -27,21 +28,15 @@ async function cli(args: string[]) {
   return { ...result, messages: jsonLines(result.stdout) as Message[] };
 }
 
+let environment: BuildEnvironment | undefined;
+
 beforeAll(async () => {
-  [nats, progressFlake, flake] = await Promise.all([startNatsServer(), createFixtureFlake("progress-flake"), createFixtureFlake()]);
-  builder = await startBuilder({
-    natsUrl: nats.url,
-    seedFile: nats.identities.builder.seedFile,
-    repos: { progress: progressFlake.url, fixture: flake.url },
-    build: { timeout: "5m", heartbeatInterval: "1s", logTailLines: 50 },
-  });
-  deployer = await connectAs(nats.url, nats.identities.testDeployer);
+  environment = await startBuildEnvironment();
+  ({ nats, progressFlake, flake, builder, deployer } = environment);
 });
 
 afterAll(async () => {
-  await deployer?.close();
-  await builder?.stop();
-  await nats?.stop();
+  await environment?.stop();
 });
 
 describe("progress", () => {

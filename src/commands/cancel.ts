@@ -3,6 +3,7 @@ import { Option, type Command } from "commander";
 import { requestControl } from "../client.js";
 import { ExitCode, UsageError } from "../errors.js";
 import { isValidJobId } from "../protocol.js";
+import { describeCancel } from "../report.js";
 import { addConnectionOptions, durationFlag, withClient, type ConnectionFlags } from "./connection.js";
 
 interface CancelFlags extends ConnectionFlags {
@@ -33,10 +34,7 @@ async function runCancel(jobId: string, flags: CancelFlags): Promise<number> {
       return ExitCode.usage;
     }
     if (answer.type !== "cancel") throw new UsageError(`unexpected answer ${answer.type} to build.cancel`);
-    if (!flags.json) {
-      const what = answer.outcome === "removed" ? "removed from the queue" : "stopping: its nix process tree is being killed";
-      process.stdout.write(`job ${answer.jobId}: ${what}\n`);
-    }
+    if (!flags.json) process.stdout.write(`${describeCancel(answer)}\n`);
     return ExitCode.ok;
   });
 }
