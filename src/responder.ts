@@ -5,10 +5,12 @@
  * disconnected it keeps what it could not send for the reconnect.
  *
  * What nats.js flushes right after a reconnect can still miss a requester
- * whose own connection comes back a moment later (after a NATS restart both
+ * whose own connection comes back later (after a NATS restart both
  * reconnect on their own schedules), so final messages sent around a
- * disconnect are sent again a few times after the reconnect. A requester
- * stops listening at its first final message, so repeats go nowhere.
+ * disconnect — shortly before it, during it, or in the first half minute
+ * after the reconnect — are sent again a few times over the next half
+ * minute. A requester stops listening at its first final message, so
+ * repeats go nowhere.
  */
 import type { EventBus } from "./events.js";
 import type { Logger } from "./logger.js";
@@ -17,10 +19,12 @@ import { isFinal } from "./protocol.js";
 import type { Job } from "./queue.js";
 import type { ConnectionState, NatsTransport } from "./transport.js";
 
-/** After a reconnect, finals are sent again this long later (requesters back off up to 5 s). */
-const RESEND_AFTER_MS = [2_000, 6_000, 12_000];
+/** Finals are sent again this long later (requesters back off up to 5 s, longer under load). */
+const RESEND_AFTER_MS = [2_000, 5_000, 10_000, 20_000, 30_000];
 /** Finals sent this long before the disconnect was noticed may have been lost too. */
 const LOST_BEFORE_DISCONNECT_MS = 10_000;
+/** Finals sent this long after a reconnect may reach requesters not back yet. */
+const UNSETTLED_AFTER_RECONNECT_MS = 30_000;
 const MAX_RECENT = 256;
 
 interface SentFinal {
@@ -32,6 +36,7 @@ interface SentFinal {
 export class Responder {
   private readonly recentFinals: SentFinal[] = [];
   private disconnectedAt: number | undefined;
+  private unsettledUntil = 0;
   private readonly timers = new Set<NodeJS.Timeout>();
 
   constructor(
@@ -73,8 +78,21 @@ export class Responder {
   }
 
   private remember(requesters: string[], message: FinalResponse): void {
-    this.recentFinals.push({ at: Date.now(), requesters, message });
+    const sent = { at: Date.now(), requesters, message };
+    this.recentFinals.push(sent);
     if (this.recentFinals.length > MAX_RECENT) this.recentFinals.shift();
+    if (this.disconnectedAt === undefined && sent.at < this.unsettledUntil) this.resendLater(sent);
+  }
+
+  private resendLater(sent: SentFinal): void {
+    for (const delay of RESEND_AFTER_MS) {
+      const timer = setTimeout(() => {
+        this.timers.delete(timer);
+        for (const reply of sent.requesters) this.transport.publish(reply, sent.message);
+      }, delay);
+      timer.unref();
+      this.timers.add(timer);
+    }
   }
 
   private onStateChange(state: ConnectionState): void {
@@ -85,16 +103,9 @@ export class Responder {
     if (state !== "connected" || this.disconnectedAt === undefined) return;
     const since = this.disconnectedAt - LOST_BEFORE_DISCONNECT_MS;
     this.disconnectedAt = undefined;
+    this.unsettledUntil = Date.now() + UNSETTLED_AFTER_RECONNECT_MS;
     const finals = this.recentFinals.filter((sent) => sent.at >= since);
-    if (finals.length === 0) return;
-    this.logger.info({ finals: finals.length }, "reconnected: sending recent final messages again");
-    for (const delay of RESEND_AFTER_MS) {
-      const timer = setTimeout(() => {
-        this.timers.delete(timer);
-        for (const sent of finals) for (const reply of sent.requesters) this.transport.publish(reply, sent.message);
-      }, delay);
-      timer.unref();
-      this.timers.add(timer);
-    }
+    if (finals.length > 0) this.logger.info({ finals: finals.length }, "reconnected: sending recent final messages again");
+    for (const sent of finals) this.resendLater(sent);
   }
 }
