@@ -8,11 +8,12 @@ import { Builder } from "./builder.js";
 import { HostCatalog } from "./catalog.js";
 import { natsServers, type Config } from "./config.js";
 import { fileSeedSource, type SeedSource } from "./credentials.js";
-import { ExitCode, errorMessage, exitCodeOf } from "./errors.js";
+import { ExitCode, VaultError, errorMessage, exitCodeOf } from "./errors.js";
 import { EventBus } from "./events.js";
 import type { Logger } from "./logger.js";
 import { NixRunner } from "./nix.js";
 import { NatsTransport } from "./transport.js";
+import { CONFIG_KEY_NAMES, vaultSeedSource } from "./vault.js";
 import { VERSION } from "./version.js";
 
 export interface Daemon {
@@ -22,8 +23,20 @@ export interface Daemon {
   readonly done: Promise<number>;
 }
 
-function seedSourceOf(config: Config): SeedSource {
+function seedSourceOf(config: Config, logger: Logger): SeedSource {
+  if (config.vault) {
+    return vaultSeedSource({ settings: config.vault, names: CONFIG_KEY_NAMES, logger: logger.child({ component: "vault" }), wait: true });
+  }
   return fileSeedSource(config.nats.nkeySeedFile as string);
+}
+
+/**
+ * A Vault problem nobody but an operator can fix ends the daemon with 1, so
+ * systemd shows the unit failed beside the one line that says what to fix.
+ */
+export function daemonExitCode(err: unknown): number {
+  const vault = err instanceof VaultError || (err instanceof Error && err.cause instanceof VaultError);
+  return vault ? ExitCode.daemonFailed : exitCodeOf(err);
 }
 
 export async function startDaemon(config: Config, logger: Logger): Promise<Daemon> {
@@ -37,7 +50,7 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
   const transport = new NatsTransport({
     servers: natsServers(config),
     name: config.nats.name ?? `homelab-deploy-builder@${hostname()}`,
-    seed: seedSourceOf(config),
+    seed: seedSourceOf(config, logger),
     logger: logger.child({ component: "nats" }),
     waitForServer: true,
   });
@@ -67,7 +80,7 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
   };
   transport.onFatal((err) => {
     logger.fatal({ err: errorMessage(err) }, "lost the NATS connection for good");
-    void stop(exitCodeOf(err));
+    void stop(daemonExitCode(err));
   });
   return { stop: () => stop(), done };
 }

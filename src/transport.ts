@@ -18,6 +18,10 @@ import {
 import type { Logger } from "./logger.js";
 import { ConnectionError, errorMessage } from "./errors.js";
 import { publicKeyOf, type SeedSource } from "./credentials.js";
+import { Backoff, delay } from "./backoff.js";
+
+// Kept importable from here for code written before backoff.ts existed.
+export { Backoff, delay } from "./backoff.js";
 
 export interface TransportOptions {
   servers: string[];
@@ -42,22 +46,6 @@ interface Registration {
 export type ConnectionState = "connecting" | "connected" | "disconnected" | "closed";
 
 const DEFAULT_BACKOFF = { initialMs: 250, maxMs: 5_000 };
-
-export class Backoff {
-  private attempt = 0;
-  constructor(private readonly bounds: { initialMs: number; maxMs: number }) {}
-
-  /** Next delay: doubling up to the cap, with up to 50 % jitter taken off. */
-  next(): number {
-    const ceiling = Math.min(this.bounds.maxMs, this.bounds.initialMs * 2 ** this.attempt);
-    this.attempt = Math.min(this.attempt + 1, 30);
-    return Math.round(ceiling * (0.5 + Math.random() * 0.5));
-  }
-
-  reset(): void {
-    this.attempt = 0;
-  }
-}
 
 export function isAuthError(err: unknown): boolean {
   return err instanceof NatsError && (err.isAuthError() || err.code === "AUTHORIZATION_VIOLATION");
@@ -186,26 +174,29 @@ export class NatsTransport {
     };
   }
 
-  private async connectWithRetry(): Promise<NatsConnection> {
+  /**
+   * A refused key is reloaded once (it may have been rotated) unless the
+   * caller has just reloaded it: one fresh look at the source, then give up.
+   */
+  private async connectWithRetry(mayReload = true): Promise<NatsConnection> {
     const { logger, servers, waitForServer } = this.options;
-    const identity = publicKeyOf(this.requireSeed());
-    let refusedOnce = false;
+    let reloadLeft = mayReload;
     for (;;) {
       this.setState("connecting");
       try {
         const nc = await connect(this.connectOptions());
         this.backoff.reset();
-        logger.info({ server: nc.getServer(), user: identity }, "connected to NATS");
+        logger.info({ server: nc.getServer(), user: publicKeyOf(this.requireSeed()) }, "connected to NATS");
         this.setState("connected");
         return nc;
       } catch (err) {
         if (isAuthError(err)) {
-          if (!refusedOnce && (await this.reloadSeed())) {
-            refusedOnce = true;
-            continue;
+          if (reloadLeft) {
+            reloadLeft = false;
+            if (await this.reloadSeed()) continue;
           }
           throw new ConnectionError(
-            `NATS at ${servers.join(", ")} refused NKey user ${identity} (${errorMessage(err)}): check that the server config lists this public key with the right permissions`,
+            `NATS at ${servers.join(", ")} refused NKey user ${publicKeyOf(this.requireSeed())} (${errorMessage(err)}): check that the server config lists this public key with the right permissions`,
             "refused",
             { cause: err },
           );
@@ -232,7 +223,9 @@ export class NatsTransport {
       return false;
     }
     const changed = !before || !sameBytes(before, this.seed);
-    if (changed) this.options.logger.warn({ source: this.options.seed.description }, "NATS refused the key; retrying with a reloaded seed");
+    const { logger, seed } = this.options;
+    if (changed) logger.warn({ source: seed.description, user: publicKeyOf(this.seed) }, "NATS refused the key; retrying with a reloaded seed");
+    else logger.warn({ source: seed.description }, "NATS refused the key and its source still has the same one");
     return changed;
   }
 
@@ -283,8 +276,9 @@ export class NatsTransport {
     this.setState("disconnected");
     this.options.logger.error({ err: err ? errorMessage(err) : undefined }, "NATS connection closed; starting over");
     try {
-      if (err && isAuthError(err)) await this.reloadSeed();
-      this.nc = await this.connectWithRetry();
+      const refused = err !== undefined && isAuthError(err);
+      if (refused) await this.reloadSeed();
+      this.nc = await this.connectWithRetry(!refused);
       this.watch(this.nc);
     } catch (fatal) {
       this.setState("closed");
@@ -296,8 +290,4 @@ export class NatsTransport {
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((value, i) => value === b[i]);
-}
-
-export function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
