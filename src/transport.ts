@@ -59,12 +59,16 @@ export class NatsTransport {
   private readonly registrations: Registration[] = [];
   private stopping = false;
   private readonly backoff: Backoff;
+  private readonly reconnectBackoff: Backoff;
+  private reconnectDelayMs: number;
   private stateListeners: Array<(state: ConnectionState) => void> = [];
   private fatalListeners: Array<(err: Error) => void> = [];
   private currentState: ConnectionState = "connecting";
 
   constructor(private readonly options: TransportOptions) {
     this.backoff = new Backoff(options.backoff ?? DEFAULT_BACKOFF);
+    this.reconnectBackoff = new Backoff(options.backoff ?? DEFAULT_BACKOFF);
+    this.reconnectDelayMs = this.reconnectBackoff.next();
   }
 
   get state(): ConnectionState {
@@ -153,7 +157,7 @@ export class NatsTransport {
   }
 
   private connectOptions() {
-    const { servers, name, logger } = this.options;
+    const { servers, name } = this.options;
     return {
       servers,
       name,
@@ -163,11 +167,10 @@ export class NatsTransport {
       }),
       reconnect: true,
       maxReconnectAttempts: -1,
-      reconnectDelayHandler: () => {
-        const wait = this.backoff.next();
-        logger.debug({ waitMs: wait }, "waiting before the next NATS reconnect attempt");
-        return wait;
-      },
+      // nats.js asks for the delay on every turn of its reconnect loop, also
+      // while it only sleeps; growing it there would stretch the first retry
+      // to seconds. It grows per dial attempt instead (see logStatus).
+      reconnectDelayHandler: () => this.reconnectDelayMs,
       pingInterval: 20_000,
       maxPingOut: 3,
       timeout: 10_000,
@@ -249,12 +252,14 @@ export class NatsTransport {
           this.setState("disconnected");
           break;
         case "reconnect":
-          this.backoff.reset();
+          this.reconnectBackoff.reset();
+          this.reconnectDelayMs = this.reconnectBackoff.next();
           logger.info({ server: status.data }, "reconnected to NATS");
           this.setState("connected");
           break;
         case "reconnecting":
-          logger.debug({ server: status.data }, "reconnecting to NATS");
+          this.reconnectDelayMs = this.reconnectBackoff.next();
+          logger.debug({ server: status.data, nextWaitMs: this.reconnectDelayMs }, "reconnecting to NATS");
           break;
         case "error":
           logger.warn({ err: errorMessage(status.data) }, "NATS reported an error");

@@ -210,20 +210,27 @@ const TLS_CODE = /CERT|SSL|TLS|EPROTO|UNABLE_TO_|SELF_SIGNED|HOSTNAME/;
 
 function classifyNetworkError(err: unknown, settings: VaultConfig, names: VaultSettingNames): VaultError {
   const code = typeof (err as { code?: unknown })?.code === "string" ? (err as { code: string }).code : "";
-  const reason = errorMessage(err);
+  const reason = opensslReason(errorMessage(err));
   // Keep the cause small: axios errors hold the request, headers (the token) and body (the secret-id) included.
   const cause = Object.assign(new Error(reason), { code });
   const at = `Vault at ${settings.address}`;
   if (TIMEOUT_CODES.has(code)) {
     return new VaultError(`${at} did not answer within ${formatDuration(settings.timeout)} (${names.timeout})`, true, undefined, { cause });
   }
-  if (TLS_CODE.test(code)) {
-    const ca = settings.caCertFile
-      ? `check that ${names.caCertFile} (${settings.caCertFile}) holds the CA that signed Vault's certificate`
-      : `set ${names.caCertFile} (or VAULT_CACERT) to the CA that signed Vault's certificate`;
-    return new VaultError(`TLS/CA problem talking to ${at} (${code}: ${reason}): ${ca}, and that the address matches the certificate`, true, undefined, {
-      cause,
-    });
-  }
+  if (TLS_CODE.test(code)) return new VaultError(`TLS/CA problem talking to ${at} (${code}: ${reason}): ${tlsAdvice(reason, settings, names)}`, true, undefined, { cause });
   return new VaultError(`${at} is unreachable (${reason})`, true, undefined, { cause });
+}
+
+function tlsAdvice(reason: string, settings: VaultConfig, names: VaultSettingNames): string {
+  if (/wrong version number/i.test(reason)) return `the server does not speak TLS there: check ${names.address} (http:// or https://)`;
+  const ca = settings.caCertFile
+    ? `check that ${names.caCertFile} (${settings.caCertFile}) holds the CA that signed Vault's certificate`
+    : `set ${names.caCertFile} (or VAULT_CACERT) to the CA that signed Vault's certificate`;
+  return `${ca}, and that ${names.address} matches the name in the certificate`;
+}
+
+/** "write EPROTO 80…:error:0A00010B:SSL routines:ssl3_get_record:wrong version number:…" → "wrong version number". */
+function opensslReason(message: string): string {
+  const openssl = /error:[0-9A-F]+:[^:]+:[^:]+:([^:]+)/.exec(message);
+  return (openssl?.[1] ?? message).replace(/\s+/g, " ").trim();
 }
