@@ -8,7 +8,7 @@ import { Builder } from "./builder.js";
 import { HostCatalog } from "./catalog.js";
 import { natsServers, type Config } from "./config.js";
 import { fileSeedSource, type SeedSource } from "./credentials.js";
-import { ExitCode, VaultError, errorMessage, exitCodeOf } from "./errors.js";
+import { ExitCode, errorMessage, exitCodeOf } from "./errors.js";
 import { EventBus } from "./events.js";
 import type { Logger } from "./logger.js";
 import { NixRunner } from "./nix.js";
@@ -28,15 +28,6 @@ function seedSourceOf(config: Config, logger: Logger): SeedSource {
     return vaultSeedSource({ settings: config.vault, names: CONFIG_KEY_NAMES, logger: logger.child({ component: "vault" }), wait: true });
   }
   return fileSeedSource(config.nats.nkeySeedFile as string);
-}
-
-/**
- * A Vault problem nobody but an operator can fix ends the daemon with 1, so
- * systemd shows the unit failed beside the one line that says what to fix.
- */
-export function daemonExitCode(err: unknown): number {
-  const vault = err instanceof VaultError || (err instanceof Error && err.cause instanceof VaultError);
-  return vault ? ExitCode.daemonFailed : exitCodeOf(err);
 }
 
 export async function startDaemon(config: Config, logger: Logger): Promise<Daemon> {
@@ -80,7 +71,7 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
   };
   transport.onFatal((err) => {
     logger.fatal({ err: errorMessage(err) }, "lost the NATS connection for good");
-    void stop(daemonExitCode(err));
+    void stop(exitCodeOf(err));
   });
   return { stop: () => stop(), done };
 }

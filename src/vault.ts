@@ -109,6 +109,7 @@ function vaultClient(settings: VaultConfig, ca: string | undefined): VaultClient
     endpoint: settings.address,
     // node-vault's debug output would include the login body (the secret-id).
     debug: () => undefined,
+    // strictSSL: node-vault would let VAULT_SKIP_VERIFY turn certificate checks off unseen.
     requestOptions: { timeout: settings.timeout, strictSSL: true, ...(ca ? { ca } : {}) },
   });
   // node-vault falls back to VAULT_TOKEN and VAULT_PREFIX: an operator's own

@@ -289,6 +289,11 @@ describe("a Vault problem only an operator can fix: exit 1 at once, with one lin
       line: /^cannot read vault\.roleIdFile .*no-such-role-id: ENOENT/,
     },
     {
+      name: "an unreadable secret-id file",
+      setup: async () => ({ overrides: { secretIdFile: dir } }),
+      line: /^cannot read vault\.secretIdFile .*: EISDIR/,
+    },
+    {
       name: "an unreadable CA file",
       setup: async () => ({ overrides: { caCertFile: join(dir, "no-such-ca.pem") } }),
       line: /^cannot read vault\.caCertFile .*no-such-ca\.pem: ENOENT/,

@@ -1,7 +1,7 @@
 /** `homelab-deploy builder --config FILE`: the long-running build service. */
 import { Option, type Command } from "commander";
 import { loadConfig } from "../config.js";
-import { daemonExitCode, startDaemon, type Daemon } from "../daemon.js";
+import { startDaemon, type Daemon } from "../daemon.js";
 import { ExitCode, VaultError } from "../errors.js";
 import { createLogger } from "../logger.js";
 
@@ -26,9 +26,11 @@ export async function runBuilder(configFile: string): Promise<number> {
     daemon = await startDaemon(config, logger);
   } catch (err) {
     if (!(err instanceof VaultError)) throw err;
-    // One line, in the journal with the rest of the daemon's log.
-    logger.fatal(err.message);
-    return daemonExitCode(err);
+    // Only an operator can fix this (a retriable problem is waited out): one
+    // line in the journal with the rest of the log, and exit 1 so systemd
+    // shows the unit failed instead of restarting it into the same wall.
+    logger.fatal({ status: err.status }, err.message);
+    return ExitCode.daemonFailed;
   }
   const onSignal = (signal: NodeJS.Signals) => {
     logger.info({ signal }, "received signal");
