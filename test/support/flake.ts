@@ -38,9 +38,14 @@ export async function createFixtureFlake(fixture = "flake"): Promise<FixtureFlak
   const dir = await mkdtemp(join(tmpdir(), "hd-flake-"));
   await chmod(dir, 0o755);
   const eventsDir = join(dir, ".events");
-  // nix runs builders as the nixbld users, even without a sandbox.
+  // nix runs builders as the nixbld users, even without a sandbox, and
+  // which one depends on what else nix is building: the log must be
+  // appendable by all of them, not only by whichever created it.
   await mkdir(eventsDir, { mode: 0o1777 });
   await chmod(eventsDir, 0o1777);
+  const eventsLog = join(eventsDir, "events.log");
+  await writeFile(eventsLog, "");
+  await chmod(eventsLog, 0o666);
   await cp(isAbsolute(fixture) ? fixture : join(FIXTURES, fixture), dir, { recursive: true });
   const flakeFile = join(dir, "flake.nix");
   const template = await readFile(flakeFile, "utf8");
