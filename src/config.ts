@@ -44,7 +44,7 @@ const VaultPathSchema = z.string().regex(/^(?!.*(?:^|\/)\.{1,2}(?:\/|$))[A-Za-z0
   message: 'expected a Vault path like "secret" or "shared/homelab-deploy/builder-nkey" (no leading or trailing "/")',
 });
 
-export const VaultAddressSchema = z
+const VaultAddressSchema = z
   .string({ error: (issue) => (issue.input === undefined ? "required: the Vault server URL (or set VAULT_ADDR)" : undefined) })
   .regex(/^https?:\/\/[^\s/?#]+\/?$/, {
   message: "expected a Vault address like https://vault.home.2rjus.net:8200",
