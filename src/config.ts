@@ -39,6 +39,41 @@ const SubjectTokenSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, {
   message: 'expected letters, digits, "-" or "_"',
 });
 
+// Path segments of a Vault mount or secret: no leading/trailing slash, no
+// empty, "." or ".." segments, nothing that needs URL escaping.
+const VaultPathSchema = z.string().regex(/^(?!.*(?:^|\/)\.{1,2}(?:\/|$))[A-Za-z0-9._-]+(?:\/[A-Za-z0-9._-]+)*$/, {
+  message: 'expected a Vault path like "secret" or "shared/homelab-deploy/builder-nkey" (no leading or trailing "/")',
+});
+
+const VaultAddressSchema = z
+  .string({ error: (issue) => (issue.input === undefined ? "required: the Vault server URL (or set VAULT_ADDR)" : undefined) })
+  .regex(/^https?:\/\/[^\s/?#]+\/?$/, {
+  message: "expected a Vault address like https://vault.home.2rjus.net:8200",
+});
+
+const VaultRetrySchema = z
+  .strictObject({
+    initialDelay: DurationSchema.default(1_000),
+    maxDelay: DurationSchema.default(60_000),
+  })
+  .refine((retry) => retry.maxDelay >= retry.initialDelay, { path: ["maxDelay"], message: "must not be shorter than initialDelay" });
+
+/**
+ * Where to get the NKey seed from Vault: AppRole login, then a KV version 2
+ * read of `<kvMount>/data/<secretPath>`, field `secretField`.
+ */
+export const VaultSchema = z.strictObject({
+  address: VaultAddressSchema,
+  caCertFile: z.string().min(1).optional(),
+  roleIdFile: z.string().min(1),
+  secretIdFile: z.string().min(1),
+  kvMount: VaultPathSchema.default("secret"),
+  secretPath: VaultPathSchema.default("shared/homelab-deploy/builder-nkey"),
+  secretField: z.string().min(1).default("nkey"),
+  timeout: DurationSchema.default(10_000),
+  retry: VaultRetrySchema.default(VaultRetrySchema.parse({})),
+});
+
 const NatsSchema = z.strictObject({
   url: z.union([NatsUrlSchema, z.array(NatsUrlSchema).min(1)]).default("nats://127.0.0.1:4222"),
   nkeySeedFile: z.string().min(1).optional(),
@@ -91,6 +126,7 @@ const LogSchema = z.strictObject({
 export const ConfigSchema = z
   .strictObject({
     nats: NatsSchema,
+    vault: VaultSchema.optional(),
     repos: z.record(RepoNameSchema, RepoSchema).refine((repos) => Object.keys(repos).length > 0, {
       message: "expected at least one repo",
     }),
@@ -100,11 +136,19 @@ export const ConfigSchema = z
     stateDir: StateDirSchema.default("/var/lib/homelab-deploy"),
   })
   .superRefine((config, ctx) => {
-    if (!config.nats.nkeySeedFile) {
+    const fromFile = config.nats.nkeySeedFile !== undefined;
+    const fromVault = config.vault !== undefined;
+    if (fromFile && fromVault) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["vault"],
+        message: "give exactly one NKey source: nats.nkeySeedFile or vault, not both",
+      });
+    } else if (!fromFile && !fromVault) {
       ctx.addIssue({
         code: "custom",
         path: ["nats", "nkeySeedFile"],
-        message: "required: the path to the builder's NATS user NKey seed",
+        message: "required unless a vault block is given: exactly one NKey source (nats.nkeySeedFile, or vault) must be configured",
       });
     }
   });
@@ -112,6 +156,7 @@ export const ConfigSchema = z
 export type Config = z.infer<typeof ConfigSchema>;
 export type RepoConfig = z.infer<typeof RepoSchema>;
 export type BuildConfig = z.infer<typeof BuildSchema>;
+export type VaultConfig = z.infer<typeof VaultSchema>;
 export type MetricsConfig = z.infer<typeof MetricsSchema>;
 
 /**
@@ -138,7 +183,8 @@ export function formatIssues(error: z.ZodError): string[] {
   });
 }
 
-function issueMessage(issue: z.core.$ZodIssue): string {
+/** One issue's message, in the words formatIssues uses ("required (expected string)", …). */
+export function issueMessage(issue: z.core.$ZodIssue): string {
   if (issue.code === "invalid_key") {
     const inner = issue.issues.map((i) => i.message).join("; ");
     return `invalid name: ${inner}`;
@@ -148,8 +194,24 @@ function issueMessage(issue: z.core.$ZodIssue): string {
   return issue.message;
 }
 
-export function parseConfig(raw: unknown, file: string): Config {
-  const result = ConfigSchema.safeParse(raw ?? {});
+/**
+ * Like the vault CLI, VAULT_ADDR and VAULT_CACERT stand in for an address
+ * and CA file the config leaves out; the config wins when it has them.
+ */
+export function withVaultEnv(raw: unknown, env: NodeJS.ProcessEnv): unknown {
+  if (!isPlainObject(raw) || !isPlainObject(raw["vault"])) return raw;
+  const vault = { ...raw["vault"] };
+  if (vault["address"] === undefined && env["VAULT_ADDR"]) vault["address"] = env["VAULT_ADDR"];
+  if (vault["caCertFile"] === undefined && env["VAULT_CACERT"]) vault["caCertFile"] = env["VAULT_CACERT"];
+  return { ...raw, vault };
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+export function parseConfig(raw: unknown, file: string, env: NodeJS.ProcessEnv = process.env): Config {
+  const result = ConfigSchema.safeParse(withVaultEnv(raw ?? {}, env));
   if (!result.success) throw new ConfigError(file, formatIssues(result.error));
   return result.data;
 }

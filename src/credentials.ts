@@ -21,8 +21,8 @@ export interface SeedSource {
 export function parseUserSeed(text: string, origin: string): Uint8Array {
   const seed = text.trim();
   if (!seed.startsWith("SU")) {
-    const kind = seed.startsWith("S") ? "an NKey seed, but not a user seed (it must start with SU)" : "not an NKey seed";
-    throw new CredentialsError(`${origin} holds ${kind}`);
+    const problem = seed.startsWith("S") ? "holds an NKey seed, but not a user seed (it must start with SU)" : "does not hold an NKey seed";
+    throw new CredentialsError(`${origin} ${problem}`);
   }
   const bytes = new TextEncoder().encode(seed);
   try {

@@ -14,6 +14,7 @@ import type { Logger } from "./logger.js";
 import { NixRunner } from "./nix.js";
 import { startObservability } from "./observability.js";
 import { NatsTransport } from "./transport.js";
+import { CONFIG_KEY_NAMES, vaultSeedSource } from "./vault.js";
 import { VERSION } from "./version.js";
 
 export interface Daemon {
@@ -23,7 +24,10 @@ export interface Daemon {
   readonly done: Promise<number>;
 }
 
-function seedSourceOf(config: Config): SeedSource {
+function seedSourceOf(config: Config, logger: Logger): SeedSource {
+  if (config.vault) {
+    return vaultSeedSource({ settings: config.vault, names: CONFIG_KEY_NAMES, logger: logger.child({ component: "vault" }), wait: true });
+  }
   return fileSeedSource(config.nats.nkeySeedFile as string);
 }
 
@@ -39,7 +43,7 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
   const transport = new NatsTransport({
     servers: natsServers(config),
     name: builderName,
-    seed: seedSourceOf(config),
+    seed: seedSourceOf(config, logger),
     logger: logger.child({ component: "nats" }),
     waitForServer: true,
   });

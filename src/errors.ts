@@ -7,6 +7,8 @@
 export const ExitCode = {
   ok: 0,
   buildFailed: 1,
+  /** The builder daemon met a problem it cannot wait out, e.g. Vault refused its AppRole. */
+  daemonFailed: 1,
   /** Usage, configuration or connection problem: nothing was built. */
   usage: 2,
 } as const;
@@ -36,6 +38,23 @@ export class ConfigError extends HomelabDeployError {
 
 /** An NKey seed could not be read or is not a NATS user seed. Never carries the seed. */
 export class CredentialsError extends HomelabDeployError {}
+
+/**
+ * Getting the NKey seed from Vault failed. `retriable` problems (Vault
+ * unreachable, TLS, timeouts, 5xx) may go away by themselves; the others
+ * need an operator. The message names what to fix and never carries the
+ * token, the secret-id or the seed.
+ */
+export class VaultError extends CredentialsError {
+  constructor(
+    message: string,
+    readonly retriable: boolean,
+    readonly status?: number,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
 
 /** NATS could not be reached, refused us, or closed the connection for good. */
 export class ConnectionError extends HomelabDeployError {

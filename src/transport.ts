@@ -18,6 +18,10 @@ import {
 import type { Logger } from "./logger.js";
 import { ConnectionError, errorMessage } from "./errors.js";
 import { publicKeyOf, type SeedSource } from "./credentials.js";
+import { Backoff, delay } from "./backoff.js";
+
+// Kept importable from here for code written before backoff.ts existed.
+export { Backoff, delay } from "./backoff.js";
 
 export interface TransportOptions {
   servers: string[];
@@ -43,22 +47,6 @@ export type ConnectionState = "connecting" | "connected" | "disconnected" | "clo
 
 const DEFAULT_BACKOFF = { initialMs: 250, maxMs: 5_000 };
 
-export class Backoff {
-  private attempt = 0;
-  constructor(private readonly bounds: { initialMs: number; maxMs: number }) {}
-
-  /** Next delay: doubling up to the cap, with up to 50 % jitter taken off. */
-  next(): number {
-    const ceiling = Math.min(this.bounds.maxMs, this.bounds.initialMs * 2 ** this.attempt);
-    this.attempt = Math.min(this.attempt + 1, 30);
-    return Math.round(ceiling * (0.5 + Math.random() * 0.5));
-  }
-
-  reset(): void {
-    this.attempt = 0;
-  }
-}
-
 export function isAuthError(err: unknown): boolean {
   return err instanceof NatsError && (err.isAuthError() || err.code === "AUTHORIZATION_VIOLATION");
 }
@@ -71,12 +59,16 @@ export class NatsTransport {
   private readonly registrations: Registration[] = [];
   private stopping = false;
   private readonly backoff: Backoff;
+  private readonly reconnectBackoff: Backoff;
+  private reconnectDelayMs: number;
   private stateListeners: Array<(state: ConnectionState) => void> = [];
   private fatalListeners: Array<(err: Error) => void> = [];
   private currentState: ConnectionState = "connecting";
 
   constructor(private readonly options: TransportOptions) {
     this.backoff = new Backoff(options.backoff ?? DEFAULT_BACKOFF);
+    this.reconnectBackoff = new Backoff(options.backoff ?? DEFAULT_BACKOFF);
+    this.reconnectDelayMs = this.reconnectBackoff.next();
   }
 
   get state(): ConnectionState {
@@ -165,7 +157,7 @@ export class NatsTransport {
   }
 
   private connectOptions() {
-    const { servers, name, logger } = this.options;
+    const { servers, name } = this.options;
     return {
       servers,
       name,
@@ -175,37 +167,39 @@ export class NatsTransport {
       }),
       reconnect: true,
       maxReconnectAttempts: -1,
-      reconnectDelayHandler: () => {
-        const wait = this.backoff.next();
-        logger.debug({ waitMs: wait }, "waiting before the next NATS reconnect attempt");
-        return wait;
-      },
+      // nats.js asks for the delay on every turn of its reconnect loop, also
+      // while it only sleeps; growing it there would stretch the first retry
+      // to seconds. It grows per dial attempt instead (see logStatus).
+      reconnectDelayHandler: () => this.reconnectDelayMs,
       pingInterval: 20_000,
       maxPingOut: 3,
       timeout: 10_000,
     };
   }
 
-  private async connectWithRetry(): Promise<NatsConnection> {
+  /**
+   * A refused key is reloaded once (it may have been rotated) unless the
+   * caller has just reloaded it: one fresh look at the source, then give up.
+   */
+  private async connectWithRetry(mayReload = true): Promise<NatsConnection> {
     const { logger, servers, waitForServer } = this.options;
-    const identity = publicKeyOf(this.requireSeed());
-    let refusedOnce = false;
+    let reloadLeft = mayReload;
     for (;;) {
       this.setState("connecting");
       try {
         const nc = await connect(this.connectOptions());
         this.backoff.reset();
-        logger.info({ server: nc.getServer(), user: identity }, "connected to NATS");
+        logger.info({ server: nc.getServer(), user: publicKeyOf(this.requireSeed()) }, "connected to NATS");
         this.setState("connected");
         return nc;
       } catch (err) {
         if (isAuthError(err)) {
-          if (!refusedOnce && (await this.reloadSeed())) {
-            refusedOnce = true;
-            continue;
+          if (reloadLeft) {
+            reloadLeft = false;
+            if (await this.reloadSeed()) continue;
           }
           throw new ConnectionError(
-            `NATS at ${servers.join(", ")} refused NKey user ${identity} (${errorMessage(err)}): check that the server config lists this public key with the right permissions`,
+            `NATS at ${servers.join(", ")} refused NKey user ${publicKeyOf(this.requireSeed())} (${errorMessage(err)}): check that the server config lists this public key with the right permissions`,
             "refused",
             { cause: err },
           );
@@ -232,7 +226,9 @@ export class NatsTransport {
       return false;
     }
     const changed = !before || !sameBytes(before, this.seed);
-    if (changed) this.options.logger.warn({ source: this.options.seed.description }, "NATS refused the key; retrying with a reloaded seed");
+    const { logger, seed } = this.options;
+    if (changed) logger.warn({ source: seed.description, user: publicKeyOf(this.seed) }, "NATS refused the key; retrying with a reloaded seed");
+    else logger.warn({ source: seed.description }, "NATS refused the key and its source still has the same one");
     return changed;
   }
 
@@ -256,12 +252,14 @@ export class NatsTransport {
           this.setState("disconnected");
           break;
         case "reconnect":
-          this.backoff.reset();
+          this.reconnectBackoff.reset();
+          this.reconnectDelayMs = this.reconnectBackoff.next();
           logger.info({ server: status.data }, "reconnected to NATS");
           this.setState("connected");
           break;
         case "reconnecting":
-          logger.debug({ server: status.data }, "reconnecting to NATS");
+          this.reconnectDelayMs = this.reconnectBackoff.next();
+          logger.debug({ server: status.data, nextWaitMs: this.reconnectDelayMs }, "reconnecting to NATS");
           break;
         case "error":
           logger.warn({ err: errorMessage(status.data) }, "NATS reported an error");
@@ -283,8 +281,9 @@ export class NatsTransport {
     this.setState("disconnected");
     this.options.logger.error({ err: err ? errorMessage(err) : undefined }, "NATS connection closed; starting over");
     try {
-      if (err && isAuthError(err)) await this.reloadSeed();
-      this.nc = await this.connectWithRetry();
+      const refused = err !== undefined && isAuthError(err);
+      if (refused) await this.reloadSeed();
+      this.nc = await this.connectWithRetry(!refused);
       this.watch(this.nc);
     } catch (fatal) {
       this.setState("closed");
@@ -296,8 +295,4 @@ export class NatsTransport {
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((value, i) => value === b[i]);
-}
-
-export function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -22,7 +22,21 @@ describe("homelab-deploy", () => {
     expect(builder.stdout).toContain("--config <file>");
     const build = await runCli(["build", "--help"]);
     expect(build.exitCode).toBe(0);
-    for (const flag of ["--ref <ref>", "--json", "--nats-url <url>", "--nkey-seed-file <file>", "HOMELAB_DEPLOY_NATS_URL"]) {
+    for (const flag of [
+      "--ref <ref>",
+      "--json",
+      "--nats-url <url>",
+      "--nkey-seed-file <file>",
+      "HOMELAB_DEPLOY_NATS_URL",
+      "--vault-addr <url>",
+      "--vault-cacert <file>",
+      "--vault-role-id-file <file>",
+      "--vault-secret-id-file <file>",
+      "--vault-kv-mount <mount>",
+      "--vault-secret-path <path>",
+      "--vault-secret-field <field>",
+      "HOMELAB_DEPLOY_VAULT_ROLE_ID_FILE",
+    ]) {
       expect(build.stdout).toContain(flag);
     }
   });
@@ -36,7 +50,20 @@ describe("homelab-deploy", () => {
     expect(badTimeout.stderr).toContain('invalid --ack-timeout "soon"');
     const noCreds = await runCli(["build", "nixos-servers", "ns1"], { HOMELAB_DEPLOY_NKEY_SEED_FILE: "" });
     expect(noCreds.exitCode).toBe(2);
-    expect(noCreds.stderr).toContain("--nkey-seed-file");
+    expect(noCreds.stderr).toMatch(/^homelab-deploy: no NATS credentials: pass --nkey-seed-file FILE .*--vault-role-id-file FILE --vault-secret-id-file FILE/);
+  });
+
+  it("refuses two NKey sources, and names each missing Vault setting", async () => {
+    const both = await runCli(["build", "nixos-servers", "ns1", "--vault-role-id-file", "/r"], { HOMELAB_DEPLOY_NKEY_SEED_FILE: "/s" });
+    expect(both.exitCode).toBe(2);
+    expect(both.stderr).toContain("two NKey sources: pass --nkey-seed-file or the --vault-* options, not both");
+    const partial = await runCli(["build", "nixos-servers", "ns1", "--vault-role-id-file", "/r", "--vault-secret-path", "a/b", "--vault-kv-mount", "/x"], {
+      VAULT_ADDR: "",
+    });
+    expect(partial.exitCode).toBe(2);
+    expect(partial.stderr).toContain("--vault-addr: required: the Vault server URL (or set VAULT_ADDR)");
+    expect(partial.stderr).toContain("--vault-secret-id-file: required (expected string)");
+    expect(partial.stderr).toMatch(/--vault-kv-mount: expected a Vault path/);
   });
 
   it("prints its version", async () => {

@@ -11,9 +11,19 @@ const base = {
   repos: { "nixos-servers": { url: "git+https://git.t-juice.club/torjus/nixos-servers.git" } },
 };
 
+const vaultBased = {
+  nats: { url: "nats://127.0.0.1:4222" },
+  vault: {
+    address: "https://vault.example.org:8200",
+    roleIdFile: "/var/lib/vault/approle/role-id",
+    secretIdFile: "/var/lib/vault/approle/secret-id",
+  },
+  repos: base.repos,
+};
+
 function problems(raw: unknown): string[] {
   try {
-    parseConfig(raw, "test.yaml");
+    parseConfig(raw, "test.yaml", {});
   } catch (err) {
     expect(err).toBeInstanceOf(ConfigError);
     return [...(err as ConfigError).problems];
@@ -29,6 +39,9 @@ describe("config", () => {
     expect(config.build).toMatchObject({ timeout: 3_600_000, maxQueue: 32, logTailLines: 50 });
     expect(config.metrics.listen).toEqual({ host: "0.0.0.0", port: 9973 });
     expect(config.stateDir).toBe("/var/lib/homelab-deploy");
+    // Production takes the seed from Vault, and the example spells out the defaults.
+    expect(config.nats.nkeySeedFile).toBeUndefined();
+    expect(config.vault).toMatchObject({ kvMount: "secret", secretPath: "shared/homelab-deploy/builder-nkey", secretField: "nkey", timeout: 10_000 });
   });
 
   it("fills in the documented defaults", () => {
@@ -89,7 +102,7 @@ describe("config", () => {
   it("requires repos and an NKey source", () => {
     expect(problems({ nats: {}, repos: {} })).toEqual([
       "repos: expected at least one repo",
-      "nats.nkeySeedFile: required: the path to the builder's NATS user NKey seed",
+      "nats.nkeySeedFile: required unless a vault block is given: exactly one NKey source (nats.nkeySeedFile, or vault) must be configured",
     ]);
     expect(problems(null)).toEqual(["nats: required (expected object)", "repos: required (expected record)"]);
   });
@@ -108,6 +121,50 @@ describe("config", () => {
     expect(problems({ ...base, metrics: { port: 9973 } })).toEqual(["metrics.port: unknown key"]);
     expect(parseConfig({ ...base, stateDir: "/srv/hd" }, "test.yaml").stateDir).toBe("/srv/hd");
     expect(problems({ ...base, stateDir: "state" })).toEqual(["stateDir: expected an absolute directory path"]);
+  });
+
+  it("takes the seed from Vault instead, with the documented defaults", () => {
+    const config = parseConfig(vaultBased, "test.yaml", {});
+    expect(config.nats.nkeySeedFile).toBeUndefined();
+    expect(config.vault).toEqual({
+      address: "https://vault.example.org:8200",
+      roleIdFile: "/var/lib/vault/approle/role-id",
+      secretIdFile: "/var/lib/vault/approle/secret-id",
+      kvMount: "secret",
+      secretPath: "shared/homelab-deploy/builder-nkey",
+      secretField: "nkey",
+      timeout: 10_000,
+      retry: { initialDelay: 1_000, maxDelay: 60_000 },
+    });
+  });
+
+  it("says which when both NKey sources or neither are configured", () => {
+    expect(problems({ ...vaultBased, nats: base.nats })).toEqual(["vault: give exactly one NKey source: nats.nkeySeedFile or vault, not both"]);
+    expect(problems({ ...vaultBased, vault: undefined })).toEqual([expect.stringMatching(/^nats\.nkeySeedFile: required unless a vault block is given/)]);
+  });
+
+  it("fills vault.address and vault.caCertFile from VAULT_ADDR and VAULT_CACERT, as the vault CLI does", () => {
+    const { address: _address, ...withoutAddress } = vaultBased.vault;
+    const env = { VAULT_ADDR: "https://vault.env:8200", VAULT_CACERT: "/etc/ssl/vault-ca.pem" };
+    expect(parseConfig({ ...vaultBased, vault: withoutAddress }, "test.yaml", env).vault).toMatchObject({
+      address: "https://vault.env:8200",
+      caCertFile: "/etc/ssl/vault-ca.pem",
+    });
+    // The config wins over the environment.
+    expect(parseConfig(vaultBased, "test.yaml", env).vault?.address).toBe("https://vault.example.org:8200");
+    expect(problems({ ...vaultBased, vault: withoutAddress })).toEqual(["vault.address: required: the Vault server URL (or set VAULT_ADDR)"]);
+  });
+
+  it("names the vault key and what is wrong with it", () => {
+    const vault = (extra: Record<string, unknown>) => ({ ...vaultBased, vault: { ...vaultBased.vault, ...extra } });
+    expect(problems(vault({ address: "vault:8200" }))).toEqual([expect.stringMatching(/^vault\.address: expected a Vault address/)]);
+    expect(problems(vault({ kvMount: "/secret/" }))).toEqual([expect.stringMatching(/^vault\.kvMount: expected a Vault path/)]);
+    expect(problems(vault({ secretPath: "a/../b" }))).toEqual([expect.stringMatching(/^vault\.secretPath: expected a Vault path/)]);
+    expect(problems(vault({ timeout: "soon" }))).toEqual(['vault.timeout: expected a duration like 30s, 10m or 1h, got "soon"']);
+    expect(problems(vault({ retry: { initialDelay: "1m", maxDelay: "10s" } }))).toEqual(["vault.retry.maxDelay: must not be shorter than initialDelay"]);
+    expect(problems(vault({ token: "hvs.x" }))).toEqual(["vault.token: unknown key"]);
+    const { roleIdFile: _roleIdFile, ...withoutRoleId } = vaultBased.vault;
+    expect(problems({ ...vaultBased, vault: withoutRoleId })).toEqual(["vault.roleIdFile: required (expected string)"]);
   });
 
   it("reads JSON as well as YAML, and says when the file is neither", async () => {

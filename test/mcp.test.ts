@@ -327,7 +327,7 @@ describe("when NATS or the builder is down", () => {
     const mcp = await startMcp([], { HOMELAB_DEPLOY_NATS_URL: nats.url });
     const result = await call(mcp, "build_status");
     expect(result.isError).toBe(true);
-    expect(text(result)).toBe("no NATS credentials: pass --nkey-seed-file FILE or set HOMELAB_DEPLOY_NKEY_SEED_FILE");
+    expect(text(result)).toMatch(/^no NATS credentials: pass --nkey-seed-file FILE \(HOMELAB_DEPLOY_NKEY_SEED_FILE\), or get the seed from Vault with --vault-role-id-file/);
   });
 });
 

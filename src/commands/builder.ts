@@ -1,8 +1,8 @@
 /** `homelab-deploy builder --config FILE`: the long-running build service. */
 import { Option, type Command } from "commander";
 import { loadConfig } from "../config.js";
-import { startDaemon } from "../daemon.js";
-import { ExitCode } from "../errors.js";
+import { startDaemon, type Daemon } from "../daemon.js";
+import { ExitCode, VaultError } from "../errors.js";
 import { createLogger } from "../logger.js";
 
 /** systemd's default TimeoutStopSec is 90 s; we promise far less. */
@@ -21,7 +21,17 @@ export function registerBuilder(program: Command): void {
 export async function runBuilder(configFile: string): Promise<number> {
   const config = await loadConfig(configFile);
   const logger = createLogger({ level: config.log.level, fd: 1 });
-  const daemon = await startDaemon(config, logger);
+  let daemon: Daemon;
+  try {
+    daemon = await startDaemon(config, logger);
+  } catch (err) {
+    if (!(err instanceof VaultError)) throw err;
+    // Only an operator can fix this (a retriable problem is waited out): one
+    // line in the journal with the rest of the log, and exit 1 so systemd
+    // shows the unit failed instead of restarting it into the same wall.
+    logger.fatal({ status: err.status }, err.message);
+    return ExitCode.daemonFailed;
+  }
   const onSignal = (signal: NodeJS.Signals) => {
     logger.info({ signal }, "received signal");
     setTimeout(() => {

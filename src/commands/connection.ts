@@ -6,43 +6,108 @@
 import { Option, type Command } from "commander";
 import type { NatsConnection } from "nats";
 import { parseDuration } from "../duration.js";
+import { VaultSchema, issueMessage, type VaultConfig } from "../config.js";
 import { fileSeedSource, type SeedSource } from "../credentials.js";
 import { UsageError } from "../errors.js";
 import { createLogger, type Logger } from "../logger.js";
 import { NatsTransport } from "../transport.js";
+import { vaultSeedSource, type VaultSettingNames } from "../vault.js";
 import { VERSION } from "../version.js";
 
 export interface ConnectionFlags {
   natsUrl: string;
   nkeySeedFile?: string;
+  vaultAddr?: string;
+  vaultCacert?: string;
+  vaultRoleIdFile?: string;
+  vaultSecretIdFile?: string;
+  vaultKvMount?: string;
+  vaultSecretPath?: string;
+  vaultSecretField?: string;
+  vaultTimeout?: string;
   logLevel: string;
 }
 
+const FLAG_NAMES: VaultSettingNames = {
+  address: "--vault-addr",
+  caCertFile: "--vault-cacert",
+  roleIdFile: "--vault-role-id-file",
+  secretIdFile: "--vault-secret-id-file",
+  kvMount: "--vault-kv-mount",
+  secretPath: "--vault-secret-path",
+  secretField: "--vault-secret-field",
+  timeout: "--vault-timeout",
+};
+
+const NO_CREDENTIALS =
+  "no NATS credentials: pass --nkey-seed-file FILE (HOMELAB_DEPLOY_NKEY_SEED_FILE), or get the seed from Vault with " +
+  "--vault-role-id-file FILE --vault-secret-id-file FILE --vault-secret-path PATH (HOMELAB_DEPLOY_VAULT_ROLE_ID_FILE, …)";
+
+function vaultOptions(): Option[] {
+  const option = (flags: string, description: string, env: string) => new Option(flags, description).env(`HOMELAB_DEPLOY_${env}`);
+  return [
+    option("--vault-addr <url>", "Vault address, e.g. https://vault.example.org:8200; falls back to $VAULT_ADDR", "VAULT_ADDR"),
+    option("--vault-cacert <file>", "CA certificate that signed Vault's TLS certificate; falls back to $VAULT_CACERT", "VAULT_CACERT"),
+    option("--vault-role-id-file <file>", "file holding this client's AppRole role-id (selects Vault as the NKey source)", "VAULT_ROLE_ID_FILE"),
+    option("--vault-secret-id-file <file>", "file holding this client's AppRole secret-id", "VAULT_SECRET_ID_FILE"),
+    option("--vault-kv-mount <mount>", "KV version 2 mount holding the seed", "VAULT_KV_MOUNT").default("secret"),
+    option("--vault-secret-path <path>", "path of this client's NKey seed in the mount, e.g. shared/homelab-deploy/scheduler-nkey", "VAULT_SECRET_PATH"),
+    option("--vault-secret-field <field>", "field of the secret holding the seed", "VAULT_SECRET_FIELD").default("nkey"),
+    option("--vault-timeout <duration>", "give up on a Vault request after this long", "VAULT_TIMEOUT").default("10s"),
+  ];
+}
+
 export function addConnectionOptions(command: Command): Command {
-  return command
+  command
     .addOption(
       new Option("--nats-url <url>", "NATS server URL (comma-separated for several)")
         .env("HOMELAB_DEPLOY_NATS_URL")
         .default("nats://127.0.0.1:4222"),
     )
-    .addOption(new Option("--nkey-seed-file <file>", "file holding this client's NATS user NKey seed").env("HOMELAB_DEPLOY_NKEY_SEED_FILE"))
-    .addOption(
-      new Option("--log-level <level>", "log level for messages on stderr")
-        .choices(["trace", "debug", "info", "warn", "error", "silent"])
-        .env("HOMELAB_DEPLOY_LOG_LEVEL")
-        .default("warn"),
-    );
+    .addOption(new Option("--nkey-seed-file <file>", "file holding this client's NATS user NKey seed").env("HOMELAB_DEPLOY_NKEY_SEED_FILE"));
+  for (const option of vaultOptions()) command.addOption(option);
+  return command.addOption(
+    new Option("--log-level <level>", "log level for messages on stderr")
+      .choices(["trace", "debug", "info", "warn", "error", "silent"])
+      .env("HOMELAB_DEPLOY_LOG_LEVEL")
+      .default("warn"),
+  );
 }
 
 export function clientLogger(flags: ConnectionFlags): Logger {
   return createLogger({ level: flags.logLevel as "warn", fd: 2 });
 }
 
-export function seedSourceFrom(flags: ConnectionFlags): SeedSource {
-  if (!flags.nkeySeedFile) {
-    throw new UsageError("no NATS credentials: pass --nkey-seed-file FILE or set HOMELAB_DEPLOY_NKEY_SEED_FILE");
+/** The NKey source the flags name: a seed file, or Vault (never both). */
+export function seedSourceFrom(flags: ConnectionFlags, logger: Logger, env: NodeJS.ProcessEnv = process.env): SeedSource {
+  const vaultChosen = Boolean(flags.vaultRoleIdFile || flags.vaultSecretIdFile);
+  if (flags.nkeySeedFile && vaultChosen) {
+    throw new UsageError("two NKey sources: pass --nkey-seed-file or the --vault-* options, not both");
   }
-  return fileSeedSource(flags.nkeySeedFile);
+  if (flags.nkeySeedFile) return fileSeedSource(flags.nkeySeedFile);
+  if (!vaultChosen) throw new UsageError(NO_CREDENTIALS);
+  return vaultSeedSource({ settings: vaultSettingsFrom(flags, env), names: FLAG_NAMES, logger, wait: false });
+}
+
+function vaultSettingsFrom(flags: ConnectionFlags, env: NodeJS.ProcessEnv): VaultConfig {
+  // The builder's own secret path is the config's default; a client must name its own.
+  if (!flags.vaultSecretPath) throw new UsageError(`${FLAG_NAMES.secretPath}: required: the path of this client's NKey seed in Vault`);
+  const result = VaultSchema.safeParse({
+    address: flags.vaultAddr || env["VAULT_ADDR"] || undefined,
+    caCertFile: flags.vaultCacert || env["VAULT_CACERT"] || undefined,
+    roleIdFile: flags.vaultRoleIdFile || undefined,
+    secretIdFile: flags.vaultSecretIdFile || undefined,
+    kvMount: flags.vaultKvMount,
+    secretPath: flags.vaultSecretPath,
+    secretField: flags.vaultSecretField,
+    timeout: flags.vaultTimeout,
+  });
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((issue) => {
+    const key = issue.path[0] as keyof VaultSettingNames;
+    return `${FLAG_NAMES[key] ?? issue.path.join(".")}: ${issueMessage(issue)}`;
+  });
+  throw new UsageError(problems.join("; "));
 }
 
 export function durationFlag(name: string, value: string, allowZero = false): number {
@@ -79,7 +144,7 @@ export async function connectClient(flags: ConnectionFlags, logger: Logger): Pro
   const transport = new NatsTransport({
     servers: flags.natsUrl.split(",").map((s) => s.trim()).filter(Boolean),
     name: `homelab-deploy-client/${VERSION}`,
-    seed: seedSourceFrom(flags),
+    seed: seedSourceFrom(flags, logger),
     logger,
     waitForServer: false,
   });

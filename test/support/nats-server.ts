@@ -23,7 +23,7 @@ export const PLAN_PERMISSIONS = {
   },
   adminDeployer: { publish: ["deploy.>", "build.>"], subscribe: ["deploy.>", "build.responses.>"] },
   scheduler: { publish: ["build.>"], subscribe: ["build.responses.>"] },
-  /** Not in the plan: a user with no rights under build.>, to see the server refuse it. */
+  /** Not in the plan (and not in the docs): a user with no rights under build.>, to see the server refuse it. */
   outsider: { publish: ["other.>"], subscribe: ["other.>"] },
 } satisfies Record<string, Permissions>;
 
@@ -36,27 +36,67 @@ export interface Identity {
   seedFile: string;
 }
 
+/** Who each user is, as a comment above it in the server config (and in docs/nats-permissions.md). */
+export const ROLE_COMMENTS: Record<Role, string> = {
+  builder: "Builder (homelab-deploy builder on nix-cache02): takes requests on build.>, answers on build.responses.>",
+  testDeployer: "Test deployer: deploys test hosts, requests builds",
+  adminDeployer: "Admin deployer: deploys everything, requests builds",
+  scheduler: "Scheduler (scheduled-build timer on nix-cache02): requests builds, reads their answers",
+  outsider: "Not in the plan: a user with no rights under build.>",
+};
+
+/** The plan's users, in the order docs/nats-permissions.md lists them. */
+export const PLAN_ROLES = ["builder", "testDeployer", "adminDeployer", "scheduler"] as const satisfies readonly Role[];
+
+export interface AccountUser {
+  role?: Role;
+  publicKey: string;
+  permissions: Permissions;
+}
+
 function quote(list: string[]): string {
   return `[${list.map((s) => JSON.stringify(s)).join(", ")}]`;
 }
 
-export function natsServerConfig(port: number | "-1", users: Array<{ publicKey: string; permissions: Permissions }>): string {
-  const userLines = users
-    .map(
-      (u) =>
-        `      { nkey: ${JSON.stringify(u.publicKey)}, permissions: { publish: { allow: ${quote(u.permissions.publish)} }, subscribe: { allow: ${quote(u.permissions.subscribe)} } } }`,
-    )
-    .join("\n");
-  return `listen: "127.0.0.1:${port}"
-max_payload: 1048576
-accounts {
+function userEntry(user: AccountUser): string {
+  const comment = user.role ? [`      # ${ROLE_COMMENTS[user.role]}`] : [];
+  return [
+    ...comment,
+    "      {",
+    `        nkey: ${JSON.stringify(user.publicKey)}`,
+    "        permissions: {",
+    `          publish: { allow: ${quote(user.permissions.publish)} }`,
+    `          subscribe: { allow: ${quote(user.permissions.subscribe)} }`,
+    "        }",
+    "      }",
+  ].join("\n");
+}
+
+/** The DEPLOY account block: what docs/nats-permissions.md shows and every test server runs. */
+export function deployAccountConfig(users: AccountUser[]): string {
+  return `accounts {
   DEPLOY {
     users: [
-${userLines}
+${users.map(userEntry).join("\n")}
     ]
   }
 }
 `;
+}
+
+/** docs/nats-permissions.md's block: the plan's users, with placeholders where each public key goes. */
+export function documentedAccountConfig(): string {
+  return deployAccountConfig(PLAN_ROLES.map((role) => ({ role, publicKey: publicKeyPlaceholder(role), permissions: PLAN_PERMISSIONS[role] })));
+}
+
+export function publicKeyPlaceholder(role: Role): string {
+  return `<${role} public key>`;
+}
+
+export function natsServerConfig(port: number | "-1", users: AccountUser[], accounts = deployAccountConfig(users)): string {
+  return `listen: "127.0.0.1:${port}"
+max_payload: 1048576
+${accounts}`;
 }
 
 export interface NatsServer {
@@ -70,58 +110,81 @@ export interface NatsServer {
   stop(signal?: NodeJS.Signals): Promise<void>;
   /** Starts it again on the same port with the same users. */
   start(): Promise<void>;
+  /**
+   * Gives `role` a new key pair (seed file rewritten, `identities[role]`
+   * updated) and has the running server reload its config, as an operator
+   * rotating a key does. Connections with the old key are closed by the server.
+   * `beforeReload` runs once the new key exists and before the server knows it.
+   */
+  rotate(role: Role, options?: { beforeReload?: (identity: Identity) => void | Promise<void> }): Promise<Identity>;
+}
+
+async function makeIdentity(dir: string, role: Role): Promise<Identity> {
+  const kp = createUser();
+  const seed = new TextDecoder().decode(kp.getSeed());
+  const seedFile = join(dir, `${role}.nk`);
+  // A trailing newline, as `nk -gen user > file` writes it.
+  await writeFile(seedFile, `${seed}\n`, { mode: 0o600 });
+  return { role, seed, publicKey: kp.getPublicKey(), seedFile };
 }
 
 async function makeIdentities(dir: string): Promise<Record<Role, Identity>> {
-  const entries = await Promise.all(
-    (Object.keys(PLAN_PERMISSIONS) as Role[]).map(async (role) => {
-      const kp = createUser();
-      const seed = new TextDecoder().decode(kp.getSeed());
-      const seedFile = join(dir, `${role}.nk`);
-      // A trailing newline, as `nk -gen user > file` writes it.
-      await writeFile(seedFile, `${seed}\n`, { mode: 0o600 });
-      return [role, { role, seed, publicKey: kp.getPublicKey(), seedFile }] as const;
-    }),
-  );
+  const entries = await Promise.all((Object.keys(PLAN_PERMISSIONS) as Role[]).map(async (role) => [role, await makeIdentity(dir, role)] as const));
   return Object.fromEntries(entries) as Record<Role, Identity>;
 }
 
-function waitForListening(child: ChildProcess): Promise<number> {
+/** Resolves when `output()` matches `pattern`, checking whenever `child` writes to stderr. */
+function waitForOutput(child: ChildProcess, output: () => string, pattern: RegExp, what: string): Promise<RegExpExecArray> {
   return new Promise((resolve, reject) => {
-    let output = "";
-    const timer = setTimeout(() => reject(new Error(`nats-server did not start:\n${output}`)), 10_000);
-    const onData = (chunk: Buffer) => {
-      output += chunk.toString();
-      const match = /Listening for client connections on [\d.]+:(\d+)/.exec(output);
-      if (match && output.includes("Server is ready")) {
-        clearTimeout(timer);
-        child.stderr?.off("data", onData);
-        resolve(Number(match[1]));
-      }
-    };
-    child.stderr?.on("data", onData);
-    child.once("exit", (code) => {
+    const check = () => {
+      const match = pattern.exec(output());
+      if (!match) return false;
       clearTimeout(timer);
-      reject(new Error(`nats-server exited with ${code}:\n${output}`));
-    });
+      child.stderr?.off("data", check);
+      child.off("exit", onExit);
+      resolve(match);
+      return true;
+    };
+    const onExit = (code: number | null) => {
+      clearTimeout(timer);
+      reject(new Error(`nats-server exited with ${code} before ${what}:\n${output()}`));
+    };
+    const timer = setTimeout(() => reject(new Error(`nats-server: timed out waiting for ${what}:\n${output()}`)), 10_000);
+    child.stderr?.on("data", check);
+    child.once("exit", onExit);
+    check();
   });
 }
 
-export async function startNatsServer(): Promise<NatsServer> {
+export interface NatsServerOptions {
+  /**
+   * The accounts block to run instead of the generated one, e.g. the one
+   * docs/nats-permissions.md shows; `{role}` public keys are filled in by the caller.
+   */
+  accounts?: (identities: Record<Role, Identity>) => string;
+}
+
+export async function startNatsServer(options: NatsServerOptions = {}): Promise<NatsServer> {
   const dir = await mkdtemp(join(tmpdir(), "hd-nats-"));
   const identities = await makeIdentities(dir);
-  const users = Object.values(identities).map((id) => ({ publicKey: id.publicKey, permissions: PLAN_PERMISSIONS[id.role] }));
+  const configFile = join(dir, "nats.conf");
   let child: ChildProcess | undefined;
+  let output = "";
   let port: number | "-1" = "-1";
-  let log = "";
+  const writeConfig = async () => {
+    const users = Object.values(identities).map((id) => ({ role: id.role, publicKey: id.publicKey, permissions: PLAN_PERMISSIONS[id.role] }));
+    await writeFile(configFile, natsServerConfig(port, users, options.accounts?.(identities)));
+  };
   const launch = async () => {
-    const configFile = join(dir, "nats.conf");
-    await writeFile(configFile, natsServerConfig(port, users));
-    child = spawn("nats-server", ["-c", configFile], { stdio: ["ignore", "ignore", "pipe"] });
-    child.stderr?.on("data", (chunk: Buffer) => (log += chunk.toString()));
-    const actual = await waitForListening(child);
-    port = actual;
-    return actual;
+    await writeConfig();
+    output = "";
+    const running = spawn("nats-server", ["-c", configFile], { stdio: ["ignore", "ignore", "pipe"] });
+    child = running;
+    running.stderr?.setEncoding("utf8");
+    running.stderr?.on("data", (chunk: string) => (output += chunk));
+    const ready = await waitForOutput(running, () => output, /Listening for client connections on [\d.]+:(\d+)[\s\S]*Server is ready/, "start-up");
+    port = Number(ready[1]);
+    return port;
   };
   const first = await launch();
   const server: NatsServer = {
@@ -129,7 +192,7 @@ export async function startNatsServer(): Promise<NatsServer> {
     port: first,
     dir,
     identities,
-    log: () => log,
+    log: () => output,
     async stop(signal = "SIGKILL") {
       const running = child;
       if (!running || running.exitCode !== null) return;
@@ -139,6 +202,18 @@ export async function startNatsServer(): Promise<NatsServer> {
     },
     async start() {
       await launch();
+    },
+    async rotate(role, rotateOptions = {}) {
+      const running = child;
+      if (!running || running.exitCode !== null) throw new Error("nats-server is not running");
+      identities[role] = await makeIdentity(dir, role);
+      // An operator stores the new seed (in Vault) before the server stops accepting the old key.
+      await rotateOptions.beforeReload?.(identities[role]);
+      await writeConfig();
+      const from = output.length;
+      running.kill("SIGHUP");
+      await waitForOutput(running, () => output.slice(from), /Reloaded server configuration/, "the config reload");
+      return identities[role];
     },
   };
   return server;
