@@ -28,6 +28,7 @@ import {
 import { JobQueue, type Job } from "./queue.js";
 import { MAX_REQUEST_BYTES, parseBody, rejection, type ParsedBody } from "./request-body.js";
 import { Responder } from "./responder.js";
+import type { ToplevelCache } from "./toplevel-cache.js";
 import type { NatsTransport } from "./transport.js";
 
 export interface BuilderOptions {
@@ -39,6 +40,7 @@ export interface BuilderOptions {
   logger: Logger;
   version: string;
   builderName: string;
+  toplevels: ToplevelCache;
 }
 
 type Validated = { ok: true; repo: string; target: string; ref: string | null } | { ok: false; rejection: Rejected };
@@ -56,10 +58,10 @@ export class Builder {
   private stopping = false;
 
   constructor(private readonly options: BuilderOptions) {
-    const { config, transport, events, logger, nix, catalog } = options;
+    const { config, transport, events, logger, nix, catalog, toplevels } = options;
     this.queue = new JobQueue(config.build.maxQueue);
     this.responder = new Responder(transport, events, logger);
-    this.runner = new JobRunner({ config, nix, catalog, responder: this.responder, logger });
+    this.runner = new JobRunner({ config, nix, catalog, responder: this.responder, logger, toplevels });
     this.control = new Control({
       config,
       catalog,
@@ -93,6 +95,7 @@ export class Builder {
     this.options.catalog.stop();
     await this.loop;
     this.responder.stop();
+    await this.options.toplevels.flush();
   }
 
   /** Entry point for every message under `build.>`. Never throws. */

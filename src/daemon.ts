@@ -13,6 +13,7 @@ import { EventBus } from "./events.js";
 import type { Logger } from "./logger.js";
 import { NixRunner } from "./nix.js";
 import { startObservability } from "./observability.js";
+import { ToplevelCache } from "./toplevel-cache.js";
 import { NatsTransport } from "./transport.js";
 import { CONFIG_KEY_NAMES, vaultSeedSource } from "./vault.js";
 import { VERSION } from "./version.js";
@@ -48,7 +49,13 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
     waitForServer: true,
   });
   const catalog = new HostCatalog({ nix, repos: config.repos, logger: logger.child({ component: "catalog" }), timeoutMs: config.build.resolveTimeout });
-  const builder = new Builder({ config, transport, nix, catalog, events, logger, version: VERSION, builderName });
+  const toplevels = new ToplevelCache({
+    stateDir: config.stateDir,
+    nixVersion: (await nix.version()) ?? "unknown",
+    logger: logger.child({ component: "toplevels" }),
+  });
+  await toplevels.load();
+  const builder = new Builder({ config, transport, nix, catalog, events, logger, version: VERSION, builderName, toplevels });
   const observability = await startObservability(config, logger, { events, transport, nix });
 
   try {

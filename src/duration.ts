@@ -45,3 +45,11 @@ export function formatDuration(ms: number): string {
   if (hours === 0) return `${minutes}m${pad(seconds)}s`;
   return `${hours}h${pad(minutes)}m`;
 }
+
+/** A configured duration as it was most likely written: "2s", "10m", "1h", else formatDuration. */
+export function formatSetting(ms: number): string {
+  for (const [unit, size] of [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], ["s", 1000]] as const) {
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return formatDuration(ms);
+}

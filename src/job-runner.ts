@@ -9,8 +9,8 @@ import { repoNamed, type Config } from "./config.js";
 import type { Logger } from "./logger.js";
 import { boundedLogTail } from "./log-tail.js";
 import { existsSync } from "node:fs";
-import { LruMap } from "./lru.js";
-import { isLockedUrl, type NixRunner, type Outcome, type ToplevelDrvs } from "./nix.js";
+import { isLockedUrl, type NixRunner, type Outcome } from "./nix.js";
+import type { ToplevelCache, ToplevelDrvs } from "./toplevel-cache.js";
 import type { NixProgress } from "./nix-log.js";
 import { ProgressThrottle } from "./progress.js";
 import { ALL_HOSTS, isValidHostName, type Completed, type HostResult, type JobStatus } from "./protocol.js";
@@ -23,6 +23,8 @@ export interface JobRunnerOptions {
   catalog: HostCatalog;
   responder: Responder;
   logger: Logger;
+  /** Toplevel .drv paths per locked URL: a re-run of an unchanged revision evaluates nothing. */
+  toplevels: ToplevelCache;
   /** Shortest time between two progress messages of one build. */
   progressIntervalMs?: number;
 }
@@ -51,8 +53,6 @@ interface PlannedHost {
 
 export class JobRunner {
   private readonly progressIntervalMs: number;
-  /** Toplevel .drv paths per locked URL: a re-run of an unchanged revision evaluates nothing. */
-  private readonly toplevels = new LruMap<string, ToplevelDrvs>(8);
 
   constructor(private readonly options: JobRunnerOptions) {
     this.progressIntervalMs = options.progressIntervalMs ?? 250;
@@ -112,14 +112,18 @@ export class JobRunner {
   private async plan(job: Job, lockedUrl: string, revision: string | null): Promise<Outcome<PlannedHost[]>> {
     const { repo, target, ref } = job.spec;
     if (target !== ALL_HOSTS) return { ok: true, value: [{ host: target, drv: null }] };
-    const { config, nix, catalog, logger } = this.options;
+    const { config, nix, catalog, logger, toplevels } = this.options;
     const run = { timeoutMs: config.build.resolveTimeout, signal: job.abort.signal };
-    let drvs = this.toplevels.get(lockedUrl);
+    let drvs: ToplevelDrvs | undefined = toplevels.get(lockedUrl);
+    if (drvs) logger.info({ jobId: job.id, repo }, "every host's toplevel .drv is known from an earlier evaluation of this revision");
     if (!drvs) {
+      const started = Date.now();
       const evaluated = await nix.evaluateToplevels(lockedUrl, run);
       if (evaluated.ok) {
         drvs = evaluated.value;
-        if (isLockedUrl(lockedUrl)) this.toplevels.set(lockedUrl, drvs);
+        const failed = Object.keys(drvs).filter((host) => drvs?.[host] === null);
+        logger.info({ jobId: job.id, repo, hosts: Object.keys(drvs).length, failed, durationMs: Date.now() - started }, "evaluated every host in one nix evaluation");
+        if (isLockedUrl(lockedUrl)) toplevels.set(lockedUrl, drvs);
       } else if (job.cancelled) {
         return evaluated;
       } else {

@@ -21,6 +21,11 @@ export class LruMap<K, V> {
     }
   }
 
+  /** Oldest first. */
+  entries(): Array<[K, V]> {
+    return [...this.map.entries()];
+  }
+
   get size(): number {
     return this.map.size;
   }

@@ -15,8 +15,10 @@ import { z } from "zod";
 import { forEachLine } from "./line-splitter.js";
 import { NixLogState, type NixProgress } from "./nix-log.js";
 import { killProcessTree } from "./process-tree.js";
+import { formatSetting } from "./duration.js";
 import { isCommitId, type HostStatus, type SourceLocation } from "./protocol.js";
 import type { NixError as NixLogError } from "./nix-log.js";
+import type { ToplevelDrvs } from "./toplevel-cache.js";
 
 export interface NixRunnerOptions {
   nixBin: string;
@@ -44,6 +46,8 @@ export interface RunResult {
   stdout: string;
   log: NixLogState;
   durationMs: number;
+  /** The limit this run had (the time it took may be a little longer: killing takes time). */
+  timeoutMs: number;
   spawnError?: string;
 }
 
@@ -82,7 +86,6 @@ const HostListSchema = z.array(z.string());
 
 /** Host → its toplevel's .drv path, or null when evaluating it threw. */
 const ToplevelDrvsSchema = z.record(z.string(), z.string().nullable());
-export type ToplevelDrvs = z.infer<typeof ToplevelDrvsSchema>;
 
 // Evaluates every host's toplevel .drv in one nix process, so the hosts
 // share the evaluation of what they have in common (nixpkgs). tryEval
@@ -168,6 +171,7 @@ export class NixRunner {
       stdout: typeof result.stdout === "string" ? result.stdout : "",
       log,
       durationMs: Math.round(performance.now() - started),
+      timeoutMs: options.timeoutMs,
       spawnError: spawnFailed ? result.originalMessage || result.shortMessage : undefined,
     };
   }
@@ -201,6 +205,12 @@ export class NixRunner {
     const hosts = parseJson(run.stdout, HostListSchema);
     if (!hosts) return { ok: false, error: "nix eval printed unexpected output for nixosConfigurations", outcome: "exited" };
     return { ok: true, value: hosts };
+  }
+
+  /** `nix --version`, e.g. "nix (Nix) 2.8.0"; undefined when nix cannot be run. */
+  async version(): Promise<string | undefined> {
+    const run = await this.run(["--version"], { timeoutMs: 10_000 });
+    return run.outcome === "exited" && run.exitCode === 0 ? run.stdout.trim() : undefined;
   }
 
   /** Every host's toplevel .drv from one evaluation (see TOPLEVEL_DRVS_EXPR). */
@@ -258,7 +268,7 @@ export function describeFailure(run: RunResult, nixBin: string): string {
     case "spawn_failed":
       return `cannot run ${nixBin}: ${run.spawnError ?? "spawn failed"} (is nix on the builder's PATH?)`;
     case "timeout":
-      return `timed out after ${Math.round(run.durationMs / 1000)}s; the nix process tree was killed`;
+      return `timed out after ${formatSetting(run.timeoutMs)}; the nix process tree was killed`;
     case "cancelled":
       return "cancelled; the nix process tree was killed";
     case "exited":

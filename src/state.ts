@@ -7,9 +7,10 @@
  * leaves either the old or the new file, never half of one. A missing or
  * unreadable file is one warning and an empty start, never a stopped daemon.
  */
-import { mkdir, open, readFile, rename } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
+import { writeFileAtomic } from "./atomic-file.js";
 import { errorMessage } from "./errors.js";
 import type { Logger } from "./logger.js";
 import { HostNameSchema, HostStatusSchema, JobStatusSchema, RepoNameSchema } from "./protocol.js";
@@ -80,17 +81,7 @@ export class StateStore {
   /** Replaces the file atomically. Throws when the directory cannot be written. */
   async save(metrics: MetricsState): Promise<void> {
     const body = JSON.stringify({ version: FORMAT_VERSION, savedAt: new Date().toISOString(), metrics }, null, 2);
-    await mkdir(this.options.dir, { recursive: true, mode: 0o750 });
-    const temp = `${this.file}.${process.pid}.tmp`;
-    const handle = await open(temp, "w", 0o640);
-    try {
-      await handle.writeFile(`${body}\n`, "utf8");
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(temp, this.file);
-    await syncDirectory(this.options.dir);
+    await writeFileAtomic(this.file, `${body}\n`);
   }
 }
 
@@ -110,16 +101,6 @@ export function parseStateFile(text: string): ParsedState {
     return { ok: false, problem: `${where}${issue?.message ?? "invalid"}` };
   }
   return { ok: true, metrics: result.data.metrics, savedAt: result.data.savedAt };
-}
-
-/** Makes the rename itself durable: without it a power cut can bring the old file back. */
-async function syncDirectory(dir: string): Promise<void> {
-  const handle = await open(dir, "r");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 export interface StatePersisterOptions {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { formatDuration, parseDuration } from "../src/duration.js";
+import { formatDuration, formatSetting, parseDuration } from "../src/duration.js";
 
 describe("parseDuration", () => {
   it("reads the forms operators write", () => {
@@ -28,5 +28,15 @@ describe("formatDuration", () => {
     expect(formatDuration(1234)).toBe("1.2s");
     expect(formatDuration(65_000)).toBe("1m05s");
     expect(formatDuration(3_720_000)).toBe("1h02m");
+  });
+});
+
+describe("formatSetting", () => {
+  it("gives a configured limit back in the unit it was likely written in", () => {
+    expect(formatSetting(2_000)).toBe("2s");
+    expect(formatSetting(600_000)).toBe("10m");
+    expect(formatSetting(3_600_000)).toBe("1h");
+    expect(formatSetting(5_400_000)).toBe("90m");
+    expect(formatSetting(1_500)).toBe("1.5s");
   });
 });

@@ -130,6 +130,14 @@ export async function spawnBuilder(
     },
     exited,
   };
-  if (options.waitReady !== false) await builder.waitForLog((l) => l.msg === "builder ready: listening on build.>");
+  if (options.waitReady !== false) {
+    try {
+      await builder.waitForLog((l) => l.msg === "builder ready: listening on build.>");
+    } catch (err) {
+      // Nobody else holds a handle on this process yet: don't leave it behind.
+      await builder.stop("SIGKILL");
+      throw err;
+    }
+  }
   return builder;
 }

@@ -1,0 +1,81 @@
+/**
+ * Shared by the benchmarks: a real nats-server, the real daemon, a raw NATS
+ * requester, RSS sampling and percentiles. Benchmarks print JSON; their
+ * results, method and machine go to docs/performance.md.
+ */
+import { readFile } from "node:fs/promises";
+import { cpus, totalmem } from "node:os";
+import { execFileSync } from "node:child_process";
+import type { NatsConnection } from "nats";
+import { startBuilder, type BuilderProcess } from "../test/support/daemon.js";
+import { createFixtureFlake, type FixtureFlake } from "../test/support/flake.js";
+import { Inbox, connectAs, type Message } from "../test/support/nats-client.js";
+import { startNatsServer, type NatsServer } from "../test/support/nats-server.js";
+
+process.env["NIX_CONFIG"] = ["experimental-features = nix-command flakes", "sandbox = false", "substituters ="].join("\n");
+
+export interface Bench {
+  nats: NatsServer;
+  flake: FixtureFlake;
+  builder: BuilderProcess;
+  nc: NatsConnection;
+  stop(): Promise<void>;
+}
+
+export async function startBench(fixture: string, build: Record<string, unknown> = {}): Promise<Bench> {
+  const nats = await startNatsServer();
+  const flake = await createFixtureFlake(fixture);
+  const builder = await startBuilder({
+    natsUrl: nats.url,
+    seedFile: nats.identities.builder.seedFile,
+    repos: { bench: flake.url },
+    build: { timeout: "30m", ...build },
+    extra: { log: { level: "info" } },
+  });
+  const nc = await connectAs(nats.url, nats.identities.testDeployer);
+  return {
+    nats,
+    flake,
+    builder,
+    nc,
+    async stop() {
+      await nc.close();
+      await builder.stop();
+      await nats.stop();
+    },
+  };
+}
+
+/** One build request over NATS, timed from publish to its final message. */
+export async function timedBuild(nc: NatsConnection, target: string): Promise<{ ms: number; final: Message; messages: Message[] }> {
+  const inbox = await Inbox.open(nc);
+  const started = performance.now();
+  inbox.send(`build.bench.${target}`);
+  const final = await inbox.final(30 * 60_000);
+  const ms = performance.now() - started;
+  inbox.close();
+  return { ms, final, messages: inbox.messages };
+}
+
+export async function rssMiB(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, "utf8");
+  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
+}
+
+export function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const index = Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1);
+  return sorted[Math.max(0, index)] as number;
+}
+
+export const round = (n: number, digits = 1) => Number(n.toFixed(digits));
+
+export function machine(): Record<string, string | number> {
+  return {
+    cpu: cpus()[0]?.model ?? "unknown",
+    cores: cpus().length,
+    memoryGiB: round(totalmem() / 1024 ** 3, 0),
+    node: process.version,
+    nix: execFileSync("nix", ["--version"]).toString().trim(),
+  };
+}
