@@ -4,7 +4,7 @@
 # both units get. docs/deployment.md explains each setting.
 { lib }:
 let
-  inherit (lib) mkOption types optional optionals hasPrefix;
+  inherit (lib) mkOption types hasPrefix;
 in
 rec {
   # The package built from this repository with the host's own nixpkgs,
@@ -87,12 +87,13 @@ rec {
     secretId = "${credentialsDir unit}/vault-secret-id";
   };
 
+  # systemd LoadCredential= lines, "id:file", for the files that are set.
   loadCredential = cred:
-    optional (cred.nkeySeedFile != null) "nkey-seed:${cred.nkeySeedFile}"
-    ++ optionals (usesVault cred) [
-      "vault-role-id:${cred.vault.roleIdFile}"
-      "vault-secret-id:${cred.vault.secretIdFile}"
-    ];
+    lib.mapAttrsToList (id: file: "${id}:${file}") (lib.filterAttrs (_: file: file != null) {
+      nkey-seed = cred.nkeySeedFile;
+      vault-role-id = if usesVault cred then cred.vault.roleIdFile else null;
+      vault-secret-id = if usesVault cred then cred.vault.secretIdFile else null;
+    });
 
   # `address`: the Vault address from wherever the service gets it (the
   # option, or for the builder also settings.vault.address).
