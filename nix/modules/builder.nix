@@ -52,12 +52,7 @@ in
   options.services.homelab-deploy.builder = {
     enable = mkEnableOption "the homelab-deploy builder, a Nix build service driven over NATS";
 
-    package = mkOption {
-      type = types.package;
-      default = common.defaultPackage pkgs;
-      defaultText = common.defaultPackageText;
-      description = "The homelab-deploy package.";
-    };
+    package = common.packageOption pkgs "its `builder` command";
 
     user = mkOption {
       type = types.str;

@@ -9,8 +9,12 @@ in
 rec {
   # The package built from this repository with the host's own nixpkgs,
   # unless an overlay (overlays.default of the flake) provides one.
-  defaultPackage = pkgs: pkgs.homelab-deploy or (pkgs.callPackage ../package.nix { });
-  defaultPackageText = lib.literalExpression "pkgs.homelab-deploy or (pkgs.callPackage <homelab-deploy>/nix/package.nix { })";
+  packageOption = pkgs: what: mkOption {
+    type = types.package;
+    default = pkgs.homelab-deploy or (pkgs.callPackage ../package.nix { });
+    defaultText = lib.literalExpression "pkgs.homelab-deploy or (pkgs.callPackage <homelab-deploy>/nix/package.nix { })";
+    description = "The homelab-deploy package (${what}).";
+  };
 
   # The protocol's repo names (src/protocol.ts): letters, digits, "-" and
   # "_", at most 63, not starting with "-" or "_", not a reserved subject token.

@@ -48,12 +48,7 @@ in
   options.services.homelab-deploy.scheduledBuilds = {
     enable = mkEnableOption "scheduled builds of every host of some repos by the homelab-deploy builder";
 
-    package = mkOption {
-      type = types.package;
-      default = common.defaultPackage pkgs;
-      defaultText = common.defaultPackageText;
-      description = "The homelab-deploy package (its client, `homelab-deploy build`).";
-    };
+    package = common.packageOption pkgs "its client, `homelab-deploy build`";
 
     repos = mkOption {
       type = types.listOf types.str;

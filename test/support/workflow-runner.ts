@@ -134,24 +134,20 @@ export function evaluate(source: string, ctx: Context): string | boolean {
     }
     return left;
   };
-  const and = (): string | boolean => {
-    let value = comparison();
-    while (peek()?.text === "&&") {
-      i++;
-      const right = comparison();
-      value = truthy(value) ? right : value;
-    }
-    return value;
-  };
-  const or = (): string | boolean => {
-    let value = and();
-    while (peek()?.text === "||") {
-      i++;
-      const right = and();
-      value = truthy(value) ? value : right;
-    }
-    return value;
-  };
+  // Left to right; like JavaScript, && and || give one of their operands.
+  type Value = string | boolean;
+  const binary =
+    (op: "&&" | "||", next: () => Value, pick: (left: Value, right: Value) => Value) =>
+    (): Value => {
+      let value = next();
+      while (peek()?.text === op) {
+        i++;
+        value = pick(value, next());
+      }
+      return value;
+    };
+  const and = binary("&&", comparison, (left, right) => (truthy(left) ? right : left));
+  const or = binary("||", and, (left, right) => (truthy(left) ? left : right));
   const value = or();
   if (i !== tokens.length) throw new Error(`workflow runner: trailing input in ${JSON.stringify(source)}`);
   return value;
