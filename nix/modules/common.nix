@@ -133,7 +133,8 @@ rec {
   # Not set: MemoryDenyWriteExecute (Node's V8 JIT needs writable and
   # executable memory and would crash), PrivateUsers and PrivateNetwork (the
   # nix daemon identifies its client by uid over the socket; NATS, Vault and
-  # git are on the network), ProcSubset=pid (untested with nix).
+  # git are on the network), ProcSubset=pid (libuv reads /proc/stat and
+  # /proc/meminfo; untested with nix and git).
   hardening = {
     NoNewPrivileges = true;
     ProtectSystem = "strict";

@@ -69,7 +69,7 @@ pkgs.testers.runNixOSTest {
     import json
 
     def as_repo_owner(command):
-        return machine.succeed(f"runuser -u homelab-deploy -- sh -c 'cd /srv/demo && {command}'")
+        return machine.succeed(f"runuser -u homelab-deploy -- env HOME=/var/lib/homelab-deploy sh -c 'cd /srv/demo && {command}'")
 
     def client_build(target):
         out = machine.succeed(
@@ -87,7 +87,7 @@ pkgs.testers.runNixOSTest {
         assert machine.succeed("systemctl show -p User --value homelab-deploy-builder").strip() == "homelab-deploy"
         assert machine.succeed("systemctl show -p ProtectSystem --value homelab-deploy-builder").strip() == "strict"
         machine.succeed("stat -c %U /var/lib/homelab-deploy | grep -x homelab-deploy")
-        machine.succeed("ps -o user= -C node | grep -x homelab-deploy")
+        machine.succeed("ps -o user:32= -p $(systemctl show -p MainPID --value homelab-deploy-builder) | grep -x homelab-deploy")
         machine.wait_until_succeeds("curl -sf http://127.0.0.1:9973/readyz", timeout=60)
         print(machine.succeed("systemd-analyze security homelab-deploy-builder.service | tail -n 1"))
 
