@@ -55,12 +55,14 @@ export async function startBuilder(setup: BuilderSetup, options: { waitReady?: b
   return spawnBuilder(configFile, setup.env, options);
 }
 
+/** `command`: the argv to run instead of `node dist/cli.js builder --config FILE` (a unit's ExecStart, say). */
 export async function spawnBuilder(
   configFile: string,
   env: Record<string, string> = {},
-  options: { waitReady?: boolean } = {},
+  options: { waitReady?: boolean; command?: string[] } = {},
 ): Promise<BuilderProcess> {
-  const child = spawn(process.execPath, [CLI, "builder", "--config", configFile], {
+  const [bin, ...args] = options.command ?? [process.execPath, CLI, "builder", "--config", configFile];
+  const child = spawn(bin as string, args, {
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });

@@ -1,0 +1,190 @@
+# services.homelab-deploy.builder: `homelab-deploy builder` as a hardened
+# systemd service. `settings` is the daemon's config (config.example.yaml),
+# written as JSON; the module adds the state directory, the system's nix and
+# the credentials. See docs/deployment.md.
+{ config, lib, pkgs, ... }:
+let
+  inherit (lib) mkOption mkEnableOption mkIf types optional optionalAttrs recursiveUpdate hasPrefix removePrefix;
+  common = import ./common.nix { inherit lib; };
+
+  cfg = config.services.homelab-deploy.builder;
+  unit = "homelab-deploy-builder";
+  files = common.credentialFiles unit;
+  settingsFormat = pkgs.formats.json { };
+
+  # What the module contributes, below what the operator writes in `settings`.
+  moduleSettings = {
+    stateDir = "/var/lib/homelab-deploy";
+    # The system's own nix (same version as its nix-daemon); nix-store is
+    # found next to it.
+    build.nixBin = "${config.nix.package}/bin/nix";
+    metrics.listen = "0.0.0.0:9973";
+  }
+  // optionalAttrs (cfg.nkeySeedFile != null) { nats.nkeySeedFile = files.seed; }
+  // optionalAttrs (common.usesVault cfg) {
+    vault = {
+      roleIdFile = files.roleId;
+      secretIdFile = files.secretId;
+      inherit (cfg.vault) kvMount secretPath secretField;
+    }
+    // optionalAttrs (cfg.vault.address != null) { inherit (cfg.vault) address; }
+    // optionalAttrs (cfg.vault.caCertFile != null) { inherit (cfg.vault) caCertFile; };
+  };
+  settings = recursiveUpdate moduleSettings cfg.settings;
+  configFile = settingsFormat.generate "homelab-deploy-builder.json" settings;
+
+  stateDir = settings.stateDir;
+  # Under /var/lib systemd creates and owns it (StateDirectory); elsewhere
+  # tmpfiles creates it and the unit may write there (ReadWritePaths).
+  stateInVarLib = hasPrefix "/var/lib/" stateDir;
+
+  listen = builtins.match "(\\[[^]]*]|[^:]*):([0-9]+)" (settings.metrics.listen or "");
+  metricsPort = if listen == null then null else lib.toInt (builtins.elemAt listen 1);
+
+  nixAllowedUsers = config.nix.settings.allowed-users or [ "*" ];
+  # The credential files come from the typed options (LoadCredential), never from settings.
+  settingsCredentialKeys =
+    optional ((cfg.settings.nats or { }) ? nkeySeedFile) "nats.nkeySeedFile"
+    ++ optional ((cfg.settings.vault or { }) ? roleIdFile) "vault.roleIdFile"
+    ++ optional ((cfg.settings.vault or { }) ? secretIdFile) "vault.secretIdFile";
+in
+{
+  options.services.homelab-deploy.builder = {
+    enable = mkEnableOption "the homelab-deploy builder, a Nix build service driven over NATS";
+
+    package = common.packageOption pkgs "its `builder` command";
+
+    user = mkOption {
+      type = types.str;
+      default = "homelab-deploy";
+      description = "System user the builder runs as (created by the module). It talks to the nix daemon as an ordinary allowed user; it is not made a trusted user.";
+    };
+
+    group = mkOption {
+      type = types.str;
+      default = "homelab-deploy";
+      description = "Group of the builder's user (created by the module).";
+    };
+
+    settings = mkOption {
+      type = settingsFormat.type;
+      default = { };
+      example = lib.literalExpression ''
+        {
+          nats.url = "nats://nats.home.2rjus.net:4222";
+          repos.nixos-servers.url = "git+https://git.t-juice.club/torjus/nixos-servers.git";
+          repos.nixos.url = "git+https://git.t-juice.club/torjus/nixos.git";
+          build.timeout = "1h";
+        }
+      '';
+      description = ''
+        The builder's configuration, with the keys of config.example.yaml,
+        written to a JSON file. The module sets `stateDir`
+        (/var/lib/homelab-deploy), `build.nixBin` (the system's nix),
+        `metrics.listen` (0.0.0.0:9973) and the credential file paths; what
+        is set here wins, except the credential files, which come from
+        `nkeySeedFile` and `vault.*`.
+      '';
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the metrics port (from `settings.metrics.listen`, 9973 by default) in the firewall, for Prometheus.";
+    };
+  } // common.credentialOptions { who = "builder"; defaultSecretPath = "shared/homelab-deploy/builder-nkey"; };
+
+  config = mkIf cfg.enable {
+    assertions =
+      common.credentialAssertions {
+        prefix = "services.homelab-deploy.builder";
+        cred = cfg;
+        address = settings.vault.address or null;
+      }
+      ++ [
+        {
+          assertion = settingsCredentialKeys == [ ];
+          message = "services.homelab-deploy.builder.settings: set the NKey files with services.homelab-deploy.builder.nkeySeedFile or vault.roleIdFile/vault.secretIdFile (the module passes them with LoadCredential), not with ${lib.concatStringsSep ", " settingsCredentialKeys}.";
+        }
+        {
+          assertion = (settings.repos or { }) != { };
+          message = "services.homelab-deploy.builder.settings.repos: expected at least one repo, e.g. repos.nixos-servers.url = \"git+https://…\".";
+        }
+        {
+          assertion = builtins.isString stateDir && hasPrefix "/" stateDir && stateDir != "/var/lib/" && stateDir != "/";
+          message = "services.homelab-deploy.builder.settings.stateDir: expected an absolute directory path of its own, got ${builtins.toJSON stateDir}.";
+        }
+        {
+          assertion = !cfg.openFirewall || (metricsPort != null && metricsPort > 0);
+          message = "services.homelab-deploy.builder.openFirewall: settings.metrics.listen (${builtins.toJSON (settings.metrics.listen or null)}) has no fixed port to open.";
+        }
+        {
+          assertion = builtins.elem "*" nixAllowedUsers || builtins.elem cfg.user nixAllowedUsers || builtins.elem "@${cfg.group}" nixAllowedUsers;
+          message = "services.homelab-deploy.builder: nix.settings.allowed-users must let the builder use the nix daemon: add \"${cfg.user}\" (or \"@${cfg.group}\").";
+        }
+      ]
+      ++ map (name: {
+        assertion = common.isValidRepoName name;
+        message = "services.homelab-deploy.builder.settings.repos.${name}: invalid repo name; expected ${common.repoNameRule}.";
+      }) (builtins.attrNames (settings.repos or { }));
+
+    users.users.${cfg.user} = {
+      isSystemUser = true;
+      group = cfg.group;
+      home = stateDir;
+      description = "homelab-deploy builder";
+    };
+    users.groups.${cfg.group} = { };
+
+    networking.firewall.allowedTCPPorts = optional cfg.openFirewall metricsPort;
+
+    systemd.tmpfiles.rules = optional (!stateInVarLib) "d ${stateDir} 0750 ${cfg.user} ${cfg.group} - -";
+
+    systemd.services.${unit} = {
+      description = "homelab-deploy builder: Nix builds requested over NATS";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" "nix-daemon.socket" ];
+      # git: nix runs it to fetch git+https/git+ssh flakes.
+      path = [ config.nix.package pkgs.git ];
+      environment = {
+        HOME = stateDir;
+        # nix's fetcher and evaluation caches (~/.cache/nix otherwise).
+        XDG_CACHE_HOME = "/var/cache/${unit}";
+        # Always the daemon, never a local store: the service user cannot write /nix.
+        NIX_REMOTE = "daemon";
+        # Flakes for this service only, whatever the system's nix.conf says.
+        NIX_CONFIG = "extra-experimental-features = nix-command flakes";
+      };
+      # A fatal problem (bad Vault credentials, a key NATS keeps refusing)
+      # restarts 5 times in a minute, then the unit stays failed.
+      unitConfig = {
+        StartLimitIntervalSec = "10min";
+        StartLimitBurst = 5;
+      };
+      serviceConfig = common.hardening // {
+        Type = "exec";
+        User = cfg.user;
+        Group = cfg.group;
+        ExecStart = "${cfg.package}/bin/homelab-deploy builder --config ${configFile}";
+        Restart = "on-failure";
+        RestartSec = "10s";
+        # The daemon stops within 10 s of SIGTERM (builds cancelled, requesters
+        # answered); KillMode=control-group then ends anything left in the
+        # cgroup, nix and git processes included.
+        KillMode = "control-group";
+        KillSignal = "SIGTERM";
+        TimeoutStopSec = "30s";
+        LoadCredential = common.loadCredential cfg;
+        CacheDirectory = unit;
+        CacheDirectoryMode = "0750";
+        # The nix daemon's socket: connecting needs it reachable, nothing else under /nix is written.
+        ReadWritePaths = [ "/nix/var/nix/daemon-socket" ] ++ optional (!stateInVarLib) stateDir;
+      }
+      // optionalAttrs stateInVarLib {
+        StateDirectory = removePrefix "/var/lib/" stateDir;
+        StateDirectoryMode = "0750";
+      };
+    };
+  };
+}

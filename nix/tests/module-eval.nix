@@ -1,0 +1,60 @@
+# checks.<system>.module-eval: both modules evaluated by the real NixOS
+# module system (with nixpkgs' own types, systemd and users modules) for a
+# configuration like nix-cache02's. Fails when an assertion fails or an
+# option does not type-check; its output is the unit files NixOS writes.
+# test/nix-module.test.ts checks the same with a stand-in where nixpkgs is
+# not available.
+{ pkgs, nixpkgs, system, module }:
+let
+  vault = {
+    address = "https://vault.home.2rjus.net:8200";
+    caCertFile = "/etc/ssl/certs/homelab-root-ca.pem";
+    roleIdFile = "/var/lib/vault/approle/role-id";
+    secretIdFile = "/var/lib/vault/approle/secret-id";
+  };
+  eval = nixpkgs.lib.nixosSystem {
+    inherit system;
+    modules = [
+      module
+      {
+        boot.loader.grub.enable = false;
+        fileSystems."/".device = "/dev/null";
+        system.stateVersion = "25.05";
+        services.homelab-deploy.builder = {
+          enable = true;
+          openFirewall = true;
+          inherit vault;
+          settings = {
+            nats.url = "nats://nats.home.2rjus.net:4222";
+            repos.nixos-servers.url = "git+https://git.t-juice.club/torjus/nixos-servers.git";
+            repos.nixos.url = "git+https://git.t-juice.club/torjus/nixos.git";
+          };
+        };
+        services.homelab-deploy.scheduledBuilds = {
+          enable = true;
+          repos = [ "nixos-servers" "nixos" ];
+          natsUrl = "nats://nats.home.2rjus.net:4222";
+          inherit vault;
+        };
+      }
+    ];
+  };
+  inherit (eval) config;
+  failed = map (a: a.message) (builtins.filter (a: !a.assertion) config.assertions);
+  units = [
+    "homelab-deploy-builder.service"
+    "homelab-deploy-scheduled-build.service"
+    "homelab-deploy-scheduled-build.timer"
+  ];
+in
+if failed != [ ] then throw "homelab-deploy module assertions failed:\n${builtins.concatStringsSep "\n" failed}"
+else
+  pkgs.runCommand "homelab-deploy-module-eval" { } ''
+    mkdir $out
+    ${builtins.concatStringsSep "\n" (map (unit: "cp ${config.systemd.units.${unit}.unit}/${unit} $out/${unit}") units)}
+    grep -Fx 'ProtectSystem=strict' $out/homelab-deploy-builder.service
+    grep -Fx 'User=homelab-deploy' $out/homelab-deploy-builder.service
+    grep -Fx 'StateDirectory=homelab-deploy' $out/homelab-deploy-builder.service
+    grep -Fx 'Persistent=true' $out/homelab-deploy-scheduled-build.timer
+    grep -Fx 'RandomizedDelaySec=5min' $out/homelab-deploy-scheduled-build.timer
+  ''
