@@ -208,8 +208,10 @@ describe("200 concurrent requesters", () => {
       expect(joins.filter((a) => a.joined === false)).toHaveLength(1);
       expect(new Set(joins.map((a) => `${String(a.target)}@${String(a.ref)}`)).size).toBe(1);
     }
-    // 20 distinct (host, ref) pairs, at most maxQueue waiting + 1 running at any time.
-    expect(byJob.size).toBeGreaterThanOrEqual(7);
+    // 20 distinct (host, ref) pairs arrive at once: maxQueue of them are
+    // queued (one more if the first had already started), the rest refused.
+    expect(byJob.size).toBeGreaterThanOrEqual(6);
+    expect(byJob.size).toBeLessThanOrEqual(7);
     // Every accepted requester got its job's completed, identical for all of a job's requesters.
     requesters.forEach(({ inbox }, i) => {
       const first = firsts[i] as Message;
