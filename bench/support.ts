@@ -3,10 +3,13 @@
  * requester, RSS sampling and percentiles. Benchmarks print JSON; their
  * results, method and machine go to docs/performance.md.
  */
+import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
+import { join } from "node:path";
 import { cpus, totalmem } from "node:os";
 import { execFileSync } from "node:child_process";
 import type { NatsConnection } from "nats";
+import { ROOT } from "../test/support/cli.js";
 import { startBuilder, type BuilderProcess } from "../test/support/daemon.js";
 import { createFixtureFlake, type FixtureFlake } from "../test/support/flake.js";
 import { Inbox, connectAs, type Message } from "../test/support/nats-client.js";
@@ -22,7 +25,12 @@ export interface Bench {
   stop(): Promise<void>;
 }
 
-export async function startBench(fixture: string, build: Record<string, unknown> = {}): Promise<Bench> {
+/** The node options the NixOS package's wrapper runs the daemon with (package.json). */
+export const PACKAGED_NODE_OPTIONS = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { "homelab-deploy": { nodeOptions: string } })[
+  "homelab-deploy"
+].nodeOptions;
+
+export async function startBench(fixture: string, build: Record<string, unknown> = {}, nodeOptions = PACKAGED_NODE_OPTIONS): Promise<Bench> {
   const nats = await startNatsServer();
   const flake = await createFixtureFlake(fixture);
   const builder = await startBuilder({
@@ -31,6 +39,7 @@ export async function startBench(fixture: string, build: Record<string, unknown>
     repos: { bench: flake.url },
     build: { timeout: "30m", ...build },
     extra: { log: { level: "info" } },
+    env: { NODE_OPTIONS: nodeOptions },
   });
   const nc = await connectAs(nats.url, nats.identities.testDeployer);
   return {
@@ -40,7 +49,8 @@ export async function startBench(fixture: string, build: Record<string, unknown>
     nc,
     async stop() {
       await nc.close();
-      await builder.stop();
+      // this.builder: a benchmark may have restarted the daemon since.
+      await this.builder.stop();
       await nats.stop();
     },
   };

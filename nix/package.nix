@@ -71,6 +71,12 @@ buildNpmPackage {
       nix
       git
     ])
+    # Smaller V8 young generation: keeps the daemon's memory bounded under a
+    # nix log flood (package.json "homelab-deploy".nodeOptions says why).
+    "--prefix"
+    "NODE_OPTIONS"
+    " "
+    packageJson."homelab-deploy".nodeOptions
   ];
 
   doInstallCheck = true;

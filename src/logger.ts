@@ -3,8 +3,13 @@
  * The daemon logs to stdout; client commands log to stderr because their
  * stdout belongs to results (and to the MCP protocol).
  */
+import { createRequire } from "node:module";
 import { pino, type Logger, type LevelWithSilent } from "pino";
-import PinoPretty from "pino-pretty";
+import type PinoPretty from "pino-pretty";
+
+// pino-pretty (and its colour and date libraries) is only needed on a
+// terminal; a daemon under systemd never loads it.
+const require = createRequire(import.meta.url);
 
 export type { Logger };
 
@@ -47,7 +52,8 @@ export function createLogger(options: LoggerOptions = {}): Logger {
   };
   if (pretty) {
     const colorize = process.env["NO_COLOR"] === undefined && stream.isTTY === true;
-    return pino(base, PinoPretty({ destination: fd, sync: true, colorize, ignore: "pid,hostname,name" }));
+    const prettyStream = require("pino-pretty") as typeof PinoPretty;
+    return pino(base, prettyStream({ destination: fd, sync: true, colorize, ignore: "pid,hostname,name" }));
   }
   return pino(base, pino.destination({ fd, sync: true }));
 }

@@ -7,7 +7,7 @@
  * nor the seed is ever put into a log line or an error message.
  */
 import { readFile } from "node:fs/promises";
-import NodeVault from "node-vault";
+import type NodeVault from "node-vault";
 import { z } from "zod";
 import { Backoff, delay } from "./backoff.js";
 import type { VaultConfig } from "./config.js";
@@ -88,7 +88,7 @@ async function fetchSeed(settings: VaultConfig, names: VaultSettingNames): Promi
   const ca = settings.caCertFile ? await readSettingFile(settings.caCertFile, names.caCertFile) : undefined;
   const roleId = await readSettingFile(settings.roleIdFile, names.roleIdFile);
   const secretId = await readSettingFile(settings.secretIdFile, names.secretIdFile);
-  const client = vaultClient(settings, ca);
+  const client = await vaultClient(settings, ca);
   const failure = (step: Step) => (err: unknown) => {
     throw classify(err, step, settings, names);
   };
@@ -104,8 +104,10 @@ async function fetchSeed(settings: VaultConfig, names: VaultSettingNames): Promi
   }
 }
 
-function vaultClient(settings: VaultConfig, ca: string | undefined): VaultClient {
-  const client = NodeVault({
+async function vaultClient(settings: VaultConfig, ca: string | undefined): Promise<VaultClient> {
+  // Loaded on first use: a builder with a seed file never pays for node-vault and axios.
+  const { default: createClient } = await import("node-vault");
+  const client = createClient({
     endpoint: settings.address,
     // node-vault's debug output would include the login body (the secret-id).
     debug: () => undefined,

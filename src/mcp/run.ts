@@ -1,0 +1,61 @@
+/**
+ * Running `homelab-deploy mcp`: the MCP server on stdio, its NATS link, and
+ * a clean exit when the client goes away.
+ */
+import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js";
+import { clientLogger, connectClient, durationFlag, type ConnectionFlags } from "../commands/connection.js";
+import { ExitCode, errorMessage } from "../errors.js";
+import type { Logger } from "../logger.js";
+import { NatsLink } from "./nats-link.js";
+import { createMcpServer } from "./server.js";
+
+export interface McpFlags extends ConnectionFlags {
+  enableBuilds?: boolean;
+  ackTimeout: string;
+  idleTimeout: string;
+}
+
+export async function runMcp(flags: McpFlags): Promise<number> {
+  const ackTimeoutMs = durationFlag("--ack-timeout", flags.ackTimeout);
+  const idleTimeoutMs = durationFlag("--idle-timeout", flags.idleTimeout, true);
+  const logger = clientLogger(flags);
+  keepServing(logger);
+  const link = new NatsLink(() => connectClient(flags, logger), flags.natsUrl, logger);
+  const shutdown = new AbortController();
+  const enableBuilds = flags.enableBuilds === true;
+  const server = createMcpServer({ enableBuilds, link, logger, ackTimeoutMs, idleTimeoutMs, shutdown: shutdown.signal });
+  const transport = new StdioServerTransport();
+
+  let resolveDone: (code: number) => void = () => undefined;
+  const done = new Promise<number>((resolve) => (resolveDone = resolve));
+  let stopping = false;
+  const stop = async (why: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ why }, "stopping the MCP server");
+    shutdown.abort();
+    await server.close().catch((err: unknown) => logger.warn({ err: errorMessage(err) }, "closing the MCP transport failed"));
+    await link.close().catch((err: unknown) => logger.warn({ err: errorMessage(err) }, "closing the NATS connection failed"));
+    resolveDone(ExitCode.ok);
+  };
+  // The client ends the session by closing our stdin (then SIGTERM, then SIGKILL).
+  process.stdin.once("end", () => void stop("stdin closed"));
+  process.stdout.once("error", (err) => void stop(`stdout failed: ${errorMessage(err)}`));
+  process.once("SIGTERM", () => void stop("SIGTERM"));
+  process.once("SIGINT", () => void stop("SIGINT"));
+
+  server.server.onclose = () => void stop("the MCP transport closed");
+  await server.connect(transport);
+  logger.info({ builds: enableBuilds, nats: flags.natsUrl }, "MCP server ready on stdio");
+  return done;
+}
+
+/**
+ * Tool handlers never throw (see mcp/tool-result.ts), but a stray error in
+ * a callback must not end the server either: an assistant would lose every
+ * tool for the rest of its session. It is logged and the server goes on.
+ */
+function keepServing(logger: Logger): void {
+  process.on("unhandledRejection", (reason) => logger.error({ err: reason }, "unhandled rejection; the MCP server keeps running"));
+  process.on("uncaughtException", (err) => logger.error({ err }, "uncaught exception; the MCP server keeps running"));
+}
