@@ -42,18 +42,19 @@ export async function startBench(fixture: string, build: Record<string, unknown>
     env: { NODE_OPTIONS: nodeOptions },
   });
   const nc = await connectAs(nats.url, nats.identities.testDeployer);
-  return {
+  const bench: Bench = {
     nats,
     flake,
     builder,
     nc,
     async stop() {
       await nc.close();
-      // this.builder: a benchmark may have restarted the daemon since.
-      await this.builder.stop();
+      // bench.builder: a benchmark may have restarted the daemon since.
+      await bench.builder.stop();
       await nats.stop();
     },
   };
+  return bench;
 }
 
 /** One build request over NATS, timed from publish to its final message. */

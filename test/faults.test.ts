@@ -102,6 +102,25 @@ describe("NATS restarted in the middle of a build", () => {
   });
 });
 
+describe("NATS not there at start-up", () => {
+  it("the builder waits for it, logging why, and then serves", async () => {
+    const nats = await startNatsServer();
+    cleanups.push(() => nats.stop());
+    await nats.stop("SIGKILL");
+    const flake = await createFixtureFlake("tiny-flake");
+    const builder = await startBuilder({ natsUrl: nats.url, seedFile: nats.identities.builder.seedFile, repos: { fixture: flake.url } }, { waitReady: false });
+    cleanups.push(() => builder.stop("SIGKILL"));
+    const waiting = await builder.waitForLog((l) => l.msg === "NATS not reachable yet; waiting for it");
+    expect(waiting).toMatchObject({ servers: [nats.url], retryInMs: expect.any(Number) });
+    await sleep(1_500);
+    expect(builder.child.exitCode).toBeNull();
+    await nats.start();
+    await builder.waitForLog((l) => l.msg === "builder ready: listening on build.>", 20_000);
+    const env = { HOMELAB_DEPLOY_NATS_URL: nats.url, HOMELAB_DEPLOY_NKEY_SEED_FILE: nats.identities.testDeployer.seedFile };
+    expect((await runCli(["build", "fixture", "a"], env)).exitCode).toBe(0);
+  });
+});
+
 describe("a nix that fails oddly", () => {
   async function oddNix() {
     const realNix = execFileSync("sh", ["-c", "command -v nix"]).toString().trim();
