@@ -5,7 +5,9 @@
  * subscribes *before* publishing, and stops listening at the final message.
  */
 import { nuid, type Msg, type NatsConnection, type Subscription } from "nats";
+import type { z } from "zod";
 import { NoBuilderError, HomelabDeployError } from "./errors.js";
+import { parseJsonAs } from "./json.js";
 import {
   BuildResponseSchema,
   ControlResponseSchema,
@@ -54,7 +56,8 @@ export function newReplySubject(): string {
 interface Exchange<T> {
   subject: string;
   payload: Uint8Array;
-  parse: (json: unknown) => T | undefined;
+  /** What every answer must look like; anything else is reported and ignored. */
+  schema: z.ZodType<T>;
   /** First message that proves a builder took the request. */
   isAck: (message: T) => boolean;
   isFinal: (message: T) => boolean;
@@ -104,7 +107,7 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
         if (isNoResponders(msg)) {
           return fail(new NoBuilderError(`no builder is listening on ${request.subject} (NATS reported no responders); is the builder running?`));
         }
-        const message = parseMessage(msg, request.parse);
+        const message = parseJsonAs(decoder.decode(msg.data), request.schema);
         if (message === undefined) return options.onInvalid?.(decoder.decode(msg.data));
         if (request.isAck(message)) {
           clearTimeout(ackTimer);
@@ -139,19 +142,6 @@ function isNoResponders(msg: Msg): boolean {
   return msg.data.length === 0 && msg.headers?.code === 503;
 }
 
-function parseMessage<T>(msg: Msg, parse: (json: unknown) => T | undefined): T | undefined {
-  try {
-    return parse(JSON.parse(decoder.decode(msg.data)));
-  } catch {
-    return undefined;
-  }
-}
-
-export function parseBuildResponse(json: unknown): BuildResponse | undefined {
-  const parsed = BuildResponseSchema.safeParse(json);
-  return parsed.success ? parsed.data : undefined;
-}
-
 export function requestPayload(body: Record<string, unknown> | undefined): Uint8Array {
   if (!body || Object.keys(body).length === 0) return new Uint8Array();
   return encoder.encode(JSON.stringify(body));
@@ -168,19 +158,12 @@ export function requestBuild(
     {
       subject: buildSubject(target.repo, target.target),
       payload: requestPayload(target.ref ? { ref: target.ref } : undefined),
-      parse: parseBuildResponse,
+      schema: BuildResponseSchema,
       isAck: (m) => m.type === "accepted" || m.type === "rejected",
       isFinal,
     },
     options,
   ) as Promise<FinalResponse>;
-}
-
-function parseWith<T>(schema: { safeParse(json: unknown): { success: true; data: T } | { success: false } }) {
-  return (json: unknown): T | undefined => {
-    const parsed = schema.safeParse(json);
-    return parsed.success ? parsed.data : undefined;
-  };
 }
 
 /** One question to the builder (`build.discover`, `build.status`, `build.cancel`) and its single answer. */
@@ -195,7 +178,7 @@ export function requestControl(
     {
       subject: `build.${name}`,
       payload: requestPayload(body),
-      parse: parseWith(ControlResponseSchema),
+      schema: ControlResponseSchema,
       isAck: () => true,
       isFinal: () => true,
     },

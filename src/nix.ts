@@ -14,6 +14,7 @@ import { execa } from "execa";
 import { z } from "zod";
 import { forEachLine } from "./line-splitter.js";
 import { NixLogState, type NixProgress } from "./nix-log.js";
+import { parseJsonAs } from "./json.js";
 import { killProcessTree } from "./process-tree.js";
 import { formatSetting } from "./duration.js";
 import { isCommitId, type HostStatus, type SourceLocation } from "./protocol.js";
@@ -182,7 +183,7 @@ export class NixRunner {
     const run = await this.run(["flake", "metadata", "--json", "--refresh", target], options);
     const failure = this.failure(run, `resolving ${target}`);
     if (failure) return failure;
-    const metadata = parseJson(run.stdout, FlakeMetadataSchema);
+    const metadata = parseJsonAs(run.stdout, FlakeMetadataSchema);
     if (!metadata) return { ok: false, error: `nix flake metadata printed unexpected output for ${target}`, outcome: "exited" };
     return {
       ok: true,
@@ -202,7 +203,7 @@ export class NixRunner {
     );
     const failure = this.failure(run, "listing nixosConfigurations");
     if (failure) return failure;
-    const hosts = parseJson(run.stdout, HostListSchema);
+    const hosts = parseJsonAs(run.stdout, HostListSchema);
     if (!hosts) return { ok: false, error: "nix eval printed unexpected output for nixosConfigurations", outcome: "exited" };
     return { ok: true, value: hosts };
   }
@@ -218,7 +219,7 @@ export class NixRunner {
     const run = await this.run(["eval", "--json", `${lockedUrl}#nixosConfigurations`, "--apply", TOPLEVEL_DRVS_EXPR], options);
     const failure = this.failure(run, "evaluating nixosConfigurations");
     if (failure) return failure;
-    const drvs = parseJson(run.stdout, ToplevelDrvsSchema);
+    const drvs = parseJsonAs(run.stdout, ToplevelDrvsSchema);
     if (!drvs) return { ok: false, error: "nix eval printed unexpected output for nixosConfigurations", outcome: "exited" };
     return { ok: true, value: drvs };
   }
@@ -253,15 +254,6 @@ export class NixRunner {
   }
 }
 
-function parseJson<T>(text: string, schema: z.ZodType<T>): T | undefined {
-  try {
-    const parsed = schema.safeParse(JSON.parse(text));
-    return parsed.success ? parsed.data : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 /** One line saying why nix did not succeed, in the words an operator needs. */
 export function describeFailure(run: RunResult, nixBin: string): string {
   switch (run.outcome) {
@@ -287,7 +279,7 @@ export function hostBuildFrom(run: RunResult, nixBin: string): HostBuild {
   if (run.outcome === "timeout") return { status: "timeout", durationMs, error: describeFailure(run, nixBin), logTail: run.log.logTail() };
   if (run.outcome === "cancelled") return { status: "cancelled", durationMs, error: describeFailure(run, nixBin) };
   if (run.outcome === "exited" && run.exitCode === 0) {
-    const outputs = parseJson(run.stdout, BuildOutputSchema);
+    const outputs = parseJsonAs(run.stdout, BuildOutputSchema);
     const storePath = outputs?.[0]?.outputs["out"];
     if (storePath) return { status: "success", durationMs, storePath };
     return { status: "failure", durationMs, error: `nix build succeeded but printed no store path: ${truncate(run.stdout)}` };

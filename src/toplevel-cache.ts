@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { z } from "zod";
 import { writeFileAtomic } from "./atomic-file.js";
 import { errorMessage } from "./errors.js";
+import { parseJsonAs } from "./json.js";
 import type { Logger } from "./logger.js";
 import { LruMap } from "./lru.js";
 
@@ -53,7 +54,7 @@ export class ToplevelCache {
     } catch {
       return;
     }
-    const parsed = parseJsonWith(text, FileSchema);
+    const parsed = parseJsonAs(text, FileSchema);
     if (!parsed || parsed.nix !== this.options.nixVersion) {
       this.options.logger.info({ file: this.file }, "ignoring the toplevel .drv cache: unreadable or made by another nix");
       return;
@@ -83,14 +84,5 @@ export class ToplevelCache {
     } catch (err) {
       this.options.logger.warn({ file: this.file, err: errorMessage(err) }, "cannot save the toplevel .drv cache; a restart will evaluate again");
     }
-  }
-}
-
-function parseJsonWith<T>(text: string, schema: z.ZodType<T>): T | undefined {
-  try {
-    const parsed = schema.safeParse(JSON.parse(text));
-    return parsed.success ? parsed.data : undefined;
-  } catch {
-    return undefined;
   }
 }
