@@ -34,7 +34,10 @@ export class HttpServer {
   /** Listens; resolves with the address actually bound (port 0 picks one). */
   async start(): Promise<ListenAddress> {
     const server = createServer({ requestTimeout: 10_000, headersTimeout: 5_000, keepAliveTimeout: 5_000 }, (req, res) => {
-      void this.handle(req, res);
+      this.handle(req, res).catch((err: unknown) => {
+        this.options.logger.error({ err: errorMessage(err) }, "metrics HTTP request failed");
+        res.destroy();
+      });
     });
     server.maxConnections = MAX_CONNECTIONS;
     const { host, port } = this.options.listen;
@@ -71,7 +74,9 @@ export class HttpServer {
       send(res, 405, "text/plain; charset=utf-8", "method not allowed\n", { allow: "GET, HEAD" });
       return;
     }
-    const path = new URL(req.url ?? "/", "http://localhost").pathname;
+    // Only the path matters; split rather than new URL(), which throws on a
+    // malformed request line (and an exception here must never reach Node).
+    const path = (req.url ?? "/").split("?")[0];
     try {
       switch (path) {
         case "/metrics":

@@ -4,7 +4,7 @@
  * nats-server, then what a Prometheus scrape would see — across restarts,
  * a crash, a corrupt state file and a NATS outage.
  */
-import { createServer, type Server } from "node:net";
+import { connect, createServer, type Server } from "node:net";
 import { mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -342,6 +342,30 @@ describe("/healthz and /readyz", () => {
 });
 
 describe("the HTTP server's life", () => {
+  it("survives malformed and hostile requests and keeps serving", async () => {
+    const { hostname, port } = new URL(baseUrl);
+    const raw = (request: string) =>
+      new Promise<string>((resolve) => {
+        const socket = connect(Number(port), hostname, () => socket.end(request));
+        let answer = "";
+        socket.on("data", (chunk) => (answer += chunk.toString()));
+        socket.on("close", () => resolve(answer));
+        socket.on("error", () => resolve(answer));
+      });
+    for (const request of [
+      "GET http://[ HTTP/1.1\r\nHost: x\r\n\r\n",
+      "GET //%%%/?\u0000 HTTP/1.1\r\nHost: x\r\n\r\n",
+      "GET /metrics?%zz HTTP/1.1\r\nHost: x\r\n\r\n",
+      "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+      "garbage\r\n\r\n",
+    ]) {
+      await raw(request);
+    }
+    expect(builder.child.exitCode).toBeNull();
+    expect((await fetch(`${baseUrl}/healthz`)).status).toBe(200);
+    expect((await fetch(`${baseUrl}/metrics?x=1`)).status).toBe(200);
+  });
+
   it("refuses to start on a port in use, with the address in the error", async () => {
     const blocker = await listenOn(0);
     const port = (blocker.address() as { port: number }).port;

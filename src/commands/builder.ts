@@ -21,6 +21,9 @@ export function registerBuilder(program: Command): void {
 export async function runBuilder(configFile: string): Promise<number> {
   const config = await loadConfig(configFile);
   const logger = createLogger({ level: config.log.level, fd: 1 });
+  // A bug in one request's handling must not take the queue and every
+  // waiting requester down with it: log it loudly and keep serving.
+  process.on("unhandledRejection", (reason) => logger.error({ err: reason }, "unhandled rejection (a bug); the builder keeps running"));
   let daemon: Daemon;
   try {
     daemon = await startDaemon(config, logger);
