@@ -2,21 +2,27 @@
  * Replacing a file so that a crash leaves either the old or the new one,
  * never half of one: temp file, fsync, rename, fsync of the directory.
  */
-import { mkdir, open, rename } from "node:fs/promises";
+import { mkdir, open, rename, unlink } from "node:fs/promises";
 import { dirname } from "node:path";
 
 export async function writeFileAtomic(file: string, body: string, mode = 0o640): Promise<void> {
   const dir = dirname(file);
   await mkdir(dir, { recursive: true, mode: 0o750 });
   const temp = `${file}.${process.pid}.tmp`;
-  const handle = await open(temp, "w", mode);
   try {
-    await handle.writeFile(body, "utf8");
-    await handle.sync();
-  } finally {
-    await handle.close();
+    const handle = await open(temp, "w", mode);
+    try {
+      await handle.writeFile(body, "utf8");
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(temp, file);
+  } catch (err) {
+    // A full disk must not also leave a stray temp file behind.
+    await unlink(temp).catch(() => undefined);
+    throw err;
   }
-  await rename(temp, file);
   await syncDirectory(dir);
 }
 

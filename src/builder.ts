@@ -6,7 +6,7 @@
  */
 import type { Msg } from "nats";
 import { repoNamed, type Config } from "./config.js";
-import { Control, type ControlName } from "./control.js";
+import { Control } from "./control.js";
 import type { EventBus } from "./events.js";
 import type { HostCatalog } from "./catalog.js";
 import { JobRunner, completedMessage, unstartedOutcome } from "./job-runner.js";
@@ -18,15 +18,15 @@ import {
   BuildRequestSchema,
   classifySubject,
   isValidHostName,
-  isValidRef,
   isValidRepoName,
   isValidReplySubject,
   type BuildRequest,
   type CancelResponse,
+  type ControlName,
   type Rejected,
 } from "./protocol.js";
 import { JobQueue, type Job } from "./queue.js";
-import { MAX_REQUEST_BYTES, parseBody, rejection, type ParsedBody } from "./request-body.js";
+import { parseBody, rejection, type ParsedBody } from "./request-body.js";
 import { Responder } from "./responder.js";
 import type { ToplevelCache } from "./toplevel-cache.js";
 import type { NatsTransport } from "./transport.js";
@@ -46,6 +46,19 @@ export interface BuilderOptions {
 type Validated = { ok: true; repo: string; target: string; ref: string | null } | { ok: false; rejection: Rejected };
 
 const SHUTTING_DOWN = "the builder is shutting down; try again shortly";
+/** Longest a request waits for the host list: well inside a client's 10 s ack timeout. */
+const HOST_CHECK_MS = 3_000;
+
+/** The promise's value, or undefined if it takes longer than `ms` (it keeps running). */
+async function withinMs<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)));
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 export class Builder {
   private readonly queue: JobQueue;
@@ -192,7 +205,14 @@ export class Builder {
       return rejection("malformed_payload", `repo ${repo} (${repoConfig.url}) is not a git flake; it cannot build a ref`);
     }
     if (target !== ALL_HOSTS) {
-      const lookup = await catalog.lookup(repo, target);
+      const lookup = await withinMs(catalog.lookup(repo, target), HOST_CHECK_MS);
+      if (lookup === undefined) {
+        // The host list is still being fetched (a cold start, a slow remote):
+        // answer now rather than after the requester's ack timeout; a host
+        // that does not exist then fails its build with nix's own message.
+        this.options.logger.info({ repo, target }, "the host list is still loading; accepting the request unchecked");
+        return { ok: true, repo, target, ref };
+      }
       if (!lookup.found && "hosts" in lookup) {
         const list = lookup.hosts.join(", ") || "(none)";
         return rejection("unknown_host", `unknown host ${target} in repo ${repo}; its hosts are ${list}`, lookup.hosts);
@@ -252,18 +272,7 @@ export class Builder {
 
 /** Like parseBody, but a ref that fails its pattern is an invalid name, not a malformed body. */
 export function parseBuildRequest(data: Uint8Array): ParsedBody<BuildRequest> {
-  const parsed = parseBody(data, BuildRequestSchema, '{"ref": "<branch or commit>"} or nothing');
-  if (parsed.ok || data.length > MAX_REQUEST_BYTES) return parsed;
-  const ref = refOf(data);
-  if (typeof ref === "string" && !isValidRef(ref)) return rejection("invalid_name", `invalid ref ${JSON.stringify(ref)}`);
-  return parsed;
-}
-
-function refOf(data: Uint8Array): unknown {
-  try {
-    const json: unknown = JSON.parse(new TextDecoder().decode(data));
-    return typeof json === "object" && json !== null ? (json as { ref?: unknown }).ref : undefined;
-  } catch {
-    return undefined;
-  }
+  return parseBody(data, BuildRequestSchema, '{"ref": "<branch or commit>"} or nothing', (issue) =>
+    issue.path[0] === "ref" && issue.code === "custom" ? "invalid_name" : undefined,
+  );
 }

@@ -7,6 +7,7 @@
  * a job lists the hosts of the default branch.
  */
 import { repoNamed } from "./config.js";
+import { isValidHostName } from "./protocol.js";
 import type { Logger } from "./logger.js";
 import type { NixRunner } from "./nix.js";
 
@@ -15,6 +16,8 @@ export interface RepoHosts {
   revision: string | null;
   fetchedAt: number;
 }
+
+const EXPLICIT_REFRESH_MS = 5_000;
 
 export type HostLookup =
   | { found: true }
@@ -74,10 +77,24 @@ export class HostCatalog {
   /** The cached hosts of a repo, loading them if needed or if `refresh` is set. */
   async hosts(repo: string, refresh = false): Promise<RepoHosts | { error: string }> {
     const entry = this.entries.get(repo);
-    if (refresh || !entry?.value) await this.refresh(repo);
+    // An explicit refresh (build.discover) fetches at most every few seconds
+    // per repo, so a requester looping on it cannot keep the builder fetching.
+    const recently = entry !== undefined && Date.now() - entry.attemptedAt < EXPLICIT_REFRESH_MS;
+    if ((refresh && !recently) || !entry?.value) await this.refresh(repo);
     const current = this.entries.get(repo);
     if (current?.value) return current.value;
     return { error: current?.error ?? "the host list is not available" };
+  }
+
+  /**
+   * The names under nixosConfigurations that can be requested (and so
+   * built and listed); others cannot be a subject token or a NixOS host
+   * name and are logged once per listing.
+   */
+  requestable(repo: string, names: readonly string[]): string[] {
+    const skipped = names.filter((name) => !isValidHostName(name));
+    if (skipped.length > 0) this.options.logger.warn({ repo, skipped }, "skipping hosts whose names cannot be requested");
+    return names.filter(isValidHostName);
   }
 
   /** A job listed the default branch's hosts: keep them. */
@@ -112,8 +129,9 @@ export class HostCatalog {
       return;
     }
     const revision = lock.ok ? lock.value.revision : null;
-    entry.value = { hosts: listed.value, revision, fetchedAt: Date.now() };
+    const hosts = this.requestable(repo, listed.value);
+    entry.value = { hosts, revision, fetchedAt: Date.now() };
     entry.error = undefined;
-    logger.info({ repo, hosts: listed.value.length, revision }, "loaded the repo's hosts");
+    logger.info({ repo, hosts: hosts.length, revision }, "loaded the repo's hosts");
   }
 }

@@ -11,7 +11,10 @@ import { parseJsonAs } from "./json.js";
 import {
   BuildResponseSchema,
   ControlResponseSchema,
+  type AnswerTo,
+  type ControlName,
   type ControlResponse,
+  type Rejected,
   RESPONSE_PREFIX,
   buildSubject,
   isFinal,
@@ -129,6 +132,8 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
   try {
     // The subscription must be known to the server before anyone can answer.
     await nc.flush();
+    // A caller that gave up meanwhile must not leave a build nobody follows.
+    if (options.signal?.aborted) return await result;
     nc.publish(request.subject, request.payload, { reply });
   } catch (err) {
     cleanup();
@@ -166,14 +171,21 @@ export function requestBuild(
   ) as Promise<FinalResponse>;
 }
 
-/** One question to the builder (`build.discover`, `build.status`, `build.cancel`) and its single answer. */
-export function requestControl(
+/** The builder answered with a message of another type than the request calls for. */
+export class UnexpectedAnswerError extends HomelabDeployError {}
+
+/**
+ * One question to the builder (`build.discover`, `build.status`,
+ * `build.cancel`) and its single answer: the one the question calls for,
+ * or `rejected`.
+ */
+export async function requestControl<N extends ControlName>(
   nc: NatsConnection,
-  name: "discover" | "status" | "cancel",
+  name: N,
   body: Record<string, unknown> | undefined,
   options: ExchangeOptions<ControlResponse>,
-): Promise<ControlResponse> {
-  return exchange<ControlResponse>(
+): Promise<AnswerTo<N> | Rejected> {
+  const answer = await exchange<ControlResponse>(
     nc,
     {
       subject: `build.${name}`,
@@ -184,4 +196,6 @@ export function requestControl(
     },
     options,
   );
+  if (answer.type === "rejected" || answer.type === name) return answer as AnswerTo<N> | Rejected;
+  throw new UnexpectedAnswerError(`unexpected answer ${answer.type} to build.${name}`);
 }

@@ -200,10 +200,15 @@ export function issueMessage(issue: z.core.$ZodIssue): string {
  */
 export function withVaultEnv(raw: unknown, env: NodeJS.ProcessEnv): unknown {
   if (!isPlainObject(raw) || !isPlainObject(raw["vault"])) return raw;
-  const vault = { ...raw["vault"] };
-  if (vault["address"] === undefined && env["VAULT_ADDR"]) vault["address"] = env["VAULT_ADDR"];
-  if (vault["caCertFile"] === undefined && env["VAULT_CACERT"]) vault["caCertFile"] = env["VAULT_CACERT"];
-  return { ...raw, vault };
+  return { ...raw, vault: vaultEnvDefaults(raw["vault"], env) };
+}
+
+/** A vault block (config or flags) with VAULT_ADDR / VAULT_CACERT where it has no address / CA file. */
+export function vaultEnvDefaults(vault: Record<string, unknown>, env: NodeJS.ProcessEnv): Record<string, unknown> {
+  const filled = { ...vault };
+  if (filled["address"] === undefined && env["VAULT_ADDR"]) filled["address"] = env["VAULT_ADDR"];
+  if (filled["caCertFile"] === undefined && env["VAULT_CACERT"]) filled["caCertFile"] = env["VAULT_CACERT"];
+  return filled;
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {

@@ -10,6 +10,7 @@ import {
   DiscoverRequestSchema,
   StatusRequestSchema,
   type CancelResponse,
+  type ControlName,
   type DiscoverResponse,
   type QueuedJob,
   type RepoInfo,
@@ -19,7 +20,6 @@ import {
 } from "./protocol.js";
 import { parseBody } from "./request-body.js";
 
-export type ControlName = "discover" | "status" | "cancel";
 
 export interface ControlOptions {
   config: Config;

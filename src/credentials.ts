@@ -6,7 +6,7 @@ import { readFile } from "node:fs/promises";
 import { fromSeed } from "nkeys.js";
 import { CredentialsError, errorMessage } from "./errors.js";
 
-/** A source is asked again on every (re)connect, so a rotated key is picked up. */
+/** Loaded at start, and asked once more when NATS refuses the key (it may have been rotated). */
 export interface SeedSource {
   /** Human-readable origin for log lines, e.g. "file /run/keys/builder.nkey". */
   readonly description: string;

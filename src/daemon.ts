@@ -49,14 +49,15 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
     waitForServer: true,
   });
   const catalog = new HostCatalog({ nix, repos: config.repos, logger: logger.child({ component: "catalog" }), timeoutMs: config.build.resolveTimeout });
+  const nixVersion = await nix.version();
   const toplevels = new ToplevelCache({
     stateDir: config.stateDir,
-    nixVersion: (await nix.version()) ?? "unknown",
+    nixVersion: nixVersion.ok ? nixVersion.value : "unknown",
     logger: logger.child({ component: "toplevels" }),
   });
   await toplevels.load();
   const builder = new Builder({ config, transport, nix, catalog, events, logger, version: VERSION, builderName, toplevels });
-  const observability = await startObservability(config, logger, { events, transport, nix });
+  const observability = await startObservability(config, logger, { events, transport, nix, nixVersion });
 
   try {
     await transport.start();

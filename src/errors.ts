@@ -70,17 +70,6 @@ export class ConnectionError extends HomelabDeployError {
 /** The client published a request and no builder answered it. */
 export class NoBuilderError extends HomelabDeployError {}
 
-/** nix could not be run at all, or printed something we cannot use (not a failed build). */
-export class NixError extends HomelabDeployError {
-  constructor(
-    message: string,
-    readonly detail: { args?: readonly string[]; exitCode?: number; stderrTail?: readonly string[] } = {},
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-  }
-}
-
 export function errorMessage(err: unknown): string {
   if (err instanceof Error) return err.message;
   return String(err);

@@ -7,13 +7,13 @@
 import type { HostCatalog } from "./catalog.js";
 import { repoNamed, type Config } from "./config.js";
 import type { Logger } from "./logger.js";
-import { boundedLogTail } from "./log-tail.js";
+import { boundedLogTail, boundedText } from "./log-tail.js";
 import { existsSync } from "node:fs";
 import { isLockedUrl, type NixRunner, type Outcome } from "./nix.js";
 import type { ToplevelCache, ToplevelDrvs } from "./toplevel-cache.js";
 import type { NixProgress } from "./nix-log.js";
 import { ProgressThrottle } from "./progress.js";
-import { ALL_HOSTS, isValidHostName, type Completed, type HostResult, type JobStatus } from "./protocol.js";
+import { ALL_HOSTS, type Completed, type HostResult, type JobStatus } from "./protocol.js";
 import type { Job } from "./queue.js";
 import type { Responder } from "./responder.js";
 
@@ -35,8 +35,9 @@ type JobOutcome = Pick<Completed, "status" | "revision" | "results" | "durationM
 export function unstartedOutcome(job: Job, error: string, status: JobStatus, startedAt: number, revision: string | null = null): JobOutcome {
   const { target } = job.spec;
   const hostStatus = status === "cancelled" ? "cancelled" : "failure";
-  const results: HostResult[] = target === ALL_HOSTS ? [] : [{ host: target, status: hostStatus, durationMs: 0, error }];
-  return { status, revision, results, durationMs: Date.now() - startedAt, error };
+  const bounded = boundedText(error);
+  const results: HostResult[] = target === ALL_HOSTS ? [] : [{ host: target, status: hostStatus, durationMs: 0, error: bounded }];
+  return { status, revision, results, durationMs: Date.now() - startedAt, error: bounded };
 }
 
 export function completedMessage(job: Job, outcome: JobOutcome): Completed {
@@ -132,9 +133,7 @@ export class JobRunner {
     }
     const names: Outcome<string[]> = drvs ? { ok: true, value: Object.keys(drvs) } : await nix.listHosts(lockedUrl, run);
     if (!names.ok) return names;
-    const valid = names.value.filter(isValidHostName);
-    const skipped = names.value.filter((h) => !isValidHostName(h));
-    if (skipped.length > 0) logger.warn({ repo, skipped }, "skipping hosts whose names cannot be requested");
+    const valid = catalog.requestable(repo, names.value);
     if (ref === null) catalog.record(repo, { hosts: valid, revision, fetchedAt: Date.now() });
     if (valid.length === 0) return { ok: false, error: `repo ${repo} has no nixosConfigurations to build`, outcome: "exited" };
     return { ok: true, value: valid.map((host) => ({ host, drv: drvs?.[host] ?? null })) };
@@ -157,7 +156,7 @@ export class JobRunner {
     throttle.flush();
     const result: HostResult = { host, status: build.status, durationMs: build.durationMs };
     if (build.storePath) result.storePath = build.storePath;
-    if (build.error) result.error = build.error;
+    if (build.error) result.error = boundedText(build.error);
     if (build.location) result.location = build.location;
     // An eval error's message already is the useful part; the log would repeat it.
     const withTail = build.status !== "success" && build.status !== "eval_error" && build.logTail;

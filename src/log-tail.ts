@@ -6,6 +6,13 @@
 export const MAX_TAIL_LINE_CHARS = 2_000;
 export const MAX_TAIL_CHARS = 128 * 1024;
 
+/** An error message goes into every requester's host_finished and completed (once per host). */
+export const MAX_ERROR_CHARS = 8 * 1024;
+
+export function boundedText(text: string, max = MAX_ERROR_CHARS): string {
+  return text.length > max ? `${text.slice(0, max)}… (cut at ${max} characters; the builder's log has it all)` : text;
+}
+
 export function boundedLogTail(lines: readonly string[], maxLine = MAX_TAIL_LINE_CHARS, maxTotal = MAX_TAIL_CHARS): string[] {
   const kept: string[] = [];
   let total = 0;

@@ -3,10 +3,10 @@ import type { Logger } from "./logger.js";
 /**
  * At most `limit` warnings per key and window: a flood of bad requests must
  * not turn into a flood of journal lines. What was held back is counted and
- * reported once the window is over.
+ * reported when the window ends.
  */
 export class LogThrottle {
-  private readonly windows = new Map<string, { startedAt: number; logged: number; suppressed: number }>();
+  private readonly windows = new Map<string, { logged: number; suppressed: number; message: string }>();
 
   constructor(
     private readonly logger: Logger,
@@ -15,14 +15,11 @@ export class LogThrottle {
   ) {}
 
   warn(key: string, fields: Record<string, unknown>, message: string): void {
-    const now = Date.now();
     let window = this.windows.get(key);
-    if (!window || now - window.startedAt >= this.windowMs) {
-      if (window && window.suppressed > 0) {
-        this.logger.warn({ suppressed: window.suppressed }, `${message} (and ${window.suppressed} more like it in the last ${Math.round(this.windowMs / 1000)}s)`);
-      }
-      window = { startedAt: now, logged: 0, suppressed: 0 };
+    if (!window) {
+      window = { logged: 0, suppressed: 0, message };
       this.windows.set(key, window);
+      setTimeout(() => this.close(key), this.windowMs).unref();
     }
     if (window.logged < this.limit) {
       window.logged++;
@@ -30,5 +27,13 @@ export class LogThrottle {
     } else {
       window.suppressed++;
     }
+  }
+
+  private close(key: string): void {
+    const window = this.windows.get(key);
+    this.windows.delete(key);
+    if (!window || window.suppressed === 0) return;
+    const seconds = Math.round(this.windowMs / 1000);
+    this.logger.warn({ suppressed: window.suppressed }, `${window.message} (and ${window.suppressed} more like it in the last ${seconds}s)`);
   }
 }

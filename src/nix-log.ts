@@ -118,7 +118,6 @@ interface Activity {
   type: number;
   name: string;
   phase: string | null;
-  startedAt: number;
 }
 
 const zero = (): Counts => ({ done: 0, expected: 0, running: 0, failed: 0 });
@@ -201,7 +200,7 @@ export class NixLogState {
     if (event.type === ActivityType.Realise || event.type === ActivityType.Builds) this.realiseStarted = true;
     if (event.type === ActivityType.Build) {
       const drv = typeof fields[0] === "string" ? drvName(fields[0]) : "?";
-      this.activities.set(event.id, { type: event.type, name: drv, phase: null, startedAt: Date.now() });
+      this.activities.set(event.id, { type: event.type, name: drv, phase: null });
       this.lastBuildId = event.id;
       this.progress.building = { drv, phase: null };
       return true;
@@ -209,7 +208,7 @@ export class NixLogState {
     if (event.type === ActivityType.FileTransfer) {
       this.transfers.set(event.id, 0);
     }
-    this.activities.set(event.id, { type: event.type, name: "", phase: null, startedAt: Date.now() });
+    this.activities.set(event.id, { type: event.type, name: "", phase: null });
     return false;
   }
 

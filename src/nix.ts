@@ -18,8 +18,8 @@ import { parseJsonAs } from "./json.js";
 import { killProcessTree } from "./process-tree.js";
 import { formatSetting } from "./duration.js";
 import { isCommitId, type HostStatus, type SourceLocation } from "./protocol.js";
-import type { NixError as NixLogError } from "./nix-log.js";
-import type { ToplevelDrvs } from "./toplevel-cache.js";
+import type { NixError } from "./nix-log.js";
+import { ToplevelDrvsSchema, type ToplevelDrvs } from "./toplevel-cache.js";
 
 export interface NixRunnerOptions {
   nixBin: string;
@@ -34,8 +34,6 @@ export interface RunOptions {
   signal?: AbortSignal;
   /** Called with the log state whenever nix reports visible progress. */
   onProgress?: (progress: NixProgress) => void;
-  /** Called once the process is spawned (for tests and status). */
-  onSpawn?: (pid: number) => void;
 }
 
 export type RunOutcome = "exited" | "timeout" | "cancelled" | "spawn_failed";
@@ -58,7 +56,6 @@ export interface FlakeLock {
   /** The locked URL every host of a job is built from, pinned to one revision. */
   lockedUrl: string;
   revision: string | null;
-  lastModified: number | null;
 }
 
 export interface HostBuild {
@@ -75,7 +72,6 @@ export interface HostBuild {
 const FlakeMetadataSchema = z.looseObject({
   url: z.string().min(1),
   revision: z.string().optional(),
-  lastModified: z.number().optional(),
   locked: z.looseObject({ rev: z.string().optional() }).optional(),
 });
 
@@ -85,8 +81,6 @@ const BuildOutputSchema = z
 
 const HostListSchema = z.array(z.string());
 
-/** Host → its toplevel's .drv path, or null when evaluating it threw. */
-const ToplevelDrvsSchema = z.record(z.string(), z.string().nullable());
 
 // Evaluates every host's toplevel .drv in one nix process, so the hosts
 // share the evaluation of what they have in common (nixpkgs). tryEval
@@ -150,7 +144,6 @@ export class NixRunner {
       outcome = why;
       killing = killProcessTree(subprocess.pid, this.options.killGraceMs, exited);
     };
-    if (subprocess.pid !== undefined) options.onSpawn?.(subprocess.pid);
     const timer = setTimeout(() => kill("timeout"), options.timeoutMs);
     const onAbort = () => kill("cancelled");
     if (options.signal?.aborted) onAbort();
@@ -190,7 +183,6 @@ export class NixRunner {
       value: {
         lockedUrl: metadata.url,
         revision: metadata.revision ?? metadata.locked?.rev ?? null,
-        lastModified: metadata.lastModified ?? null,
       },
     };
   }
@@ -208,10 +200,11 @@ export class NixRunner {
     return { ok: true, value: hosts };
   }
 
-  /** `nix --version`, e.g. "nix (Nix) 2.8.0"; undefined when nix cannot be run. */
-  async version(): Promise<string | undefined> {
-    const run = await this.run(["--version"], { timeoutMs: 10_000 });
-    return run.outcome === "exited" && run.exitCode === 0 ? run.stdout.trim() : undefined;
+  /** `nix --version`, e.g. "nix (Nix) 2.8.0", or why nix cannot be run. */
+  async version(options: RunOptions = { timeoutMs: 10_000 }): Promise<Outcome<string>> {
+    const run = await this.run(["--version"], options);
+    const failure = this.failure(run, "nix --version");
+    return failure ?? { ok: true, value: run.stdout.trim() };
   }
 
   /** Every host's toplevel .drv from one evaluation (see TOPLEVEL_DRVS_EXPR). */
@@ -294,7 +287,7 @@ export function hostBuildFrom(run: RunResult, nixBin: string): HostBuild {
 }
 
 /** nix names files by their store path; the part after "-source/" is the path in the repo. */
-export function sourceLocation(error: NixLogError): SourceLocation | undefined {
+export function sourceLocation(error: NixError): SourceLocation | undefined {
   if (!error.file) return undefined;
   const file = error.file.replace(/^\/nix\/store\/[a-z0-9]{32}-source\//, "");
   const location: SourceLocation = { file };

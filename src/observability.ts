@@ -11,7 +11,7 @@ import type { EventBus } from "./events.js";
 import { HttpServer } from "./http-server.js";
 import type { Logger } from "./logger.js";
 import { BuildMetrics } from "./metrics.js";
-import type { NixRunner } from "./nix.js";
+import type { NixRunner, Outcome } from "./nix.js";
 import { Readiness } from "./readiness.js";
 import { StatePersister, StateStore } from "./state.js";
 import type { NatsTransport } from "./transport.js";
@@ -28,6 +28,8 @@ export interface ObservedParts {
   events: EventBus;
   transport: NatsTransport;
   nix: NixRunner;
+  /** `nix --version` as the daemon ran it at start-up. */
+  nixVersion?: Outcome<string>;
 }
 
 export async function startObservability(config: Config, logger: Logger, parts: ObservedParts): Promise<Observability> {
@@ -46,7 +48,7 @@ export async function startObservability(config: Config, logger: Logger, parts: 
   metrics.setNatsState(transport.state);
   transport.onStateChange((state) => metrics.setNatsState(state));
 
-  const readiness = new Readiness({ natsState: () => transport.state, nix, nixBin: config.build.nixBin });
+  const readiness = new Readiness({ natsState: () => transport.state, nix, initialNix: parts.nixVersion });
   const http = new HttpServer({
     listen: config.metrics.listen,
     registry: metrics.registry,

@@ -17,7 +17,8 @@ export function snapshot(progress: NixProgress): BuildProgress {
 }
 
 export class ProgressThrottle {
-  private latest: BuildProgress | undefined;
+  /** nix's live counters (updated in place); copied only when a message goes out. */
+  private latest: NixProgress | undefined;
   private lastSentAt = Number.NEGATIVE_INFINITY;
   private timer: NodeJS.Timeout | undefined;
 
@@ -27,7 +28,7 @@ export class ProgressThrottle {
   ) {}
 
   update(progress: NixProgress): void {
-    this.latest = snapshot(progress);
+    this.latest = progress;
     const wait = this.lastSentAt + this.minIntervalMs - Date.now();
     if (wait <= 0) {
       this.send();
@@ -50,6 +51,6 @@ export class ProgressThrottle {
     if (!progress) return;
     this.latest = undefined;
     this.lastSentAt = Date.now();
-    this.publish(progress);
+    this.publish(snapshot(progress));
   }
 }

@@ -9,8 +9,11 @@ export const SUBJECT_PREFIX = "build";
 export const RESPONSE_PREFIX = "build.responses.";
 /** `build.<repo>.<target>` with target `all` builds every host of the repo. */
 export const ALL_HOSTS = "all";
+/** `build.<name>` requests that are not builds. */
+export const CONTROL_NAMES = ["discover", "status", "cancel"] as const;
+export type ControlName = (typeof CONTROL_NAMES)[number];
 /** Second tokens that are not repos: they carry other traffic under `build.>`. */
-export const RESERVED_TOKENS = ["responses", "discover", "status", "cancel"] as const;
+export const RESERVED_TOKENS = ["responses", ...CONTROL_NAMES] as const;
 
 // NixOS checks networking.hostName against this same shape (RFC 1123 label,
 // plus "_"); anything else cannot be a host we are asked to build.
@@ -230,7 +233,7 @@ export function isFinal(message: BuildResponse): message is FinalResponse {
 export type SubjectKind =
   | { kind: "build"; repo: string; target: string }
   | { kind: "response" }
-  | { kind: "control"; name: Exclude<(typeof RESERVED_TOKENS)[number], "responses"> }
+  | { kind: "control"; name: ControlName }
   | { kind: "invalid"; reason: string };
 
 export function classifySubject(subject: string): SubjectKind {
@@ -238,8 +241,8 @@ export function classifySubject(subject: string): SubjectKind {
   const tokens = subject.split(".");
   if (tokens[0] !== SUBJECT_PREFIX) return { kind: "invalid", reason: `subject ${subject} is not under build.` };
   if (tokens.length === 2) {
-    const name = tokens[1];
-    if (name === "discover" || name === "status" || name === "cancel") return { kind: "control", name };
+    const name = tokens[1] as ControlName;
+    if (CONTROL_NAMES.includes(name)) return { kind: "control", name };
     return { kind: "invalid", reason: `expected build.<repo>.<target>, got ${subject}` };
   }
   if (tokens.length !== 3) return { kind: "invalid", reason: `expected build.<repo>.<target>, got ${subject}` };
@@ -347,3 +350,10 @@ export type RunningJob = z.infer<typeof RunningJobSchema>;
 export type QueuedJob = z.infer<typeof QueuedJobSchema>;
 export type CancelResponse = z.infer<typeof CancelResponseSchema>;
 export type ControlResponse = z.infer<typeof ControlResponseSchema>;
+interface ControlAnswers {
+  discover: DiscoverResponse;
+  status: StatusResponse;
+  cancel: CancelResponse;
+}
+/** The answer a control request calls for (besides `rejected`). */
+export type AnswerTo<N extends ControlName> = ControlAnswers[N];

@@ -12,14 +12,11 @@ export interface JobSpec {
   ref: string | null;
 }
 
-export type JobState = "queued" | "running" | "done";
-
 export class Job {
   readonly id = `j${randomBytes(5).toString("hex")}`;
   readonly requesters = new Set<string>();
   readonly enqueuedAt = Date.now();
   readonly abort = new AbortController();
-  state: JobState = "queued";
   startedAt: number | undefined;
   /** What is being built now, for status replies and heartbeats. */
   currentHost: string | null = null;
@@ -101,7 +98,6 @@ export class JobQueue {
     for (;;) {
       const job = this.pending.shift();
       if (job) {
-        job.state = "running";
         job.startedAt = Date.now();
         this.runningJob = job;
         return job;
@@ -112,7 +108,6 @@ export class JobQueue {
   }
 
   finish(job: Job): void {
-    job.state = "done";
     if (this.runningJob === job) this.runningJob = null;
   }
 
@@ -121,20 +116,13 @@ export class JobQueue {
     const index = this.pending.findIndex((job) => job.id === jobId);
     if (index === -1) return undefined;
     const [job] = this.pending.splice(index, 1);
-    if (job) job.state = "done";
     return job;
-  }
-
-  find(jobId: string): Job | undefined {
-    if (this.runningJob?.id === jobId) return this.runningJob;
-    return this.pending.find((job) => job.id === jobId);
   }
 
   /** No more jobs; returns the ones still queued so they can be answered. */
   close(): Job[] {
     this.closed = true;
     const dropped = this.pending.splice(0);
-    for (const job of dropped) job.state = "done";
     this.wake();
     return dropped;
   }

@@ -6,7 +6,7 @@
  *              minute, so a probe every few seconds never forks a nix each time);
  *   - builder: the daemon is not shutting down.
  */
-import type { NixRunner } from "./nix.js";
+import type { NixRunner, Outcome } from "./nix.js";
 import type { ConnectionState } from "./transport.js";
 
 export interface Check {
@@ -22,7 +22,8 @@ export interface ReadinessReport {
 export interface ReadinessOptions {
   natsState: () => ConnectionState;
   nix: NixRunner;
-  nixBin: string;
+  /** The daemon's own `nix --version` at start-up, so the first probe need not fork another. */
+  initialNix?: Outcome<string>;
   /** How long a nix probe result is trusted. */
   nixProbeTtlMs?: number;
   nixProbeTimeoutMs?: number;
@@ -37,9 +38,11 @@ export class Readiness {
   private readonly abort = new AbortController();
   private stopping = false;
 
-  constructor(private readonly options: ReadinessOptions) {}
+  constructor(private readonly options: ReadinessOptions) {
+    if (options.initialNix) this.nixResult = { check: checkOf(options.initialNix), at: Date.now() };
+  }
 
-  /** Runs the first nix probe now, so the first /readyz need not wait for it. */
+  /** Runs the first nix probe now (unless start-up already did), so the first /readyz need not wait for it. */
   start(): void {
     void this.nixCheck();
   }
@@ -61,24 +64,23 @@ export class Readiness {
   private nixCheck(): Promise<Check> {
     const ttl = this.options.nixProbeTtlMs ?? DEFAULT_TTL_MS;
     if (this.nixResult && Date.now() - this.nixResult.at < ttl) return Promise.resolve(this.nixResult.check);
+    // Shutting down is not-ready anyway: don't fork a nix only to kill it.
+    if (this.stopping) return Promise.resolve(this.nixResult?.check ?? { ok: false, detail: "not checked: shutting down" });
     this.probing ??= this.probeNix().finally(() => (this.probing = undefined));
     return this.probing;
   }
 
   private async probeNix(): Promise<Check> {
-    const { nix, nixBin } = this.options;
-    const run = await nix.run(["--version"], {
+    const version = await this.options.nix.version({
       timeoutMs: this.options.nixProbeTimeoutMs ?? DEFAULT_PROBE_TIMEOUT_MS,
       signal: this.abort.signal,
     });
-    const ok = run.outcome === "exited" && run.exitCode === 0;
-    const detail = ok
-      ? run.stdout.trim()
-      : run.outcome === "spawn_failed"
-        ? `cannot run ${nixBin}: ${run.spawnError ?? "spawn failed"}`
-        : `${nixBin} --version did not succeed (${run.outcome}, exit code ${run.exitCode ?? "none"})`;
-    const check = { ok, detail };
+    const check = checkOf(version);
     this.nixResult = { check, at: Date.now() };
     return check;
   }
+}
+
+function checkOf(version: Outcome<string>): Check {
+  return version.ok ? { ok: true, detail: version.value } : { ok: false, detail: version.error };
 }

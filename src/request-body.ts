@@ -15,7 +15,16 @@ export function rejection(code: RejectCode, error: string, known?: string[]): { 
   return { ok: false, rejection: { type: "rejected", code, error, ...(known ? { known } : {}) } };
 }
 
-export function parseBody<T>(data: Uint8Array, schema: z.ZodType<T>, expected: string): ParsedBody<T> {
+/**
+ * `codeFor` may give a schema problem its own code (an invalid ref is an
+ * invalid name, not a malformed body); by default it is malformed_payload.
+ */
+export function parseBody<T>(
+  data: Uint8Array,
+  schema: z.ZodType<T>,
+  expected: string,
+  codeFor: (issue: z.core.$ZodIssue) => RejectCode | undefined = () => undefined,
+): ParsedBody<T> {
   if (data.length > MAX_REQUEST_BYTES) {
     return rejection("malformed_payload", `request body too large (${data.length} bytes, at most ${MAX_REQUEST_BYTES})`);
   }
@@ -32,5 +41,7 @@ export function parseBody<T>(data: Uint8Array, schema: z.ZodType<T>, expected: s
   if (parsed.success) return { ok: true, value: parsed.data };
   const issue = parsed.error.issues[0];
   const where = issue?.path.length ? `${issue.path.join(".")}: ` : "";
+  const code = issue ? codeFor(issue) : undefined;
+  if (code) return rejection(code, `invalid ${where}${issue?.message ?? "invalid"}`);
   return rejection("malformed_payload", `malformed request body: ${where}${issue?.message ?? "invalid"}; expected ${expected}`);
 }

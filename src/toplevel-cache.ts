@@ -20,13 +20,16 @@ import { LruMap } from "./lru.js";
 export const TOPLEVEL_CACHE_FILE = "toplevels.json";
 const CAPACITY = 8;
 
-const DrvsSchema = z.record(z.string(), z.string().nullable());
-export type ToplevelDrvs = z.infer<typeof DrvsSchema>;
+/** Only a store derivation may reach `nix-store --realise`, whether from nix eval or from the file. */
+const DrvPathSchema = z.string().regex(/^\/nix\/store\/[0-9a-z]{32}-[^/\s]+\.drv$/);
+/** Host → its toplevel's .drv path, or null when evaluating it threw. */
+export const ToplevelDrvsSchema = z.record(z.string(), DrvPathSchema.nullable());
+export type ToplevelDrvs = z.infer<typeof ToplevelDrvsSchema>;
 
 const FileSchema = z.strictObject({
   version: z.literal(1),
   nix: z.string(),
-  entries: z.array(z.tuple([z.string(), DrvsSchema])).max(CAPACITY),
+  entries: z.array(z.tuple([z.string(), ToplevelDrvsSchema])).max(CAPACITY),
 });
 
 export interface ToplevelCacheOptions {

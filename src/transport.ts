@@ -21,7 +21,6 @@ import { publicKeyOf, type SeedSource } from "./credentials.js";
 import { Backoff, delay } from "./backoff.js";
 
 // Kept importable from here for code written before backoff.ts existed.
-export { Backoff, delay } from "./backoff.js";
 
 export interface TransportOptions {
   servers: string[];
@@ -188,6 +187,11 @@ export class NatsTransport {
       this.setState("connecting");
       try {
         const nc = await connect(this.connectOptions());
+        if (this.stopping) {
+          // stop() ran while this connection was being made: it must not live on.
+          await nc.close().catch(() => undefined);
+          throw new ConnectionError("the NATS connection is being stopped", "closed");
+        }
         this.backoff.reset();
         logger.info({ server: nc.getServer(), user: publicKeyOf(this.requireSeed()) }, "connected to NATS");
         this.setState("connected");
@@ -287,6 +291,7 @@ export class NatsTransport {
       this.watch(this.nc);
     } catch (fatal) {
       this.setState("closed");
+      if (this.stopping) return;
       const error = fatal instanceof Error ? fatal : new Error(String(fatal));
       for (const listener of this.fatalListeners) listener(error);
     }

@@ -140,7 +140,7 @@ function seedFrom(read: unknown, settings: VaultConfig, names: VaultSettingNames
     throw new VaultError(`Vault secret ${where} is not a KV version 2 secret: check ${names.kvMount} (the mount must be KV version 2)`, false);
   }
   const { data, metadata } = parsed.data.data;
-  const value = data[settings.secretField];
+  const value = Object.hasOwn(data, settings.secretField) ? data[settings.secretField] : undefined;
   if (value === undefined) {
     const fields = Object.keys(data).join(", ") || "none";
     throw new VaultError(

@@ -4,12 +4,20 @@
  * Exit 0 when every host built, 1 when any did not, 2 when nothing could be
  * built (bad arguments, rejected, no builder, no NATS).
  */
-import { Option, type Command } from "commander";
-import { requestBuild, requestControl } from "../client.js";
+import type { Command } from "commander";
+import { requestBuild } from "../client.js";
 import { ExitCode, UsageError } from "../errors.js";
 import { ALL_HOSTS, isValidHostName, isValidRef, isValidRepoName, type FinalResponse } from "../protocol.js";
 import { createReporter, describeDiscover } from "../report.js";
-import { addConnectionOptions, durationFlag, withClient, type ConnectionFlags } from "./connection.js";
+import {
+  addAckTimeoutOption,
+  addConnectionOptions,
+  addIdleTimeoutOption,
+  durationFlag,
+  runControl,
+  withClient,
+  type ConnectionFlags,
+} from "./connection.js";
 
 interface BuildFlags extends ConnectionFlags {
   ref?: string;
@@ -29,17 +37,9 @@ export function registerBuild(program: Command): void {
     .option("--ref <ref>", "build this branch, tag or full commit id instead of the default branch")
     .option("--list", "list the builder's repos and their hosts (of [repo] only, if given) instead of building")
     .option("--refresh", "with --list: fetch the repos again instead of using the builder's cached host lists")
-    .option("--json", "print every message from the builder as one JSON line")
-    .addOption(
-      new Option("--ack-timeout <duration>", "give up when no builder accepts the request within this long")
-        .env("HOMELAB_DEPLOY_ACK_TIMEOUT")
-        .default("10s"),
-    )
-    .addOption(
-      new Option("--idle-timeout <duration>", "give up when an accepted build sends nothing (not even a heartbeat) for this long; 0 waits forever")
-        .env("HOMELAB_DEPLOY_IDLE_TIMEOUT")
-        .default("2m"),
-    );
+    .option("--json", "print every message from the builder as one JSON line");
+  addAckTimeoutOption(command, "give up when no builder accepts the request within this long");
+  addIdleTimeoutOption(command);
   addConnectionOptions(command).action(async (repo: string | undefined, target: string | undefined, flags: BuildFlags) => {
     process.exitCode = flags.list ? await runList(repo, target, flags) : await runBuild(repo, target, flags);
   });
@@ -78,26 +78,17 @@ export async function runBuild(repoArg: string | undefined, targetArg: string | 
 async function runList(repo: string | undefined, extra: string | undefined, flags: BuildFlags): Promise<number> {
   if (extra !== undefined) throw new UsageError("--list takes at most one argument: the repo");
   if (repo !== undefined && !isValidRepoName(repo)) throw new UsageError(`invalid repo name ${JSON.stringify(repo)}`);
+  // A refresh fetches and evaluates every repo: allow it the time that takes.
   const ackTimeoutMs = durationFlag("--ack-timeout", flags.ackTimeout);
-  return withClient(flags, async (nc, signal) => {
-    // A refresh fetches and evaluates every repo: allow it the time that takes.
-    const answer = await requestControl(nc, "discover", flags.refresh ? { refresh: true } : undefined, {
-      ackTimeoutMs: flags.refresh ? Math.max(ackTimeoutMs, 600_000) : ackTimeoutMs,
-      signal,
-    });
-    if (flags.json) process.stdout.write(`${JSON.stringify(answer)}\n`);
-    if (answer.type === "rejected") {
-      if (!flags.json) process.stderr.write(`rejected: ${answer.error}\n`);
+  const wait = flags.refresh ? Math.max(ackTimeoutMs, 600_000) : ackTimeoutMs;
+  return runControl(flags, "discover", flags.refresh ? { refresh: true } : undefined, (discover) => {
+    if (repo !== undefined && !discover.repos.some((r) => r.name === repo)) {
+      if (!flags.json) process.stderr.write(`unknown repo ${repo}; this builder builds ${discover.repos.map((r) => r.name).join(", ")}\n`);
       return ExitCode.usage;
     }
-    if (answer.type !== "discover") throw new UsageError(`unexpected answer ${answer.type} to build.discover`);
-    if (repo !== undefined && !answer.repos.some((r) => r.name === repo)) {
-      if (!flags.json) process.stderr.write(`unknown repo ${repo}; this builder builds ${answer.repos.map((r) => r.name).join(", ")}\n`);
-      return ExitCode.usage;
-    }
-    if (!flags.json) for (const line of describeDiscover(answer, repo)) process.stdout.write(`${line}\n`);
+    if (!flags.json) for (const line of describeDiscover(discover, repo)) process.stdout.write(`${line}\n`);
     return ExitCode.ok;
-  });
+  }, wait);
 }
 
 export function exitCodeFor(final: FinalResponse): number {

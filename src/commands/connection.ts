@@ -6,9 +6,11 @@
 import { Option, type Command } from "commander";
 import type { NatsConnection } from "nats";
 import { parseDuration } from "../duration.js";
-import { VaultSchema, issueMessage, type VaultConfig } from "../config.js";
+import { VaultSchema, issueMessage, vaultEnvDefaults, type VaultConfig } from "../config.js";
 import { fileSeedSource, type SeedSource } from "../credentials.js";
-import { UsageError } from "../errors.js";
+import { requestControl } from "../client.js";
+import { ExitCode, UsageError } from "../errors.js";
+import type { AnswerTo, ControlName, ControlResponse } from "../protocol.js";
 import { createLogger, type Logger } from "../logger.js";
 import { NatsTransport } from "../transport.js";
 import { vaultSeedSource, type VaultSettingNames } from "../vault.js";
@@ -92,16 +94,17 @@ export function seedSourceFrom(flags: ConnectionFlags, logger: Logger, env: Node
 function vaultSettingsFrom(flags: ConnectionFlags, env: NodeJS.ProcessEnv): VaultConfig {
   // The builder's own secret path is the config's default; a client must name its own.
   if (!flags.vaultSecretPath) throw new UsageError(`${FLAG_NAMES.secretPath}: required: the path of this client's NKey seed in Vault`);
-  const result = VaultSchema.safeParse({
-    address: flags.vaultAddr || env["VAULT_ADDR"] || undefined,
-    caCertFile: flags.vaultCacert || env["VAULT_CACERT"] || undefined,
+  const fromFlags = {
+    address: flags.vaultAddr || undefined,
+    caCertFile: flags.vaultCacert || undefined,
     roleIdFile: flags.vaultRoleIdFile || undefined,
     secretIdFile: flags.vaultSecretIdFile || undefined,
     kvMount: flags.vaultKvMount,
     secretPath: flags.vaultSecretPath,
     secretField: flags.vaultSecretField,
     timeout: flags.vaultTimeout,
-  });
+  };
+  const result = VaultSchema.safeParse(vaultEnvDefaults(fromFlags, env));
   if (result.success) return result.data;
   const problems = result.error.issues.map((issue) => {
     const key = issue.path[0] as keyof VaultSettingNames;
@@ -137,6 +140,53 @@ export async function withClient<T>(
     process.off("SIGTERM", onSignal);
     await transport.stop();
   }
+}
+
+export interface TimeoutFlags {
+  ackTimeout: string;
+  idleTimeout: string;
+}
+
+/** --ack-timeout: how long a request waits for a builder to take it. */
+export function addAckTimeoutOption(command: Command, description = "give up when no builder answers within this long"): Command {
+  return command.addOption(new Option("--ack-timeout <duration>", description).env("HOMELAB_DEPLOY_ACK_TIMEOUT").default("10s"));
+}
+
+/** --idle-timeout: how long an accepted build may stay silent (the builder sends heartbeats). */
+export function addIdleTimeoutOption(command: Command): Command {
+  return command.addOption(
+    new Option("--idle-timeout <duration>", "give up when an accepted build sends nothing (not even a heartbeat) for this long; 0 waits forever")
+      .env("HOMELAB_DEPLOY_IDLE_TIMEOUT")
+      .default("2m"),
+  );
+}
+
+export interface ControlFlags extends ConnectionFlags {
+  json?: boolean;
+  ackTimeout: string;
+}
+
+/**
+ * One control request from the command line: connect, ask, print the answer
+ * as JSON with --json, report `rejected` (exit 2), else hand the answer to
+ * `show`, which prints it for people and says the exit code.
+ */
+export async function runControl<N extends ControlName>(
+  flags: ControlFlags,
+  name: N,
+  body: Record<string, unknown> | undefined,
+  show: (answer: AnswerTo<N>) => number,
+  ackTimeoutMs = durationFlag("--ack-timeout", flags.ackTimeout),
+): Promise<number> {
+  return withClient(flags, async (nc, signal) => {
+    const answer: ControlResponse = await requestControl(nc, name, body, { ackTimeoutMs, signal });
+    if (flags.json) process.stdout.write(`${JSON.stringify(answer)}\n`);
+    if (answer.type === "rejected") {
+      if (!flags.json) process.stderr.write(`rejected: ${answer.error}\n`);
+      return ExitCode.usage;
+    }
+    return show(answer as AnswerTo<N>);
+  });
 }
 
 /** Connects once; a client says so and exits rather than waiting for NATS. */

@@ -6,25 +6,17 @@
  * state of NATS and the builder. It exits when the client closes stdin or
  * on SIGTERM/SIGINT, closing the NATS connection first.
  */
-import { Option, type Command } from "commander";
-import { addConnectionOptions } from "./connection.js";
+import type { Command } from "commander";
+import { addAckTimeoutOption, addConnectionOptions, addIdleTimeoutOption } from "./connection.js";
 import type { McpFlags } from "../mcp/run.js";
 
 export function registerMcp(program: Command): void {
   const command = program
     .command("mcp")
     .description("run an MCP server on stdio for AI assistants: list build targets and the builder's status; with --enable-builds also build and cancel")
-    .option("--enable-builds", "offer the build and cancel_build tools (without it the server is read-only)")
-    .addOption(
-      new Option("--ack-timeout <duration>", "a tool call gives up when no builder answers within this long")
-        .env("HOMELAB_DEPLOY_ACK_TIMEOUT")
-        .default("10s"),
-    )
-    .addOption(
-      new Option("--idle-timeout <duration>", "a build call gives up when an accepted build sends nothing (not even a heartbeat) for this long; 0 waits forever")
-        .env("HOMELAB_DEPLOY_IDLE_TIMEOUT")
-        .default("2m"),
-    );
+    .option("--enable-builds", "offer the build and cancel_build tools (without it the server is read-only)");
+  addAckTimeoutOption(command, "a tool call gives up when no builder answers within this long");
+  addIdleTimeoutOption(command);
   addConnectionOptions(command).action(async (flags: McpFlags) => {
     // Loaded only when asked for: the builder daemon never needs the MCP SDK in memory.
     const { runMcp } = await import("../mcp/run.js");

@@ -7,7 +7,7 @@
 import { requestControl } from "../client.js";
 import { HomelabDeployError } from "../errors.js";
 import type { Logger } from "../logger.js";
-import type { ControlResponse } from "../protocol.js";
+import type { AnswerTo, ControlName, ControlResponse } from "../protocol.js";
 import type { NatsLink } from "./nats-link.js";
 
 export interface ToolContext {
@@ -24,11 +24,6 @@ export interface ToolContext {
 /** The builder answered a control request with `rejected`. */
 export class BuilderRefusedError extends HomelabDeployError {}
 
-/** The builder answered with a message of another type than the request calls for. */
-export class UnexpectedAnswerError extends HomelabDeployError {}
-
-type ControlName = "discover" | "status" | "cancel";
-type AnswerTo<N extends ControlName> = Extract<ControlResponse, { type: N }>;
 
 /** Asks the builder one question and returns its answer, or throws an error that says why there is none. */
 export async function askBuilder<N extends ControlName>(
@@ -38,11 +33,10 @@ export async function askBuilder<N extends ControlName>(
   options: { signal: AbortSignal; ackTimeoutMs?: number },
 ): Promise<AnswerTo<N>> {
   const nc = await context.link.connection();
-  const answer = await requestControl(nc, name, body, {
+  const answer: ControlResponse = await requestControl(nc, name, body, {
     ackTimeoutMs: options.ackTimeoutMs ?? context.ackTimeoutMs,
     signal: AbortSignal.any([options.signal, context.shutdown]),
   });
   if (answer.type === "rejected") throw new BuilderRefusedError(`the builder refused build.${name}: ${answer.error}`);
-  if (answer.type !== name) throw new UnexpectedAnswerError(`unexpected answer ${answer.type} to build.${name}`);
   return answer as AnswerTo<N>;
 }
