@@ -132,8 +132,10 @@ describe("a nix that fails oddly", () => {
   garbage) printf '@nix {"action":\\n\\001\\002 garbage \\033[31m on stdout\\n'; printf '@nix {{{{\\nnot json\\n\\377\\376\\n' >&2; exit 0 ;;
   garbage-fail) head -c 3000 /dev/urandom >&2; exit 1 ;;
 esac`;
-    // "nix build" and "nix-store --realise" misbehave; everything else is the real nix.
-    await writeFile(join(dir, "nix"), `#!/bin/sh\nif [ "$1" = build ]; then\n${misbehave}\nfi\nexec ${realNix} "$@"\n`);
+    // "nix build" and "nix-store --realise" misbehave; everything else is the
+    // real nix (in mode slow-fetch, after five seconds for "nix flake ...").
+    const slowFetch = `if [ "$1" = flake ] && [ "$(cat ${modeFile})" = slow-fetch ]; then sleep 5; fi`;
+    await writeFile(join(dir, "nix"), `#!/bin/sh\n${slowFetch}\nif [ "$1" = build ]; then\n${misbehave}\nfi\nexec ${realNix} "$@"\n`);
     await writeFile(join(dir, "nix-store"), `#!/bin/sh\n${misbehave}\nexec ${realNix}-store "$@"\n`);
     await chmod(join(dir, "nix"), 0o755);
     await chmod(join(dir, "nix-store"), 0o755);
@@ -179,6 +181,31 @@ esac`;
     expect(healthy.final.results.map((r) => r.status)).toEqual(["success", "success"]);
     expect(builder.child.exitCode).toBeNull();
     expect(builder.logs.filter((l) => l.msg === "job crashed" || l.msg === "unexpected error while handling a request")).toEqual([]);
+  });
+
+  it("accepts a request within seconds while the host list is still being fetched", async () => {
+    const odd = await oddNix();
+    await odd.mode("slow-fetch");
+    const nats = await startNatsServer();
+    cleanups.push(() => nats.stop());
+    const flake = await createFixtureFlake("tiny-flake");
+    const builder = await startBuilder({
+      natsUrl: nats.url,
+      seedFile: nats.identities.builder.seedFile,
+      repos: { fixture: flake.url },
+      env: { PATH: `${odd.dir}:${process.env["PATH"]}` },
+    });
+    cleanups.push(() => builder.stop("SIGKILL"));
+    const nc = await connectAs(nats.url, nats.identities.testDeployer);
+    cleanups.push(() => nc.close());
+    // The host list is loading (its fetch takes 5 s): the answer must not wait for it.
+    const inbox = await Inbox.open(nc);
+    const sent = Date.now();
+    inbox.send("build.fixture.a");
+    expect(await inbox.waitFor((m) => m.type === "accepted" || m.type === "rejected", 10_000)).toMatchObject({ type: "accepted" });
+    expect(Date.now() - sent).toBeLessThan(4_500);
+    expect(builder.logs.some((l) => l.msg === "the host list is still loading; accepting the request unchecked")).toBe(true);
+    expect(await inbox.final(60_000)).toMatchObject({ type: "completed", status: "success" });
   });
 
   it("says nix is missing from PATH, per host", async () => {
