@@ -34,19 +34,6 @@ function finalOf(messages: Message[]): Message {
   return final as Message;
 }
 
-/** Intervals [start, end] per build from the builds' own log; open ones end at +inf. */
-async function buildIntervals(): Promise<Array<{ host: string; start: number; end: number }>> {
-  const intervals: Array<{ host: string; start: number; end: number }> = [];
-  for (const event of await flake.events()) {
-    if (event.what === "start") intervals.push({ host: event.host, start: event.at, end: Number.POSITIVE_INFINITY });
-    else {
-      const open = [...intervals].reverse().find((i) => i.host === event.host && i.end === Number.POSITIVE_INFINITY);
-      if (open) open.end = event.at;
-    }
-  }
-  return intervals;
-}
-
 beforeAll(async () => {
   nats = await startNatsServer();
   flake = await createFixtureFlake();
@@ -228,7 +215,7 @@ describe("the queue", () => {
     for (const final of finals) expect(final).toMatchObject({ type: "completed", status: "success" });
     inboxes.forEach((inbox) => inbox.close());
 
-    const intervals = (await buildIntervals()).filter((i) => hosts.includes(i.host)).slice(-hosts.length);
+    const intervals = (await flake.intervals()).filter((i) => hosts.includes(i.host)).slice(-hosts.length);
     expect(intervals.map((i) => i.host)).toEqual(hosts);
     for (let i = 1; i < intervals.length; i++) {
       const previous = intervals[i - 1] as { end: number };
@@ -239,7 +226,7 @@ describe("the queue", () => {
   });
 
   it("never overlaps builds across the whole run (from the builds' own start/end times)", async () => {
-    const intervals = (await buildIntervals()).sort((a, b) => a.start - b.start);
+    const intervals = (await flake.intervals()).sort((a, b) => a.start - b.start);
     expect(intervals.length).toBeGreaterThan(5);
     for (let i = 1; i < intervals.length; i++) {
       const previous = intervals[i - 1] as { end: number; host: string };

@@ -12,7 +12,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import type { NatsConnection } from "nats";
 import { ROOT, jsonLines, runCli, spawnCli } from "./support/cli.js";
 import { startBuilder, type BuilderProcess } from "./support/daemon.js";
-import { createFixtureFlake, type FixtureFlake } from "./support/flake.js";
+import { createFixtureFlake, type BuildInterval, type FixtureFlake } from "./support/flake.js";
 import { Inbox, connectAs, sleep, type Message } from "./support/nats-client.js";
 import { startNatsServer, type NatsServer } from "./support/nats-server.js";
 import { isRunning, processesMatching } from "./support/processes.js";
@@ -44,20 +44,11 @@ function finalOf(stdout: string): Message {
 
 /** No two intervals [start, end] of the builds' own log overlap. */
 async function expectNoOverlap(flake: FixtureFlake): Promise<number> {
-  const open = new Map<string, number>();
-  const intervals: Array<[number, number, string]> = [];
-  for (const event of await flake.events()) {
-    if (event.what === "start") open.set(event.host, event.at);
-    else {
-      intervals.push([open.get(event.host) ?? event.at, event.at, event.host]);
-      open.delete(event.host);
-    }
-  }
-  intervals.sort((a, b) => a[0] - b[0]);
+  const intervals = (await flake.intervals()).filter((i) => Number.isFinite(i.end)).sort((a, b) => a.start - b.start);
   for (let i = 1; i < intervals.length; i++) {
-    const [, previousEnd, previousHost] = intervals[i - 1] as [number, number, string];
-    const [start, , host] = intervals[i] as [number, number, string];
-    expect(previousEnd, `${previousHost} overlaps ${host}`).toBeLessThanOrEqual(start);
+    const previous = intervals[i - 1] as BuildInterval;
+    const current = intervals[i] as BuildInterval;
+    expect(previous.end, `${previous.host} overlaps ${current.host}`).toBeLessThanOrEqual(current.start);
   }
   return intervals.length;
 }

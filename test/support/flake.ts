@@ -20,6 +20,12 @@ async function git(dir: string, ...args: string[]): Promise<string> {
   return stdout.trim();
 }
 
+export interface BuildInterval {
+  host: string;
+  start: number;
+  end: number;
+}
+
 export interface FixtureFlake {
   dir: string;
   /** The directory every build appends start/end lines to. */
@@ -33,6 +39,8 @@ export interface FixtureFlake {
   /** Rewrites flake.nix on the default branch and commits it. */
   editFlake(transform: (text: string) => string): Promise<string>;
   events(): Promise<Array<{ what: "start" | "end"; host: string; at: number }>>;
+  /** Each build as [start, end] from those events; a build that never ended (killed) ends at +inf. */
+  intervals(): Promise<BuildInterval[]>;
   /**
    * Removes the slow host's pid file before a build of it, so the pid read
    * afterwards is that build's (a stale file could belong to another
@@ -97,6 +105,17 @@ export async function createFixtureFlake(fixture = "flake"): Promise<FixtureFlak
         if (waited > 10_000) throw new Error("the slow host's build never wrote its pid");
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
+    },
+    async intervals() {
+      const intervals: BuildInterval[] = [];
+      for (const event of await flake.events()) {
+        if (event.what === "start") intervals.push({ host: event.host, start: event.at, end: Number.POSITIVE_INFINITY });
+        else {
+          const open = [...intervals].reverse().find((i) => i.host === event.host && i.end === Number.POSITIVE_INFINITY);
+          if (open) open.end = event.at;
+        }
+      }
+      return intervals;
     },
     async events() {
       const text = await readFile(join(eventsDir, "events.log"), "utf8").catch(() => "");
