@@ -17,8 +17,6 @@ export interface RepoHosts {
   fetchedAt: number;
 }
 
-const EXPLICIT_REFRESH_MS = 5_000;
-
 export type HostLookup =
   | { found: true }
   | { found: false; hosts: string[] }
@@ -29,6 +27,8 @@ interface Entry {
   error?: string;
   attemptedAt: number;
   inflight?: Promise<void>;
+  /** A fetch queued behind `inflight` for refreshes asked while it ran. */
+  next?: Promise<void>;
 }
 
 export interface HostCatalogOptions {
@@ -77,10 +77,11 @@ export class HostCatalog {
   /** The cached hosts of a repo, loading them if needed or if `refresh` is set. */
   async hosts(repo: string, refresh = false): Promise<RepoHosts | { error: string }> {
     const entry = this.entries.get(repo);
-    // An explicit refresh (build.discover) fetches at most every few seconds
-    // per repo, so a requester looping on it cannot keep the builder fetching.
-    const recently = entry !== undefined && Date.now() - entry.attemptedAt < EXPLICIT_REFRESH_MS;
-    if ((refresh && !recently) || !entry?.value) await this.refresh(repo);
+    // An explicit refresh always fetches (the operator just pushed a host);
+    // concurrent ones are coalesced, so a requester looping on it costs at
+    // most one fetch running and one queued per repo.
+    if (refresh) await this.refreshAfterCurrent(repo);
+    else if (!entry?.value) await this.refresh(repo);
     const current = this.entries.get(repo);
     if (current?.value) return current.value;
     return { error: current?.error ?? "the host list is not available" };
@@ -113,6 +114,21 @@ export class HostCatalog {
       entry.inflight = undefined;
     });
     return entry.inflight;
+  }
+
+  /**
+   * A fetch that starts no earlier than now: a fetch already running may
+   * have read the repo before the change the caller wants to see, so the
+   * caller waits for one more, shared by everyone who asks meanwhile.
+   */
+  private refreshAfterCurrent(repo: string): Promise<void> {
+    const entry = this.entries.get(repo);
+    if (!entry?.inflight) return this.refresh(repo);
+    entry.next ??= entry.inflight.then(() => {
+      entry.next = undefined;
+      return this.refresh(repo);
+    });
+    return entry.next;
   }
 
   private async load(repo: string, entry: Entry): Promise<void> {
