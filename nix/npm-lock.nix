@@ -8,7 +8,7 @@
 # and fetchurl checks it against the lockfile's `integrity` hash, so a wrong
 # URL fails the build instead of building something else.
 #
-# Pure Nix (builtins only), so test/nix-package.test.ts evaluates it on the
+# Pure Nix (builtins only), so test/nixos/package.test.ts evaluates it on the
 # repository's own lockfile without nixpkgs.
 { registry ? "https://registry.npmjs.org" }:
 lockfile:

@@ -7,7 +7,7 @@ import { readFile } from "node:fs/promises";
 import { isAbsolute } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
-import { parseDuration } from "./duration.js";
+import { parseDuration } from "./util/duration.js";
 import { ConfigError, errorMessage } from "./errors.js";
 import { RepoNameSchema } from "./protocol.js";
 

@@ -2,7 +2,7 @@
 # module system (with nixpkgs' own types, systemd and users modules) for a
 # configuration like nix-cache02's. Fails when an assertion fails or an
 # option does not type-check; its output is the unit files NixOS writes.
-# test/nix-module.test.ts checks the same with a stand-in where nixpkgs is
+# test/nixos/module.test.ts checks the same with a stand-in where nixpkgs is
 # not available.
 { pkgs, nixpkgs, system, module }:
 let

@@ -5,10 +5,10 @@
  * built (bad arguments, rejected, no builder, no NATS).
  */
 import type { Command } from "commander";
-import { requestBuild } from "../client.js";
+import { requestBuild } from "../client/client.js";
 import { ExitCode, UsageError } from "../errors.js";
 import { ALL_HOSTS, isValidHostName, isValidRef, isValidRepoName, type FinalResponse } from "../protocol.js";
-import { createReporter, describeDiscover } from "../report.js";
+import { createReporter, describeDiscover } from "../client/report.js";
 import {
   addAckTimeoutOption,
   addConnectionOptions,

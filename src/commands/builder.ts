@@ -1,7 +1,7 @@
 /** `homelab-deploy builder --config FILE`: the long-running build service. */
 import { Option, type Command } from "commander";
 import { loadConfig } from "../config.js";
-import { startDaemon, type Daemon } from "../daemon.js";
+import { startDaemon, type Daemon } from "../daemon/daemon.js";
 import { ExitCode, VaultError } from "../errors.js";
 import { createLogger } from "../logger.js";
 

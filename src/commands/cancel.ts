@@ -2,7 +2,7 @@
 import type { Command } from "commander";
 import { ExitCode, UsageError } from "../errors.js";
 import { isValidJobId } from "../protocol.js";
-import { describeCancel } from "../report.js";
+import { describeCancel } from "../client/report.js";
 import { addAckTimeoutOption, addConnectionOptions, runControl, type ControlFlags } from "./connection.js";
 
 export function registerCancel(program: Command): void {

@@ -5,15 +5,15 @@
  */
 import { Option, type Command } from "commander";
 import type { NatsConnection } from "nats";
-import { parseDuration } from "../duration.js";
+import { parseDuration } from "../util/duration.js";
 import { VaultSchema, issueMessage, vaultEnvDefaults, type VaultConfig } from "../config.js";
-import { fileSeedSource, type SeedSource } from "../credentials.js";
-import { requestControl } from "../client.js";
+import { fileSeedSource, type SeedSource } from "../nats/credentials.js";
+import { requestControl } from "../client/client.js";
 import { ExitCode, UsageError } from "../errors.js";
 import type { AnswerTo, ControlName, ControlResponse } from "../protocol.js";
 import { createLogger, type Logger } from "../logger.js";
-import { NatsTransport } from "../transport.js";
-import { vaultSeedSource, type VaultSettingNames } from "../vault.js";
+import { NatsTransport } from "../nats/transport.js";
+import { vaultSeedSource, type VaultSettingNames } from "../nats/vault.js";
 import { VERSION } from "../version.js";
 
 export interface ConnectionFlags {

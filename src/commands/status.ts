@@ -1,7 +1,7 @@
 /** `homelab-deploy status`: what the builder is building and what waits. */
 import type { Command } from "commander";
 import { ExitCode } from "../errors.js";
-import { describeStatus } from "../report.js";
+import { describeStatus } from "../client/report.js";
 import { addAckTimeoutOption, addConnectionOptions, runControl, type ControlFlags } from "./connection.js";
 
 export function registerStatus(program: Command): void {

@@ -5,7 +5,7 @@
  * and as the text the CLI would print.
  */
 import { z } from "zod";
-import { boundedLogTail } from "../log-tail.js";
+import { boundedLogTail } from "../util/log-tail.js";
 import {
   HostResultSchema,
   RejectCodeSchema,
@@ -15,8 +15,8 @@ import {
   type HostResult,
   type Rejected,
 } from "../protocol.js";
-import { describeMessage, summaryTable } from "../report.js";
-import type { BuildTarget } from "../client.js";
+import { describeMessage, summaryTable } from "../client/report.js";
+import type { BuildTarget } from "../client/client.js";
 
 /**
  * The builder sends up to build.logTailLines (50) lines of 2000 characters;

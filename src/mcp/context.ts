@@ -4,7 +4,7 @@
  * server shuts down, and one question to the builder on build.discover,
  * build.status or build.cancel.
  */
-import { requestControl } from "../client.js";
+import { requestControl } from "../client/client.js";
 import { HomelabDeployError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { AnswerTo, ControlName, ControlResponse } from "../protocol.js";

@@ -11,7 +11,7 @@
 import type { NatsConnection } from "nats";
 import { ConnectionError, errorMessage } from "../errors.js";
 import type { Logger } from "../logger.js";
-import type { NatsTransport } from "../transport.js";
+import type { NatsTransport } from "../nats/transport.js";
 
 export type Connect = () => Promise<NatsTransport>;
 

@@ -11,7 +11,7 @@
  * ever claiming the host is done.
  */
 import { ALL_HOSTS, type BuildResponse } from "../protocol.js";
-import { describeMessage } from "../report.js";
+import { describeMessage } from "../client/report.js";
 
 export interface ProgressUpdate {
   progress: number;

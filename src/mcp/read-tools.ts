@@ -5,7 +5,7 @@
 import type { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import { z } from "zod";
 import { DiscoverResponseSchema, RepoNameSchema, StatusResponseSchema } from "../protocol.js";
-import { describeDiscover, describeStatus } from "../report.js";
+import { describeDiscover, describeStatus } from "../client/report.js";
 import { askBuilder, type ToolContext } from "./context.js";
 import { guarded, toolError, toolResult } from "./tool-result.js";
 

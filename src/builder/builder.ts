@@ -1,0 +1,278 @@
+/**
+ * The builder: takes requests from `build.>`, validates them, queues them
+ * and runs one job at a time, answering each requester on its own reply
+ * subject under `build.responses.>` (the only subjects the plan's
+ * permissions let it publish to).
+ */
+import type { Msg } from "nats";
+import { repoNamed, type Config } from "../config.js";
+import { Control } from "./control.js";
+import type { EventBus } from "../events.js";
+import type { HostCatalog } from "./catalog.js";
+import { JobRunner, completedMessage, unstartedOutcome } from "./job-runner.js";
+import type { Logger } from "../logger.js";
+import { LogThrottle } from "../util/log-throttle.js";
+import { supportsRef, type NixRunner } from "../nix/runner.js";
+import {
+  ALL_HOSTS,
+  BuildRequestSchema,
+  classifySubject,
+  isValidHostName,
+  isValidRepoName,
+  isValidReplySubject,
+  type BuildRequest,
+  type CancelResponse,
+  type ControlName,
+  type Rejected,
+} from "../protocol.js";
+import { JobQueue, type Job } from "./queue.js";
+import { parseBody, rejection, type ParsedBody } from "./request-body.js";
+import { Responder } from "./responder.js";
+import type { ToplevelCache } from "../nix/toplevel-cache.js";
+import type { NatsTransport } from "../nats/transport.js";
+
+export interface BuilderOptions {
+  config: Config;
+  transport: NatsTransport;
+  nix: NixRunner;
+  catalog: HostCatalog;
+  events: EventBus;
+  logger: Logger;
+  version: string;
+  builderName: string;
+  toplevels: ToplevelCache;
+}
+
+type Validated = { ok: true; repo: string; target: string; ref: string | null } | { ok: false; rejection: Rejected };
+
+const SHUTTING_DOWN = "the builder is shutting down; try again shortly";
+/** Longest a request waits for the host list: well inside a client's 10 s ack timeout. */
+const HOST_CHECK_MS = 3_000;
+
+/** The promise's value, or undefined if it takes longer than `ms` (it keeps running). */
+async function withinMs<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)));
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export class Builder {
+  private readonly queue: JobQueue;
+  private readonly responder: Responder;
+  private readonly runner: JobRunner;
+  private readonly control: Control;
+  private readonly dropLog: LogThrottle;
+  private loop: Promise<void> | undefined;
+  private heartbeat: NodeJS.Timeout | undefined;
+  private stopping = false;
+
+  constructor(private readonly options: BuilderOptions) {
+    const { config, transport, events, logger, nix, catalog, toplevels } = options;
+    this.queue = new JobQueue(config.build.maxQueue);
+    this.responder = new Responder(transport, events, logger);
+    this.runner = new JobRunner({ config, nix, catalog, responder: this.responder, logger, toplevels });
+    this.control = new Control({
+      config,
+      catalog,
+      version: options.version,
+      builderName: options.builderName,
+      jobs: () => ({ running: this.queue.running, queued: this.queue.queued, positionOf: (i) => this.queue.positionOf(i) }),
+      cancel: (jobId) => this.cancel(jobId),
+    });
+    this.dropLog = new LogThrottle(logger, 60_000, 10);
+  }
+
+  start(): void {
+    const { transport, config } = this.options;
+    transport.subscribe("build.>", (msg) => this.handle(msg), config.nats.queueGroup);
+    this.loop = this.runLoop();
+    this.heartbeat = setInterval(() => this.sendHeartbeats(), config.build.heartbeatInterval);
+    this.heartbeat.unref();
+  }
+
+  /**
+   * Stops taking requests, answers every queued requester, stops the
+   * running nix tree and waits for its job to report `cancelled`.
+   */
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    clearInterval(this.heartbeat);
+    const reason = "the builder is shutting down";
+    for (const job of this.queue.close()) this.completeUnstarted(job, reason);
+    this.queue.running?.cancel(reason);
+    this.options.catalog.stop();
+    await this.loop;
+    this.responder.stop();
+    await this.options.toplevels.flush();
+  }
+
+  /** Entry point for every message under `build.>`. Never throws. */
+  handle(msg: Msg): void {
+    const kind = classifySubject(msg.subject);
+    if (kind.kind === "response") return;
+    if (!isValidReplySubject(msg.reply)) {
+      this.dropLog.warn(
+        "dropped",
+        { subject: msg.subject, reply: msg.reply || null },
+        "dropping a request without a reply subject under build.responses. (it cannot be answered)",
+      );
+      return;
+    }
+    const reply = msg.reply;
+    if (kind.kind === "invalid") {
+      this.responder.reject(msg.subject, reply, rejection("invalid_name", kind.reason).rejection);
+      return;
+    }
+    const work =
+      kind.kind === "control"
+        ? this.onControl(kind.name, reply, msg.data)
+        : this.onBuildRequest(msg.subject, reply, kind.repo, kind.target, msg.data);
+    work.catch((err: unknown) => {
+      this.options.logger.error({ err, subject: msg.subject }, "unexpected error while handling a request");
+      this.responder.reject(msg.subject, reply, rejection("unavailable", "internal error; see the builder's log").rejection);
+    });
+  }
+
+  private async onControl(name: ControlName, reply: string, data: Uint8Array): Promise<void> {
+    const answer = await this.control.answer(name, data);
+    if (answer.type === "rejected") this.responder.reject(`build.${name}`, reply, answer);
+    else this.responder.control(reply, answer);
+  }
+
+  private cancel(jobId: string): CancelResponse["outcome"] | undefined {
+    const queued = this.queue.remove(jobId);
+    if (queued) {
+      this.completeUnstarted(queued, "cancelled on request before it started");
+      this.options.logger.info({ jobId }, "queued job cancelled on request");
+      this.emitQueue();
+      return "removed";
+    }
+    const running = this.queue.running;
+    if (running?.id !== jobId) return undefined;
+    running.cancel("cancelled on request");
+    this.options.logger.info({ jobId, host: running.currentHost }, "running job cancelled on request; stopping nix");
+    return "stopping";
+  }
+
+  private async onBuildRequest(subject: string, reply: string, repo: string, target: string, data: Uint8Array) {
+    const validated = await this.validate(repo, target, data);
+    if (!validated.ok) {
+      this.responder.reject(subject, reply, validated.rejection);
+      return;
+    }
+    if (this.stopping) {
+      this.responder.reject(subject, reply, rejection("shutting_down", SHUTTING_DOWN).rejection);
+      return;
+    }
+    const spec = { repo: validated.repo, target: validated.target, ref: validated.ref };
+    const result = this.queue.enqueue(spec, reply);
+    if (!result.accepted) {
+      const answer =
+        result.reason === "closed"
+          ? rejection("shutting_down", SHUTTING_DOWN)
+          : result.reason === "queue_full"
+            ? rejection("queue_full", `the queue is full (${this.options.config.build.maxQueue} jobs waiting); try again later`)
+            : rejection("queue_full", "too many requesters are waiting for this job");
+      this.responder.reject(subject, reply, answer.rejection);
+      return;
+    }
+    const { job, position, joined } = result;
+    this.responder.toRequester(reply, job, { type: "accepted", jobId: job.id, ...job.spec, position, joined });
+    this.options.logger.info({ jobId: job.id, ...job.spec, position, joined }, joined ? "request joined a queued job" : "job queued");
+    this.emitQueue();
+  }
+
+  private async validate(repo: string, target: string, data: Uint8Array): Promise<Validated> {
+    const { config, catalog } = this.options;
+    if (!isValidRepoName(repo)) return rejection("invalid_name", `invalid repo name ${JSON.stringify(repo)}`);
+    const repoConfig = repoNamed(config.repos, repo);
+    if (!repoConfig) {
+      const known = Object.keys(config.repos);
+      return rejection("unknown_repo", `unknown repo ${repo}; this builder builds ${known.join(", ")}`, known);
+    }
+    if (target !== ALL_HOSTS && !isValidHostName(target)) {
+      return rejection("invalid_name", `invalid host name ${JSON.stringify(target)}`);
+    }
+    const request = parseBuildRequest(data);
+    if (!request.ok) return request;
+    const ref = request.value.ref ?? null;
+    if (ref !== null && !supportsRef(repoConfig.url)) {
+      return rejection("malformed_payload", `repo ${repo} (${repoConfig.url}) is not a git flake; it cannot build a ref`);
+    }
+    if (target !== ALL_HOSTS) {
+      const lookup = await withinMs(catalog.lookup(repo, target), HOST_CHECK_MS);
+      if (lookup === undefined) {
+        // The host list is still being fetched (a cold start, a slow remote):
+        // answer now rather than after the requester's ack timeout; a host
+        // that does not exist then fails its build with nix's own message.
+        this.options.logger.info({ repo, target }, "the host list is still loading; accepting the request unchecked");
+        return { ok: true, repo, target, ref };
+      }
+      if (!lookup.found && "hosts" in lookup) {
+        const list = lookup.hosts.join(", ") || "(none)";
+        return rejection("unknown_host", `unknown host ${target} in repo ${repo}; its hosts are ${list}`, lookup.hosts);
+      }
+      // The host list itself is unavailable (repo unreachable, nix broken):
+      // the build will hit the same problem and report it per host, which
+      // says more than refusing here.
+      if (!lookup.found) this.options.logger.warn({ repo, target, err: lookup.error }, "cannot check the host name; accepting the request");
+    }
+    return { ok: true, repo, target, ref };
+  }
+
+  private async runLoop(): Promise<void> {
+    for (;;) {
+      const job = await this.queue.take();
+      if (!job) return;
+      this.emitQueue();
+      this.announcePositions();
+      try {
+        await this.runner.run(job);
+      } catch (err) {
+        this.options.logger.error({ err, jobId: job.id }, "job crashed");
+        this.completeUnstarted(job, "internal error while building; see the builder's log", "failure");
+      } finally {
+        this.queue.finish(job);
+        this.emitQueue();
+      }
+    }
+  }
+
+  /** A job that ended before any host was built: every requester still gets a final message. */
+  private completeUnstarted(job: Job, error: string, status: "cancelled" | "failure" = "cancelled"): void {
+    this.responder.toJob(job, completedMessage(job, unstartedOutcome(job, error, status, job.startedAt ?? Date.now())));
+  }
+
+  /** Tells the requesters of every queued job where they stand now. */
+  private announcePositions(): void {
+    this.queue.queued.forEach((job, index) => {
+      this.responder.toJob(job, { type: "queued", jobId: job.id, position: this.queue.positionOf(index) });
+    });
+  }
+
+  private sendHeartbeats(): void {
+    const running = this.queue.running;
+    if (running) {
+      this.responder.toJob(running, { type: "heartbeat", jobId: running.id, state: "running", position: 0, host: running.currentHost });
+    }
+    this.queue.queued.forEach((job, index) => {
+      this.responder.toJob(job, { type: "heartbeat", jobId: job.id, state: "queued", position: this.queue.positionOf(index), host: null });
+    });
+  }
+
+  private emitQueue(): void {
+    this.options.events.emit({ type: "queue", depth: this.queue.depth, running: this.queue.running });
+  }
+}
+
+/** Like parseBody, but a ref that fails its pattern is an invalid name, not a malformed body. */
+export function parseBuildRequest(data: Uint8Array): ParsedBody<BuildRequest> {
+  return parseBody(data, BuildRequestSchema, '{"ref": "<branch or commit>"} or nothing', (issue) =>
+    issue.path[0] === "ref" && issue.code === "custom" ? "invalid_name" : undefined,
+  );
+}

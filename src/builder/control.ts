@@ -1,0 +1,107 @@
+/**
+ * The builder's answers to `build.discover`, `build.status` and
+ * `build.cancel`: what it can build, what it is doing, and stopping a job.
+ */
+import type { HostCatalog } from "./catalog.js";
+import { repoNamed, type Config } from "../config.js";
+import type { Job } from "./queue.js";
+import {
+  CancelRequestSchema,
+  DiscoverRequestSchema,
+  StatusRequestSchema,
+  type CancelResponse,
+  type ControlName,
+  type DiscoverResponse,
+  type QueuedJob,
+  type RepoInfo,
+  type Rejected,
+  type RunningJob,
+  type StatusResponse,
+} from "../protocol.js";
+import { parseBody } from "./request-body.js";
+
+
+export interface ControlOptions {
+  config: Config;
+  catalog: HostCatalog;
+  version: string;
+  builderName: string;
+  jobs: () => { running: Job | null; queued: readonly Job[]; positionOf: (index: number) => number };
+  /** Cancels a job; undefined when no job has that id. */
+  cancel: (jobId: string) => CancelResponse["outcome"] | undefined;
+}
+
+export type ControlAnswer = DiscoverResponse | StatusResponse | CancelResponse | Rejected;
+
+const iso = (ms: number | undefined) => (ms === undefined ? null : new Date(ms).toISOString());
+
+export class Control {
+  constructor(private readonly options: ControlOptions) {}
+
+  async answer(name: ControlName, data: Uint8Array): Promise<ControlAnswer> {
+    switch (name) {
+      case "discover":
+        return this.discover(data);
+      case "status":
+        return this.status(data);
+      case "cancel":
+        return this.cancel(data);
+    }
+  }
+
+  private async discover(data: Uint8Array): Promise<ControlAnswer> {
+    const request = parseBody(data, DiscoverRequestSchema, '{"refresh": true} or nothing');
+    if (!request.ok) return request.rejection;
+    const { config, catalog, version, builderName } = this.options;
+    const names = Object.keys(config.repos);
+    const repos: RepoInfo[] = [];
+    // One repo after another: a refresh fetches and evaluates each flake.
+    for (const name of names) {
+      const hosts = await catalog.hosts(name, request.value.refresh === true);
+      const url = repoNamed(config.repos, name)?.url as string;
+      if ("error" in hosts) repos.push({ name, url, hosts: [], revision: null, fetchedAt: null, error: hosts.error });
+      else repos.push({ name, url, hosts: hosts.hosts, revision: hosts.revision, fetchedAt: iso(hosts.fetchedAt) });
+    }
+    return { type: "discover", version, builder: builderName, repos };
+  }
+
+  private status(data: Uint8Array): ControlAnswer {
+    const request = parseBody(data, StatusRequestSchema, "nothing");
+    if (!request.ok) return request.rejection;
+    const { version, builderName } = this.options;
+    const jobs = this.options.jobs();
+    const queued: QueuedJob[] = jobs.queued.map((job, index) => ({
+      jobId: job.id,
+      ...job.spec,
+      position: jobs.positionOf(index),
+      requesters: job.requesters.size,
+      enqueuedAt: new Date(job.enqueuedAt).toISOString(),
+    }));
+    return { type: "status", version, builder: builderName, running: jobs.running ? runningJob(jobs.running) : null, queued };
+  }
+
+  private cancel(data: Uint8Array): ControlAnswer {
+    const request = parseBody(data, CancelRequestSchema, '{"jobId": "<id from accepted or status>"}');
+    if (!request.ok) return request.rejection;
+    const { jobId } = request.value;
+    const outcome = this.options.cancel(jobId);
+    if (!outcome) {
+      return { type: "rejected", code: "unknown_job", error: `no queued or running job ${jobId} (it may have finished already)` };
+    }
+    return { type: "cancel", jobId, outcome };
+  }
+}
+
+function runningJob(job: Job): RunningJob {
+  return {
+    jobId: job.id,
+    ...job.spec,
+    startedAt: iso(job.startedAt) ?? new Date().toISOString(),
+    requesters: job.requesters.size,
+    currentHost: job.currentHost,
+    hostIndex: job.hostIndex,
+    totalHosts: job.totalHosts,
+    hostStartedAt: job.currentHost ? iso(job.hostStartedAt) : null,
+    progress: job.currentHost ? job.progress : null,
+  };
+}

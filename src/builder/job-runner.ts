@@ -1,0 +1,180 @@
+/**
+ * Runs one job: lock the repo at one revision, list its hosts (for `all`),
+ * then build host after host, telling the job's requesters each step. A
+ * host that fails, times out or does not evaluate is a result; the job goes
+ * on with the next host.
+ */
+import type { HostCatalog } from "./catalog.js";
+import { repoNamed, type Config } from "../config.js";
+import type { Logger } from "../logger.js";
+import { boundedLogTail, boundedText } from "../util/log-tail.js";
+import { existsSync } from "node:fs";
+import { isLockedUrl, type NixRunner, type Outcome } from "../nix/runner.js";
+import type { ToplevelCache, ToplevelDrvs } from "../nix/toplevel-cache.js";
+import type { NixProgress } from "../nix/log.js";
+import { ProgressThrottle } from "../nix/progress.js";
+import { ALL_HOSTS, type Completed, type HostResult, type JobStatus } from "../protocol.js";
+import type { Job } from "./queue.js";
+import type { Responder } from "./responder.js";
+
+export interface JobRunnerOptions {
+  config: Config;
+  nix: NixRunner;
+  catalog: HostCatalog;
+  responder: Responder;
+  logger: Logger;
+  /** Toplevel .drv paths per locked URL: a re-run of an unchanged revision evaluates nothing. */
+  toplevels: ToplevelCache;
+  /** Shortest time between two progress messages of one build. */
+  progressIntervalMs?: number;
+}
+
+type JobOutcome = Pick<Completed, "status" | "revision" | "results" | "durationMs" | "error">;
+
+/** The final message of a job that ended before any host was built. */
+export function unstartedOutcome(job: Job, error: string, status: JobStatus, startedAt: number, revision: string | null = null): JobOutcome {
+  const { target } = job.spec;
+  const hostStatus = status === "cancelled" ? "cancelled" : "failure";
+  const bounded = boundedText(error);
+  const results: HostResult[] = target === ALL_HOSTS ? [] : [{ host: target, status: hostStatus, durationMs: 0, error: bounded }];
+  return { status, revision, results, durationMs: Date.now() - startedAt, error: bounded };
+}
+
+export function completedMessage(job: Job, outcome: JobOutcome): Completed {
+  const message: Completed = { type: "completed", jobId: job.id, ...job.spec, ...outcome };
+  if (message.error === undefined) delete message.error;
+  return message;
+}
+
+/** A host to build, and its toplevel .drv when one evaluation of all hosts already produced it. */
+interface PlannedHost {
+  host: string;
+  drv: string | null;
+}
+
+export class JobRunner {
+  private readonly progressIntervalMs: number;
+
+  constructor(private readonly options: JobRunnerOptions) {
+    this.progressIntervalMs = options.progressIntervalMs ?? 250;
+  }
+
+  async run(job: Job): Promise<void> {
+    const { config, nix, logger } = this.options;
+    const { repo, target, ref } = job.spec;
+    const started = Date.now();
+    const signal = job.abort.signal;
+    const url = repoNamed(config.repos, repo)?.url as string;
+    logger.info({ jobId: job.id, repo, target, ref }, "job started");
+
+    const lock = await nix.resolveFlake(url, ref, { timeoutMs: config.build.resolveTimeout, signal });
+    if (!lock.ok) {
+      this.complete(job, unstartedOutcome(job, lock.error, job.cancelled ? "cancelled" : "failure", started));
+      return;
+    }
+    const { lockedUrl, revision } = lock.value;
+    const plan = await this.plan(job, lockedUrl, revision);
+    if (!plan.ok) {
+      this.complete(job, unstartedOutcome(job, plan.error, job.cancelled ? "cancelled" : "failure", started, revision));
+      return;
+    }
+
+    const hosts = plan.value.map((p) => p.host);
+    job.totalHosts = hosts.length;
+    this.options.responder.toJob(job, { type: "job_started", jobId: job.id, ...job.spec, revision, lockedUrl, hosts });
+    const results: HostResult[] = [];
+    for (const [i, planned] of plan.value.entries()) {
+      if (job.cancelled) {
+        results.push({ host: planned.host, status: "cancelled", durationMs: 0, error: "not started: the job was cancelled" });
+        continue;
+      }
+      results.push(await this.buildHost(job, lockedUrl, planned, i + 1, hosts.length));
+    }
+    job.currentHost = null;
+    job.progress = null;
+    this.complete(job, { status: jobStatus(job, results), revision, results, durationMs: Date.now() - started });
+  }
+
+  complete(job: Job, outcome: JobOutcome): void {
+    this.options.responder.toJob(job, completedMessage(job, outcome));
+    this.options.logger.info(
+      { jobId: job.id, ...job.spec, status: outcome.status, revision: outcome.revision, durationMs: outcome.durationMs, error: outcome.error },
+      "job completed",
+    );
+  }
+
+  /**
+   * Which hosts to build, in order. A single host is left to `nix build`
+   * (nix's eval cache makes its re-runs cheap). For `all`, one evaluation
+   * yields every host's .drv, so hosts share what they have in common
+   * instead of evaluating nixpkgs once each; if that evaluation fails as a
+   * whole, every host is built on its own and reports its own error.
+   */
+  private async plan(job: Job, lockedUrl: string, revision: string | null): Promise<Outcome<PlannedHost[]>> {
+    const { repo, target, ref } = job.spec;
+    if (target !== ALL_HOSTS) return { ok: true, value: [{ host: target, drv: null }] };
+    const { config, nix, catalog, logger, toplevels } = this.options;
+    const run = { timeoutMs: config.build.resolveTimeout, signal: job.abort.signal };
+    let drvs: ToplevelDrvs | undefined = toplevels.get(lockedUrl);
+    if (drvs) logger.info({ jobId: job.id, repo }, "every host's toplevel .drv is known from an earlier evaluation of this revision");
+    if (!drvs) {
+      const started = Date.now();
+      const evaluated = await nix.evaluateToplevels(lockedUrl, run);
+      if (evaluated.ok) {
+        drvs = evaluated.value;
+        const failed = Object.keys(drvs).filter((host) => drvs?.[host] === null);
+        logger.info({ jobId: job.id, repo, hosts: Object.keys(drvs).length, failed, durationMs: Date.now() - started }, "evaluated every host in one nix evaluation");
+        if (isLockedUrl(lockedUrl)) toplevels.set(lockedUrl, drvs);
+      } else if (job.cancelled) {
+        return evaluated;
+      } else {
+        logger.warn({ jobId: job.id, repo, err: evaluated.error }, "evaluating all hosts at once failed; building them one at a time");
+      }
+    }
+    const names: Outcome<string[]> = drvs ? { ok: true, value: Object.keys(drvs) } : await nix.listHosts(lockedUrl, run);
+    if (!names.ok) return names;
+    const valid = catalog.requestable(repo, names.value);
+    if (ref === null) catalog.record(repo, { hosts: valid, revision, fetchedAt: Date.now() });
+    if (valid.length === 0) return { ok: false, error: `repo ${repo} has no nixosConfigurations to build`, outcome: "exited" };
+    return { ok: true, value: valid.map((host) => ({ host, drv: drvs?.[host] ?? null })) };
+  }
+
+  private async buildHost(job: Job, lockedUrl: string, planned: PlannedHost, index: number, total: number): Promise<HostResult> {
+    const { config, nix, logger, responder } = this.options;
+    const { host, drv } = planned;
+    const startedAt = Date.now();
+    Object.assign(job, { currentHost: host, hostIndex: index, hostStartedAt: startedAt, progress: null });
+    responder.toJob(job, { type: "host_started", jobId: job.id, host, index, total, startedAt: new Date(startedAt).toISOString() });
+    logger.info({ jobId: job.id, repo: job.spec.repo, host, index, total }, "building host");
+    const throttle = new ProgressThrottle(this.progressIntervalMs, (progress) => {
+      job.progress = progress;
+      responder.toJob(job, { type: "progress", jobId: job.id, host, index, total, elapsedMs: Date.now() - startedAt, ...progress });
+    });
+    const run = { timeoutMs: config.build.timeout, signal: job.abort.signal, onProgress: (progress: NixProgress) => throttle.update(progress) };
+    // A cached .drv may have been garbage-collected since: then evaluate again.
+    const build = drv && existsSync(drv) ? await nix.realise(drv, run) : await nix.buildHost(lockedUrl, host, run);
+    throttle.flush();
+    const result: HostResult = { host, status: build.status, durationMs: build.durationMs };
+    if (build.storePath) result.storePath = build.storePath;
+    if (build.error) result.error = boundedText(build.error);
+    if (build.location) result.location = build.location;
+    // An eval error's message already is the useful part; the log would repeat it.
+    const withTail = build.status !== "success" && build.status !== "eval_error" && build.logTail;
+    responder.toJob(job, {
+      type: "host_finished",
+      jobId: job.id,
+      index,
+      total,
+      ...result,
+      ...(withTail ? { logTail: boundedLogTail(build.logTail ?? []) } : {}),
+    });
+    const level = build.status === "success" ? "info" : "warn";
+    logger[level]({ jobId: job.id, repo: job.spec.repo, host, status: build.status, durationMs: build.durationMs, error: build.error }, "host finished");
+    return result;
+  }
+}
+
+function jobStatus(job: Job, results: HostResult[]): JobStatus {
+  if (job.cancelled) return "cancelled";
+  return results.every((r) => r.status === "success") ? "success" : "failure";
+}

@@ -1,0 +1,201 @@
+/**
+ * The requester side of the protocol, shared by the CLI, the scheduler and
+ * the MCP server. A requester may not receive on `_INBOX` under the plan's
+ * permissions, so it listens on its own `build.responses.<unique id>`,
+ * subscribes *before* publishing, and stops listening at the final message.
+ */
+import { nuid, type Msg, type NatsConnection, type Subscription } from "nats";
+import type { z } from "zod";
+import { NoBuilderError, HomelabDeployError } from "../errors.js";
+import { parseJsonAs } from "../util/json.js";
+import {
+  BuildResponseSchema,
+  ControlResponseSchema,
+  type AnswerTo,
+  type ControlName,
+  type ControlResponse,
+  type Rejected,
+  RESPONSE_PREFIX,
+  buildSubject,
+  isFinal,
+  type BuildResponse,
+  type FinalResponse,
+} from "../protocol.js";
+
+export interface BuildTarget {
+  repo: string;
+  target: string;
+  ref?: string | undefined;
+}
+
+export interface ExchangeOptions<T> {
+  /** No acknowledgement within this long means nobody is serving the subject. */
+  ackTimeoutMs: number;
+  /**
+   * After the acknowledgement, silence for this long means the builder is
+   * gone (it sends heartbeats to everyone waiting). 0 waits forever.
+   */
+  idleTimeoutMs?: number;
+  signal?: AbortSignal;
+  /** Every valid message, in order. */
+  onMessage?: (message: T) => void;
+  /** A message that did not match the protocol (reported, then ignored). */
+  onInvalid?: (raw: string) => void;
+}
+
+/** The caller gave up waiting (MCP cancel, Ctrl-C). The build goes on for its other requesters. */
+export class RequestAbortedError extends HomelabDeployError {}
+
+/** The builder acknowledged the request and then went silent (restarted, or lost its connection for good). */
+export class BuilderSilentError extends HomelabDeployError {}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+export function newReplySubject(): string {
+  return `${RESPONSE_PREFIX}${nuid.next()}`;
+}
+
+interface Exchange<T> {
+  subject: string;
+  payload: Uint8Array;
+  /** What every answer must look like; anything else is reported and ignored. */
+  schema: z.ZodType<T>;
+  /** First message that proves a builder took the request. */
+  isAck: (message: T) => boolean;
+  isFinal: (message: T) => boolean;
+}
+
+/**
+ * Publishes one request and follows its answers until the final one.
+ * Rejects with NoBuilderError when NATS reports no responders or nothing
+ * acknowledges the request in time.
+ */
+export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, options: ExchangeOptions<T>): Promise<T> {
+  const reply = newReplySubject();
+  let subscription: Subscription | undefined;
+  let ackTimer: NodeJS.Timeout | undefined;
+  let idleTimer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  const cleanup = () => {
+    clearTimeout(ackTimer);
+    clearTimeout(idleTimer);
+    if (onAbort) options.signal?.removeEventListener("abort", onAbort);
+    subscription?.unsubscribe();
+  };
+  const result = new Promise<T>((resolve, reject) => {
+    const fail = (err: Error) => {
+      cleanup();
+      reject(err);
+    };
+    onAbort = () => fail(new RequestAbortedError("stopped waiting for the builder's answer"));
+    let acknowledged = false;
+    const watchSilence = () => {
+      const idle = options.idleTimeoutMs ?? 0;
+      if (!acknowledged || idle <= 0) return;
+      clearTimeout(idleTimer);
+      idleTimer = setTimeout(() => {
+        fail(
+          new BuilderSilentError(
+            `the builder accepted the request on ${request.subject} and then sent nothing for ${Math.round(idle / 1000)}s; it may have restarted (the job may still be queued or running: check \`homelab-deploy status\`)`,
+          ),
+        );
+      }, idle);
+    };
+    if (options.signal?.aborted) return onAbort();
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+    subscription = nc.subscribe(reply, {
+      callback: (err, msg) => {
+        if (err) return fail(err);
+        if (isNoResponders(msg)) {
+          return fail(new NoBuilderError(`no builder is listening on ${request.subject} (NATS reported no responders); is the builder running?`));
+        }
+        const message = parseJsonAs(decoder.decode(msg.data), request.schema);
+        if (message === undefined) return options.onInvalid?.(decoder.decode(msg.data));
+        if (request.isAck(message)) {
+          clearTimeout(ackTimer);
+          acknowledged = true;
+        }
+        watchSilence();
+        options.onMessage?.(message);
+        if (request.isFinal(message)) {
+          cleanup();
+          resolve(message);
+        }
+      },
+    });
+    ackTimer = setTimeout(() => {
+      const seconds = Math.round(options.ackTimeoutMs / 1000);
+      fail(new NoBuilderError(`no builder answered on ${request.subject} within ${seconds}s; is the builder running and connected to this NATS server?`));
+    }, options.ackTimeoutMs);
+  });
+  try {
+    // The subscription must be known to the server before anyone can answer.
+    await nc.flush();
+    // A caller that gave up meanwhile must not leave a build nobody follows.
+    if (options.signal?.aborted) return await result;
+    nc.publish(request.subject, request.payload, { reply });
+  } catch (err) {
+    cleanup();
+    result.catch(() => undefined);
+    throw err;
+  }
+  return result;
+}
+
+function isNoResponders(msg: Msg): boolean {
+  return msg.data.length === 0 && msg.headers?.code === 503;
+}
+
+export function requestPayload(body: Record<string, unknown> | undefined): Uint8Array {
+  if (!body || Object.keys(body).length === 0) return new Uint8Array();
+  return encoder.encode(JSON.stringify(body));
+}
+
+/** Requests a build and follows it to `completed` or `rejected`. */
+export function requestBuild(
+  nc: NatsConnection,
+  target: BuildTarget,
+  options: ExchangeOptions<BuildResponse>,
+): Promise<FinalResponse> {
+  return exchange<BuildResponse>(
+    nc,
+    {
+      subject: buildSubject(target.repo, target.target),
+      payload: requestPayload(target.ref ? { ref: target.ref } : undefined),
+      schema: BuildResponseSchema,
+      isAck: (m) => m.type === "accepted" || m.type === "rejected",
+      isFinal,
+    },
+    options,
+  ) as Promise<FinalResponse>;
+}
+
+/** The builder answered with a message of another type than the request calls for. */
+export class UnexpectedAnswerError extends HomelabDeployError {}
+
+/**
+ * One question to the builder (`build.discover`, `build.status`,
+ * `build.cancel`) and its single answer: the one the question calls for,
+ * or `rejected`.
+ */
+export async function requestControl<N extends ControlName>(
+  nc: NatsConnection,
+  name: N,
+  body: Record<string, unknown> | undefined,
+  options: ExchangeOptions<ControlResponse>,
+): Promise<AnswerTo<N> | Rejected> {
+  const answer = await exchange<ControlResponse>(
+    nc,
+    {
+      subject: `build.${name}`,
+      payload: requestPayload(body),
+      schema: ControlResponseSchema,
+      isAck: () => true,
+      isFinal: () => true,
+    },
+    options,
+  );
+  if (answer.type === "rejected" || answer.type === name) return answer as AnswerTo<N> | Rejected;
+  throw new UnexpectedAnswerError(`unexpected answer ${answer.type} to build.${name}`);
+}

@@ -1,0 +1,301 @@
+/**
+ * How the client shows a build: on a terminal, a live line for the host
+ * being built (derivations N/M, phase, elapsed) above plain event lines;
+ * otherwise plain lines only (progress at most every 30 s, for journald
+ * and CI logs); with --json, every message as one JSON line. Colour only on
+ * a terminal and never when NO_COLOR is set.
+ */
+import { formatDuration } from "../util/duration.js";
+import type {
+  BuildResponse,
+  CancelResponse,
+  Completed,
+  DiscoverResponse,
+  FinalResponse,
+  HostResult,
+  HostStatus,
+  Progress,
+  StatusResponse,
+} from "../protocol.js";
+
+export interface Reporter {
+  message(message: BuildResponse): void;
+  /** Prints the summary and stops any live output. */
+  finish(final: FinalResponse): void;
+  /** Stops live output without a summary (e.g. on an error). */
+  close(): void;
+}
+
+export interface Output {
+  write(text: string): unknown;
+  isTTY?: boolean;
+  columns?: number;
+}
+
+type Paint = (color: "green" | "red" | "yellow" | "dim" | "bold", text: string) => string;
+
+const CODES = { green: 32, red: 31, yellow: 33, dim: 2, bold: 1 } as const;
+
+export function painter(out: Output, env: NodeJS.ProcessEnv = process.env): Paint {
+  const colour = out.isTTY === true && env["NO_COLOR"] === undefined && env["TERM"] !== "dumb";
+  return (color, text) => (colour ? `\x1b[${CODES[color]}m${text}\x1b[0m` : text);
+}
+
+const STATUS_COLOR: Record<HostStatus, "green" | "red" | "yellow"> = {
+  success: "green",
+  failure: "red",
+  eval_error: "red",
+  timeout: "yellow",
+  cancelled: "yellow",
+};
+
+function shortRev(revision: string | null): string {
+  return revision ? revision.slice(0, 12) : "(unknown revision)";
+}
+
+function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+function positionText(position: number): string {
+  return position === 0 ? "starting now" : `${plural(position, "job")} ahead`;
+}
+
+function firstLine(text: string): string {
+  const line = text.split("\n")[0] ?? "";
+  return line.length > 160 ? `${line.slice(0, 160)}…` : line;
+}
+
+function bytes(n: number): string {
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(0)} KiB`;
+  if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
+  return `${(n / 1024 ** 3).toFixed(2)} GiB`;
+}
+
+/** "12/48 derivations, 3/10 paths, 12.0 MiB, building foo (buildPhase)". */
+export function progressText(progress: Pick<Progress, "derivations" | "substitutions" | "downloadedBytes" | "building">): string {
+  const parts = [`${progress.derivations.done}/${progress.derivations.expected} derivations`];
+  if (progress.derivations.failed > 0) parts.push(`${progress.derivations.failed} failed`);
+  if (progress.substitutions.expected > 0) parts.push(`${progress.substitutions.done}/${progress.substitutions.expected} paths substituted`);
+  if (progress.downloadedBytes > 0) parts.push(`${bytes(progress.downloadedBytes)} downloaded`);
+  if (progress.building) parts.push(`building ${progress.building.drv}${progress.building.phase ? ` (${progress.building.phase})` : ""}`);
+  return parts.join(", ");
+}
+
+export function describeMessage(message: BuildResponse, paint: Paint = (_c, t) => t): string[] {
+  switch (message.type) {
+    case "accepted":
+      return [`accepted: job ${message.jobId}, ${positionText(message.position)}${message.joined ? " (joined an identical queued request)" : ""}`];
+    case "queued":
+      return [`queued: ${positionText(message.position)}`];
+    case "job_started":
+      return [`started: ${message.repo} at ${shortRev(message.revision)}, ${plural(message.hosts.length, "host")}`];
+    case "host_started":
+      return [`[${message.index}/${message.total}] ${message.host}: building`];
+    case "progress":
+      return [`[${message.index}/${message.total}] ${message.host}: ${progressText(message)}, ${formatDuration(message.elapsedMs)}`];
+    case "heartbeat":
+      return [];
+    case "host_finished":
+      return hostFinishedLines(message, paint);
+    case "completed":
+      return [completedLine(message, paint)];
+    case "rejected":
+      return [`${paint("red", "rejected")}: ${message.error}`];
+  }
+}
+
+function hostFinishedLines(message: Extract<BuildResponse, { type: "host_finished" }>, paint: Paint): string[] {
+  const status = paint(STATUS_COLOR[message.status], message.status);
+  const head = `[${message.index}/${message.total}] ${message.host}: ${status} in ${formatDuration(message.durationMs)}`;
+  if (message.status === "success") return [`${head} → ${message.storePath ?? ""}`];
+  if (message.status === "eval_error") {
+    const where = message.location ? ` (${message.location.file}${message.location.line ? `:${message.location.line}` : ""})` : "";
+    const [first = "", ...rest] = (message.error ?? "").split("\n");
+    return [`${head}${where}: ${first}`, ...rest.filter((l) => l.trim().length > 0).map((l) => `    ${l}`)];
+  }
+  const lines = [`${head}: ${firstLine(message.error ?? "")}`];
+  for (const line of message.logTail ?? []) lines.push(paint("dim", `    │ ${line}`));
+  return lines;
+}
+
+function completedLine(message: Completed, paint: Paint): string {
+  const built = message.results.filter((r) => r.status === "success").length;
+  const of = message.results.length > 0 ? `, ${built} of ${plural(message.results.length, "host")} built` : "";
+  const error = message.error ? `: ${firstLine(message.error)}` : "";
+  const status = paint(message.status === "success" ? "green" : message.status === "failure" ? "red" : "yellow", message.status);
+  return `completed: ${status}${of}, ${shortRev(message.revision)}, in ${formatDuration(message.durationMs)}${error}`;
+}
+
+function resultDetail(result: HostResult): string {
+  if (result.status === "success") return result.storePath ?? "";
+  return firstLine(result.error ?? "");
+}
+
+/** A fixed-width table of per-host results. */
+export function summaryTable(final: FinalResponse, paint: Paint = (_c, t) => t): string[] {
+  if (final.type !== "completed" || final.results.length === 0) return [];
+  const rows = final.results.map((r) => [r.host, r.status, formatDuration(r.durationMs), resultDetail(r)]);
+  const header = ["HOST", "STATUS", "DURATION", "RESULT"];
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] as string).length)));
+  const format = (cells: string[], colorize: boolean) =>
+    cells
+      .map((cell, i) => {
+        if (i === cells.length - 1) return cell;
+        const padded = cell.padEnd(widths[i] as number);
+        return colorize && i === 1 ? paint(STATUS_COLOR[cell as HostStatus] ?? "dim", padded) : padded;
+      })
+      .join("  ")
+      .trimEnd();
+  return [format(header, false), ...rows.map((row) => format(row, true))];
+}
+
+class JsonReporter implements Reporter {
+  constructor(private readonly out: Output) {}
+  message(message: BuildResponse): void {
+    this.out.write(`${JSON.stringify(message)}\n`);
+  }
+  finish(): void {}
+  close(): void {}
+}
+
+const PLAIN_PROGRESS_EVERY_MS = 30_000;
+
+/** Lines only; progress at most every 30 s per host. */
+class PlainReporter implements Reporter {
+  private lastProgressAt = 0;
+
+  constructor(
+    private readonly out: Output,
+    private readonly paint: Paint,
+  ) {}
+
+  message(message: BuildResponse): void {
+    if (message.type === "host_started") this.lastProgressAt = Date.now();
+    if (message.type === "progress") {
+      if (Date.now() - this.lastProgressAt < PLAIN_PROGRESS_EVERY_MS) return;
+      this.lastProgressAt = Date.now();
+    }
+    for (const line of describeMessage(message, this.paint)) this.out.write(`${line}\n`);
+  }
+
+  finish(final: FinalResponse): void {
+    const table = summaryTable(final, this.paint);
+    if (table.length > 0) this.out.write(`\n${table.join("\n")}\n`);
+  }
+
+  close(): void {}
+}
+
+/** A terminal: event lines scroll, one live line shows the host being built. */
+class LiveReporter implements Reporter {
+  private current: { index: number; total: number; host: string; startedAt: number; progress?: Progress } | undefined;
+  private readonly ticker: NodeJS.Timeout;
+  private shown = false;
+
+  constructor(
+    private readonly out: Output,
+    private readonly paint: Paint,
+  ) {
+    // Elapsed time moves even when nix reports nothing new.
+    this.ticker = setInterval(() => this.draw(), 1000);
+    this.ticker.unref();
+  }
+
+  message(message: BuildResponse): void {
+    switch (message.type) {
+      case "host_started":
+        this.current = { index: message.index, total: message.total, host: message.host, startedAt: Date.now() };
+        this.draw();
+        return;
+      case "progress":
+        if (this.current?.host === message.host) this.current.progress = message;
+        this.draw();
+        return;
+      case "heartbeat":
+        return;
+      case "host_finished":
+        this.current = undefined;
+        break;
+    }
+    this.clear();
+    for (const line of describeMessage(message, this.paint)) this.out.write(`${line}\n`);
+    this.draw();
+  }
+
+  finish(final: FinalResponse): void {
+    this.close();
+    const table = summaryTable(final, this.paint);
+    if (table.length > 0) this.out.write(`\n${table.join("\n")}\n`);
+  }
+
+  close(): void {
+    clearInterval(this.ticker);
+    this.current = undefined;
+    this.clear();
+  }
+
+  private clear(): void {
+    if (this.shown) this.out.write("\r\x1b[2K");
+    this.shown = false;
+  }
+
+  private draw(): void {
+    const current = this.current;
+    if (!current) return;
+    const elapsed = formatDuration(Date.now() - current.startedAt);
+    const detail = current.progress ? progressText(current.progress) : "evaluating";
+    let line = `[${current.index}/${current.total}] ${current.host}: ${detail} · ${elapsed}`;
+    const width = this.out.columns ?? 120;
+    if (line.length > width - 1) line = `${line.slice(0, width - 2)}…`;
+    this.out.write(`\r\x1b[2K${this.paint("bold", line)}`);
+    this.shown = true;
+  }
+}
+
+export function createReporter(options: { json: boolean; out: Output; env?: NodeJS.ProcessEnv }): Reporter {
+  if (options.json) return new JsonReporter(options.out);
+  const paint = painter(options.out, options.env);
+  return options.out.isTTY ? new LiveReporter(options.out, paint) : new PlainReporter(options.out, paint);
+}
+
+export function describeDiscover(discover: DiscoverResponse, repo?: string): string[] {
+  const lines: string[] = [];
+  for (const info of discover.repos) {
+    if (repo !== undefined && info.name !== repo) continue;
+    const at = info.revision ? ` at ${shortRev(info.revision)}` : "";
+    lines.push(`${info.name} (${info.url})${at}: ${plural(info.hosts.length, "host")}${info.error ? ` — ${info.error}` : ""}`);
+    for (const host of info.hosts) lines.push(`  ${host}`);
+  }
+  return lines;
+}
+
+export function describeStatus(status: StatusResponse, now = Date.now()): string[] {
+  const lines = [`builder ${status.builder} (homelab-deploy ${status.version})`];
+  const running = status.running;
+  if (!running) lines.push("running: nothing");
+  else {
+    const ref = running.ref ? ` --ref ${running.ref}` : "";
+    const since = formatDuration(now - Date.parse(running.startedAt));
+    lines.push(`running: job ${running.jobId} ${running.repo} ${running.target}${ref}, started ${since} ago`);
+    if (running.currentHost) {
+      const hostSince = running.hostStartedAt ? formatDuration(now - Date.parse(running.hostStartedAt)) : "?";
+      const progress = running.progress ? `: ${progressText(running.progress)}` : "";
+      lines.push(`  [${running.hostIndex}/${running.totalHosts}] ${running.currentHost} for ${hostSince}${progress}`);
+    } else lines.push("  fetching the flake and listing its hosts");
+  }
+  if (status.queued.length === 0) lines.push("queued: nothing");
+  else {
+    lines.push(`queued: ${plural(status.queued.length, "job")}`);
+    for (const job of status.queued) {
+      const ref = job.ref ? ` --ref ${job.ref}` : "";
+      lines.push(`  ${job.position}. job ${job.jobId} ${job.repo} ${job.target}${ref} (${plural(job.requesters, "requester")})`);
+    }
+  }
+  return lines;
+}
+
+export function describeCancel(answer: CancelResponse): string {
+  const what = answer.outcome === "removed" ? "removed from the queue" : "stopping: its nix process tree is being killed";
+  return `job ${answer.jobId}: ${what}`;
+}

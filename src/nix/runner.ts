@@ -1,0 +1,303 @@
+/**
+ * Running nix: resolve a flake to a locked revision, list its hosts, build
+ * one host's system closure. Arguments go to execa as an array (never a
+ * shell); each nix runs in a process group of its own so that a timeout or
+ * a cancel ends its whole tree. A failed build is returned, not thrown.
+ *
+ * Flags are chosen to work on Nix 2.8 (Debian) and current Nix alike:
+ * `--json` instead of `--print-out-paths` (absent in 2.8), and `-L` *before*
+ * `--log-format internal-json` (in 2.8 a later `-L` resets the format).
+ */
+import { stripVTControlCharacters } from "node:util";
+import { dirname, join } from "node:path";
+import { execa } from "execa";
+import { z } from "zod";
+import { forEachLine } from "../util/line-splitter.js";
+import { NixLogState, type NixProgress } from "./log.js";
+import { parseJsonAs } from "../util/json.js";
+import { killProcessTree } from "./process-tree.js";
+import { formatSetting } from "../util/duration.js";
+import { isCommitId, type HostStatus, type SourceLocation } from "../protocol.js";
+import type { NixError } from "./log.js";
+import { ToplevelDrvsSchema, type ToplevelDrvs } from "./toplevel-cache.js";
+
+export interface NixRunnerOptions {
+  nixBin: string;
+  killGraceMs: number;
+  logTailLines: number;
+  keepGoing?: boolean;
+  env?: Record<string, string>;
+}
+
+export interface RunOptions {
+  timeoutMs: number;
+  signal?: AbortSignal;
+  /** Called with the log state whenever nix reports visible progress. */
+  onProgress?: (progress: NixProgress) => void;
+}
+
+export type RunOutcome = "exited" | "timeout" | "cancelled" | "spawn_failed";
+
+export interface RunResult {
+  outcome: RunOutcome;
+  exitCode: number | undefined;
+  signal: string | undefined;
+  stdout: string;
+  log: NixLogState;
+  durationMs: number;
+  /** The limit this run had (the time it took may be a little longer: killing takes time). */
+  timeoutMs: number;
+  spawnError?: string;
+}
+
+export type Outcome<T> = { ok: true; value: T } | { ok: false; error: string; outcome: RunOutcome };
+
+export interface FlakeLock {
+  /** The locked URL every host of a job is built from, pinned to one revision. */
+  lockedUrl: string;
+  revision: string | null;
+}
+
+export interface HostBuild {
+  status: HostStatus;
+  durationMs: number;
+  storePath?: string;
+  error?: string;
+  location?: SourceLocation;
+  logTail?: string[];
+}
+
+// `nix flake metadata --json`: "url" is the locked URL in Nix 2.8 and in
+// current Nix; other fields vary between versions and are ignored.
+const FlakeMetadataSchema = z.looseObject({
+  url: z.string().min(1),
+  revision: z.string().optional(),
+  locked: z.looseObject({ rev: z.string().optional() }).optional(),
+});
+
+const BuildOutputSchema = z
+  .array(z.looseObject({ drvPath: z.string(), outputs: z.record(z.string(), z.string()) }))
+  .min(1);
+
+const HostListSchema = z.array(z.string());
+
+
+// Evaluates every host's toplevel .drv in one nix process, so the hosts
+// share the evaluation of what they have in common (nixpkgs). tryEval
+// catches `throw` and `assert` — how the NixOS module system reports bad
+// configs — so one broken host does not hide the others; any other error
+// fails the whole evaluation and the caller falls back to one host at a time.
+const TOPLEVEL_DRVS_EXPR =
+  "cs: builtins.mapAttrs (name: c: let r = builtins.tryEval c.config.system.build.toplevel.drvPath; in if r.success then r.value else null) cs";
+
+/** A locked URL pins a revision (or a NAR hash): what it evaluates to never changes. */
+export function isLockedUrl(url: string): boolean {
+  return /[?&](rev|narHash)=/.test(url);
+}
+
+const REF_CAPABLE = /^(?:git\+|hg\+|github:|gitlab:|sourcehut:)/;
+
+export function supportsRef(url: string): boolean {
+  return REF_CAPABLE.test(url);
+}
+
+/** The repo's flake URL pinned to a branch/tag (`ref=`) or a commit (`rev=`). */
+export function flakeUrlWithRef(url: string, ref: string | null): string {
+  if (ref === null) return url;
+  const parsed = new URL(url);
+  parsed.searchParams.set(isCommitId(ref) ? "rev" : "ref", ref);
+  return parsed.toString();
+}
+
+export function toplevelInstallable(lockedUrl: string, host: string): string {
+  // The host name is already checked against a strict pattern; quoting the
+  // attribute keeps the path unambiguous even so.
+  return `${lockedUrl}#nixosConfigurations."${host}".config.system.build.toplevel`;
+}
+
+export class NixRunner {
+  private readonly nixStoreBin: string;
+
+  constructor(private readonly options: NixRunnerOptions) {
+    // nix-store ships next to nix in every Nix release, 2.8 to current.
+    this.nixStoreBin = options.nixBin.includes("/") ? join(dirname(options.nixBin), "nix-store") : "nix-store";
+  }
+
+  async run(args: readonly string[], options: RunOptions, bin = this.options.nixBin): Promise<RunResult> {
+    const started = performance.now();
+    const log = new NixLogState(this.options.logTailLines);
+    const subprocess = execa(bin, args, {
+      detached: true,
+      cleanup: false,
+      reject: false,
+      stdin: "ignore",
+      buffer: { stdout: true, stderr: false },
+      maxBuffer: 16 * 1024 * 1024,
+      env: this.options.env,
+      encoding: "utf8",
+    });
+    let outcome: RunOutcome = "exited";
+    let killing: Promise<void> | undefined;
+    const exited = subprocess.then(() => undefined);
+    const kill = (why: RunOutcome) => {
+      if (killing || subprocess.pid === undefined) return;
+      outcome = why;
+      killing = killProcessTree(subprocess.pid, this.options.killGraceMs, exited);
+    };
+    const timer = setTimeout(() => kill("timeout"), options.timeoutMs);
+    const onAbort = () => kill("cancelled");
+    if (options.signal?.aborted) onAbort();
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+    const stderrDone = subprocess.stderr
+      ? forEachLine(subprocess.stderr, (line) => {
+          if (log.push(line)) options.onProgress?.(log.progress);
+        })
+      : Promise.resolve();
+    const result = await subprocess;
+    clearTimeout(timer);
+    options.signal?.removeEventListener("abort", onAbort);
+    await Promise.all([stderrDone, killing]);
+    const spawnFailed = result.failed && result.exitCode === undefined && result.signal === undefined && !killing;
+    return {
+      outcome: spawnFailed ? "spawn_failed" : outcome,
+      exitCode: result.exitCode,
+      signal: result.signal,
+      stdout: typeof result.stdout === "string" ? result.stdout : "",
+      log,
+      durationMs: Math.round(performance.now() - started),
+      timeoutMs: options.timeoutMs,
+      spawnError: spawnFailed ? result.originalMessage || result.shortMessage : undefined,
+    };
+  }
+
+  /** `nix flake metadata --refresh`: fetch the latest commit of the repo (or of `ref`) and lock it. */
+  async resolveFlake(url: string, ref: string | null, options: RunOptions): Promise<Outcome<FlakeLock>> {
+    const target = flakeUrlWithRef(url, ref);
+    const run = await this.run(["flake", "metadata", "--json", "--refresh", target], options);
+    const failure = this.failure(run, `resolving ${target}`);
+    if (failure) return failure;
+    const metadata = parseJsonAs(run.stdout, FlakeMetadataSchema);
+    if (!metadata) return { ok: false, error: `nix flake metadata printed unexpected output for ${target}`, outcome: "exited" };
+    return {
+      ok: true,
+      value: {
+        lockedUrl: metadata.url,
+        revision: metadata.revision ?? metadata.locked?.rev ?? null,
+      },
+    };
+  }
+
+  /** The names under `nixosConfigurations`, without evaluating any of them. */
+  async listHosts(lockedUrl: string, options: RunOptions): Promise<Outcome<string[]>> {
+    const run = await this.run(
+      ["eval", "--json", `${lockedUrl}#nixosConfigurations`, "--apply", "builtins.attrNames"],
+      options,
+    );
+    const failure = this.failure(run, "listing nixosConfigurations");
+    if (failure) return failure;
+    const hosts = parseJsonAs(run.stdout, HostListSchema);
+    if (!hosts) return { ok: false, error: "nix eval printed unexpected output for nixosConfigurations", outcome: "exited" };
+    return { ok: true, value: hosts };
+  }
+
+  /** `nix --version`, e.g. "nix (Nix) 2.8.0", or why nix cannot be run. */
+  async version(options: RunOptions = { timeoutMs: 10_000 }): Promise<Outcome<string>> {
+    const run = await this.run(["--version"], options);
+    const failure = this.failure(run, "nix --version");
+    return failure ?? { ok: true, value: run.stdout.trim() };
+  }
+
+  /** Every host's toplevel .drv from one evaluation (see TOPLEVEL_DRVS_EXPR). */
+  async evaluateToplevels(lockedUrl: string, options: RunOptions): Promise<Outcome<ToplevelDrvs>> {
+    const run = await this.run(["eval", "--json", `${lockedUrl}#nixosConfigurations`, "--apply", TOPLEVEL_DRVS_EXPR], options);
+    const failure = this.failure(run, "evaluating nixosConfigurations");
+    if (failure) return failure;
+    const drvs = parseJsonAs(run.stdout, ToplevelDrvsSchema);
+    if (!drvs) return { ok: false, error: "nix eval printed unexpected output for nixosConfigurations", outcome: "exited" };
+    return { ok: true, value: drvs };
+  }
+
+  /** Evaluates and builds one host: `nix build` (uses nix's own eval cache). */
+  async buildHost(lockedUrl: string, host: string, options: RunOptions): Promise<HostBuild> {
+    const args = ["build", "-L", "--log-format", "internal-json", "--no-link", "--json"];
+    if (this.options.keepGoing) args.push("--keep-going");
+    args.push(toplevelInstallable(lockedUrl, host));
+    const run = await this.run(args, options);
+    return hostBuildFrom(run, this.options.nixBin);
+  }
+
+  /**
+   * Builds an already evaluated toplevel. `nix-store --realise` works on
+   * Nix 2.8 and current Nix alike (`nix build <drv>^*` does not exist in 2.8).
+   */
+  async realise(drvPath: string, options: RunOptions): Promise<HostBuild> {
+    const args = ["--log-format", "internal-json", "--realise", drvPath];
+    if (this.options.keepGoing) args.push("--keep-going");
+    const run = await this.run(args, options, this.nixStoreBin);
+    if (run.outcome === "exited" && run.exitCode === 0) {
+      const storePath = run.stdout.split("\n").find((line) => line.startsWith("/nix/store/"));
+      if (storePath) return { status: "success", durationMs: run.durationMs, storePath: storePath.trim() };
+    }
+    return hostBuildFrom(run, this.nixStoreBin);
+  }
+
+  private failure(run: RunResult, what: string): Outcome<never> | undefined {
+    if (run.outcome === "exited" && run.exitCode === 0) return undefined;
+    return { ok: false, error: `${what}: ${describeFailure(run, this.options.nixBin)}`, outcome: run.outcome };
+  }
+}
+
+/** One line saying why nix did not succeed, in the words an operator needs. */
+export function describeFailure(run: RunResult, nixBin: string): string {
+  switch (run.outcome) {
+    case "spawn_failed":
+      return `cannot run ${nixBin}: ${run.spawnError ?? "spawn failed"} (is nix on the builder's PATH?)`;
+    case "timeout":
+      return `timed out after ${formatSetting(run.timeoutMs)}; the nix process tree was killed`;
+    case "cancelled":
+      return "cancelled; the nix process tree was killed";
+    case "exited":
+      break;
+  }
+  const nixError = run.log.mainError();
+  if (nixError) return nixError.message.replace(/^error:\s*/, "");
+  if (run.signal) return `nix was killed by ${run.signal}`;
+  if (run.exitCode === 137) return "nix exited with code 137 (killed, perhaps out of memory)";
+  const tail = run.log.logTail().at(-1);
+  return `nix exited with code ${run.exitCode ?? "?"}${tail ? `: ${tail}` : ""}`;
+}
+
+export function hostBuildFrom(run: RunResult, nixBin: string): HostBuild {
+  const durationMs = run.durationMs;
+  if (run.outcome === "timeout") return { status: "timeout", durationMs, error: describeFailure(run, nixBin), logTail: run.log.logTail() };
+  if (run.outcome === "cancelled") return { status: "cancelled", durationMs, error: describeFailure(run, nixBin) };
+  if (run.outcome === "exited" && run.exitCode === 0) {
+    const outputs = parseJsonAs(run.stdout, BuildOutputSchema);
+    const storePath = outputs?.[0]?.outputs["out"];
+    if (storePath) return { status: "success", durationMs, storePath };
+    return { status: "failure", durationMs, error: `nix build succeeded but printed no store path: ${truncate(run.stdout)}` };
+  }
+  // No Realise/Builds activity means nix never got past evaluation.
+  const nixError = run.log.mainError();
+  if (run.outcome === "exited" && !run.log.realiseStarted && nixError) {
+    const location = sourceLocation(nixError);
+    return { status: "eval_error", durationMs, error: describeFailure(run, nixBin), ...(location ? { location } : {}) };
+  }
+  return { status: "failure", durationMs, error: describeFailure(run, nixBin), logTail: run.log.logTail() };
+}
+
+/** nix names files by their store path; the part after "-source/" is the path in the repo. */
+export function sourceLocation(error: NixError): SourceLocation | undefined {
+  if (!error.file) return undefined;
+  const file = error.file.replace(/^\/nix\/store\/[a-z0-9]{32}-source\//, "");
+  const location: SourceLocation = { file };
+  if (error.line !== undefined) location.line = error.line;
+  if (error.column !== undefined) location.column = error.column;
+  return location;
+}
+
+function truncate(text: string, max = 200): string {
+  const flat = stripVTControlCharacters(text).replace(/\s+/g, " ").trim();
+  return flat.length > max ? `${flat.slice(0, max)}…` : flat || "(nothing)";
+}
+

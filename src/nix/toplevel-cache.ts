@@ -1,0 +1,91 @@
+/**
+ * Every host's toplevel .drv per locked flake URL, so that building an
+ * unchanged revision again evaluates nothing (nix's own eval cache does
+ * the same for a lone `nix build`, but not for the single evaluation of all
+ * hosts). A locked URL pins a revision, and flake evaluation is pure, so
+ * the answer never changes, except with another nix: the file records the
+ * nix it was made with and is ignored under a different one. Kept in
+ * memory and in `<stateDir>/toplevels.json`, so a restart does not cost an
+ * evaluation either; a missing or unusable file just means a cold start.
+ */
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { z } from "zod";
+import { writeFileAtomic } from "../util/atomic-file.js";
+import { errorMessage } from "../errors.js";
+import { parseJsonAs } from "../util/json.js";
+import type { Logger } from "../logger.js";
+import { LruMap } from "../util/lru.js";
+
+export const TOPLEVEL_CACHE_FILE = "toplevels.json";
+const CAPACITY = 8;
+
+/** Only a store derivation may reach `nix-store --realise`, whether from nix eval or from the file. */
+const DrvPathSchema = z.string().regex(/^\/nix\/store\/[0-9a-z]{32}-[^/\s]+\.drv$/);
+/** Host → its toplevel's .drv path, or null when evaluating it threw. */
+export const ToplevelDrvsSchema = z.record(z.string(), DrvPathSchema.nullable());
+export type ToplevelDrvs = z.infer<typeof ToplevelDrvsSchema>;
+
+const FileSchema = z.strictObject({
+  version: z.literal(1),
+  nix: z.string(),
+  entries: z.array(z.tuple([z.string(), ToplevelDrvsSchema])).max(CAPACITY),
+});
+
+export interface ToplevelCacheOptions {
+  /** Where to keep the cache across restarts; memory only when undefined. */
+  stateDir?: string;
+  /** `nix --version` of the nix that evaluates. */
+  nixVersion: string;
+  logger: Logger;
+}
+
+export class ToplevelCache {
+  private readonly entries = new LruMap<string, ToplevelDrvs>(CAPACITY);
+  private readonly file: string | undefined;
+  private saving: Promise<void> = Promise.resolve();
+
+  constructor(private readonly options: ToplevelCacheOptions) {
+    this.file = options.stateDir ? join(options.stateDir, TOPLEVEL_CACHE_FILE) : undefined;
+  }
+
+  async load(): Promise<void> {
+    if (!this.file) return;
+    let text: string;
+    try {
+      text = await readFile(this.file, "utf8");
+    } catch {
+      return;
+    }
+    const parsed = parseJsonAs(text, FileSchema);
+    if (!parsed || parsed.nix !== this.options.nixVersion) {
+      this.options.logger.info({ file: this.file }, "ignoring the toplevel .drv cache: unreadable or made by another nix");
+      return;
+    }
+    for (const [url, drvs] of parsed.entries) this.entries.set(url, drvs);
+  }
+
+  get(lockedUrl: string): ToplevelDrvs | undefined {
+    return this.entries.get(lockedUrl);
+  }
+
+  set(lockedUrl: string, drvs: ToplevelDrvs): void {
+    this.entries.set(lockedUrl, drvs);
+    this.saving = this.saving.then(() => this.save());
+  }
+
+  /** Resolves when what was set so far is on disk (or its write failed and was logged). */
+  flush(): Promise<void> {
+    return this.saving;
+  }
+
+  private async save(): Promise<void> {
+    if (!this.file) return;
+    const body = { version: 1, nix: this.options.nixVersion, entries: this.entries.entries() };
+    try {
+      await writeFileAtomic(this.file, `${JSON.stringify(body)}\n`);
+    } catch (err) {
+      this.options.logger.warn({ file: this.file, err: errorMessage(err) }, "cannot save the toplevel .drv cache; a restart will evaluate again");
+    }
+  }
+}

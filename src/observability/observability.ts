@@ -1,0 +1,74 @@
+/**
+ * The builder's observability, assembled: metrics (restored from the state
+ * file, fed from the event bus, saved after every change), readiness and
+ * the HTTP server that serves both. Started before NATS, so /healthz
+ * answers and /readyz says why while the builder still waits for the NATS
+ * server; stopped last, so the final events are saved and Prometheus can
+ * scrape until the end.
+ */
+import type { Config } from "../config.js";
+import type { EventBus } from "../events.js";
+import { HttpServer } from "./http-server.js";
+import type { Logger } from "../logger.js";
+import { BuildMetrics } from "./metrics.js";
+import type { NixRunner, Outcome } from "../nix/runner.js";
+import { Readiness } from "./readiness.js";
+import { StatePersister, StateStore } from "./state.js";
+import type { NatsTransport } from "../nats/transport.js";
+import { VERSION } from "../version.js";
+
+export interface Observability {
+  /** /readyz answers not ready from now on. */
+  beginShutdown(): void;
+  /** Waits for the last state write, then closes the HTTP server. */
+  stop(): Promise<void>;
+}
+
+export interface ObservedParts {
+  events: EventBus;
+  transport: NatsTransport;
+  nix: NixRunner;
+  /** `nix --version` as the daemon ran it at start-up. */
+  nixVersion?: Outcome<string>;
+}
+
+export async function startObservability(config: Config, logger: Logger, parts: ObservedParts): Promise<Observability> {
+  const { events, transport, nix } = parts;
+  const metrics = new BuildMetrics({ repos: Object.keys(config.repos), version: VERSION });
+  const stateLogger = logger.child({ component: "state" });
+  const store = new StateStore({ dir: config.stateDir, logger: stateLogger });
+  const saved = await store.load();
+  if (saved) {
+    const dropped = metrics.restore(saved);
+    if (dropped.length > 0) stateLogger.info({ dropped }, "saved metrics of repos that are no longer configured were dropped");
+  }
+  const persister = new StatePersister({ store, snapshot: () => metrics.snapshot(), logger: stateLogger });
+  metrics.onPersistentChange(() => persister.request());
+  const unsubscribe = events.on(metrics.onEvent);
+  metrics.setNatsState(transport.state);
+  transport.onStateChange((state) => metrics.setNatsState(state));
+
+  const readiness = new Readiness({ natsState: () => transport.state, nix, initialNix: parts.nixVersion });
+  const http = new HttpServer({
+    listen: config.metrics.listen,
+    registry: metrics.registry,
+    readiness: () => readiness.report(),
+    logger: logger.child({ component: "http" }),
+  });
+  try {
+    await http.start();
+  } catch (err) {
+    unsubscribe();
+    throw err;
+  }
+  readiness.start();
+  return {
+    beginShutdown: () => readiness.stop(),
+    async stop() {
+      readiness.stop();
+      unsubscribe();
+      await persister.flush();
+      await http.stop();
+    },
+  };
+}

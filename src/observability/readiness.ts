@@ -1,0 +1,86 @@
+/**
+ * What `GET /readyz` answers: can this builder take a request and build it
+ * right now? Three checks, all cheap at request time:
+ *   - nats:    the NATS connection is `connected` (requests arrive, answers leave);
+ *   - nix:     `nix --version` ran and exited 0 (re-checked at most once a
+ *              minute, so a probe every few seconds never forks a nix each time);
+ *   - builder: the daemon is not shutting down.
+ */
+import type { NixRunner, Outcome } from "../nix/runner.js";
+import type { ConnectionState } from "../nats/transport.js";
+
+export interface Check {
+  ok: boolean;
+  detail: string;
+}
+
+export interface ReadinessReport {
+  ready: boolean;
+  checks: { nats: Check; nix: Check; builder: Check };
+}
+
+export interface ReadinessOptions {
+  natsState: () => ConnectionState;
+  nix: NixRunner;
+  /** The daemon's own `nix --version` at start-up, so the first probe need not fork another. */
+  initialNix?: Outcome<string>;
+  /** How long a nix probe result is trusted. */
+  nixProbeTtlMs?: number;
+  nixProbeTimeoutMs?: number;
+}
+
+const DEFAULT_TTL_MS = 60_000;
+const DEFAULT_PROBE_TIMEOUT_MS = 10_000;
+
+export class Readiness {
+  private nixResult: { check: Check; at: number } | undefined;
+  private probing: Promise<Check> | undefined;
+  private readonly abort = new AbortController();
+  private stopping = false;
+
+  constructor(private readonly options: ReadinessOptions) {
+    if (options.initialNix) this.nixResult = { check: checkOf(options.initialNix), at: Date.now() };
+  }
+
+  /** Runs the first nix probe now (unless start-up already did), so the first /readyz need not wait for it. */
+  start(): void {
+    void this.nixCheck();
+  }
+
+  /** From now on the builder reports not ready; a running probe is ended. */
+  stop(): void {
+    this.stopping = true;
+    this.abort.abort();
+  }
+
+  async report(): Promise<ReadinessReport> {
+    const state = this.options.natsState();
+    const nats = { ok: state === "connected", detail: state };
+    const nix = await this.nixCheck();
+    const builder = this.stopping ? { ok: false, detail: "shutting down" } : { ok: true, detail: "accepting builds" };
+    return { ready: nats.ok && nix.ok && builder.ok, checks: { nats, nix, builder } };
+  }
+
+  private nixCheck(): Promise<Check> {
+    const ttl = this.options.nixProbeTtlMs ?? DEFAULT_TTL_MS;
+    if (this.nixResult && Date.now() - this.nixResult.at < ttl) return Promise.resolve(this.nixResult.check);
+    // Shutting down is not-ready anyway: don't fork a nix only to kill it.
+    if (this.stopping) return Promise.resolve(this.nixResult?.check ?? { ok: false, detail: "not checked: shutting down" });
+    this.probing ??= this.probeNix().finally(() => (this.probing = undefined));
+    return this.probing;
+  }
+
+  private async probeNix(): Promise<Check> {
+    const version = await this.options.nix.version({
+      timeoutMs: this.options.nixProbeTimeoutMs ?? DEFAULT_PROBE_TIMEOUT_MS,
+      signal: this.abort.signal,
+    });
+    const check = checkOf(version);
+    this.nixResult = { check, at: Date.now() };
+    return check;
+  }
+}
+
+function checkOf(version: Outcome<string>): Check {
+  return version.ok ? { ok: true, detail: version.value } : { ok: false, detail: version.error };
+}

@@ -1,0 +1,140 @@
+/** What a person sees: the live terminal line, plain lines, colours and NO_COLOR. */
+import { describe, expect, it } from "vitest";
+import type { BuildResponse } from "../../src/protocol.js";
+import { createReporter, describeStatus, summaryTable } from "../../src/client/report.js";
+
+function terminal(isTTY: boolean) {
+  const chunks: string[] = [];
+  return { out: { isTTY, columns: 200, write: (text: string) => chunks.push(text) }, text: () => chunks.join(""), chunks };
+}
+
+const counts = (done: number, expected: number) => ({ done, expected, running: 1, failed: 0 });
+const started: BuildResponse = { type: "host_started", jobId: "j0123456789", host: "ns1", index: 2, total: 16, startedAt: "2026-11-24T10:00:00.000Z" };
+const progress = (done: number): BuildResponse => ({
+  type: "progress",
+  jobId: "j0123456789",
+  host: "ns1",
+  index: 2,
+  total: 16,
+  elapsedMs: 1000 * done,
+  derivations: counts(done, 48),
+  substitutions: counts(0, 0),
+  downloadedBytes: 0,
+  expectedDownloadBytes: 0,
+  building: { drv: "nixos-system-ns1", phase: "buildPhase" },
+});
+const failed: BuildResponse = {
+  type: "host_finished",
+  jobId: "j0123456789",
+  host: "ns1",
+  index: 2,
+  total: 16,
+  status: "failure",
+  durationMs: 4100,
+  error: "builder for '/nix/store/x-unbound.conf.drv' failed with exit code 1",
+  logTail: ["unbound.conf> error: syntax error at line 12"],
+};
+
+describe("on a terminal", () => {
+  it("keeps one live line per host with derivations, phase and elapsed time, then replaces it with the result", () => {
+    const tty = terminal(true);
+    const reporter = createReporter({ json: false, out: tty.out, env: {} });
+    reporter.message(started);
+    reporter.message(progress(12));
+    expect(tty.chunks.at(-1)).toMatch(/^\r\x1b\[2K.*\[2\/16\] ns1: 12\/48 derivations, building nixos-system-ns1 \(buildPhase\) · \d/);
+    reporter.message(failed);
+    const text = tty.text();
+    expect(text).toContain("\r\x1b[2K");
+    expect(text).toContain("failed with exit code 1");
+    expect(text).toContain("│ unbound.conf> error: syntax error at line 12");
+    expect(text).toContain("\x1b[31mfailure\x1b[0m");
+    reporter.close();
+  });
+
+  it("has no colour when NO_COLOR is set", () => {
+    const tty = terminal(true);
+    const reporter = createReporter({ json: false, out: tty.out, env: { NO_COLOR: "1" } });
+    reporter.message(started);
+    reporter.message(failed);
+    reporter.close();
+    expect(tty.text()).not.toMatch(/\x1b\[3\dm/);
+  });
+});
+
+describe("off a terminal", () => {
+  it("prints plain lines, without escape codes, and at most one progress line per 30 s", () => {
+    const pipe = terminal(false);
+    const reporter = createReporter({ json: false, out: pipe.out, env: {} });
+    reporter.message(started);
+    for (let i = 1; i <= 20; i++) reporter.message(progress(i));
+    reporter.message(failed);
+    const text = pipe.text();
+    expect(text).not.toContain("\x1b");
+    expect(text.match(/derivations/g)).toBeNull();
+    expect(text.split("\n")[0]).toBe("[2/16] ns1: building");
+  });
+
+  it("prints every message as a JSON line with --json", () => {
+    const pipe = terminal(false);
+    const reporter = createReporter({ json: true, out: pipe.out });
+    reporter.message(started);
+    reporter.message(progress(3));
+    expect(pipe.text().trim().split("\n").map((l) => JSON.parse(l).type)).toEqual(["host_started", "progress"]);
+  });
+});
+
+describe("summaries", () => {
+  it("aligns the result table", () => {
+    const lines = summaryTable({
+      type: "completed",
+      jobId: "j0123456789",
+      repo: "r",
+      target: "all",
+      ref: null,
+      status: "failure",
+      revision: null,
+      durationMs: 1,
+      results: [
+        { host: "ns1", status: "success", durationMs: 28_400, storePath: "/nix/store/a-ns1" },
+        { host: "testvm01", status: "timeout", durationMs: 3_600_000, error: "timed out" },
+      ],
+    });
+    expect(lines).toEqual([
+      "HOST      STATUS   DURATION  RESULT",
+      "ns1       success  28.4s     /nix/store/a-ns1",
+      "testvm01  timeout  1h00m     timed out",
+    ]);
+  });
+
+  it("describes status with the running host and the queue", () => {
+    const lines = describeStatus(
+      {
+        type: "status",
+        version: "0.1.0",
+        builder: "b",
+        running: {
+          jobId: "j0123456789",
+          repo: "nixos-servers",
+          target: "all",
+          ref: null,
+          startedAt: "2026-11-24T10:00:00.000Z",
+          requesters: 1,
+          currentHost: "ns2",
+          hostIndex: 2,
+          totalHosts: 16,
+          hostStartedAt: "2026-11-24T10:01:00.000Z",
+          progress: null,
+        },
+        queued: [{ jobId: "jabcdefabcd", repo: "nixos", target: "gunter", ref: "flake-update", position: 1, requesters: 2, enqueuedAt: "2026-11-24T10:02:00.000Z" }],
+      },
+      Date.parse("2026-11-24T10:03:00.000Z"),
+    );
+    expect(lines).toEqual([
+      "builder b (homelab-deploy 0.1.0)",
+      "running: job j0123456789 nixos-servers all, started 3m00s ago",
+      "  [2/16] ns2 for 2m00s",
+      "queued: 1 job",
+      "  1. job jabcdefabcd nixos gunter --ref flake-update (2 requesters)",
+    ]);
+  });
+});

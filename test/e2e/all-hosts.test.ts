@@ -1,0 +1,95 @@
+/**
+ * Target `all`: one nix evaluation for every host, its .drv paths reused
+ * for an unchanged revision (across a restart too), and the fallback to one
+ * host at a time when the single evaluation fails as a whole.
+ */
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { jsonLines, runCli } from "../support/cli.js";
+import { spawnBuilder, startBuilder, type BuilderProcess } from "../support/daemon.js";
+import { createFixtureFlake } from "../support/flake.js";
+import { startNatsServer } from "../support/nats-server.js";
+
+const cleanups: Array<() => Promise<unknown>> = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => undefined);
+});
+
+async function setup(fixture: string) {
+  const nats = await startNatsServer();
+  cleanups.push(() => nats.stop());
+  const flake = await createFixtureFlake(fixture);
+  let builder = await startBuilder({ natsUrl: nats.url, seedFile: nats.identities.builder.seedFile, repos: { fixture: flake.url } });
+  cleanups.push(() => builder.stop("SIGKILL"));
+  const env = { HOMELAB_DEPLOY_NATS_URL: nats.url, HOMELAB_DEPLOY_NKEY_SEED_FILE: nats.identities.scheduler.seedFile };
+  const buildAll = async () => {
+    const result = await runCli(["build", "fixture", "all", "--json"], env);
+    return { exitCode: result.exitCode, final: jsonLines(result.stdout).at(-1) as unknown as { status: string; results: Array<Record<string, unknown>> } };
+  };
+  const restart = async (): Promise<BuilderProcess> => {
+    await builder.stop();
+    builder = await spawnBuilder(builder.configFile);
+    return builder;
+  };
+  return { flake, buildAll, restart, builder: () => builder };
+}
+
+const logged = (builder: BuilderProcess, msg: string) => builder.logs.filter((l) => l.msg === msg);
+
+describe("target all", () => {
+  it("evaluates every host once, then reuses the .drv paths for the same revision, also after a restart", async () => {
+    const { flake, buildAll, restart, builder } = await setup("tiny-flake");
+    await flake.bump();
+    const first = await buildAll();
+    expect(first.exitCode).toBe(0);
+    expect(first.final.results.map((r) => r.status)).toEqual(["success", "success"]);
+    const [evaluation] = logged(builder(), "evaluated every host in one nix evaluation");
+    expect(evaluation).toMatchObject({ hosts: 2, failed: [] });
+
+    expect((await buildAll()).exitCode).toBe(0);
+    expect(logged(builder(), "evaluated every host in one nix evaluation")).toHaveLength(1);
+    expect(logged(builder(), "every host's toplevel .drv is known from an earlier evaluation of this revision")).toHaveLength(1);
+
+    const stateDir = JSON.parse(await readFile(builder().configFile, "utf8")).stateDir as string;
+    const saved = JSON.parse(await readFile(join(stateDir, "toplevels.json"), "utf8")) as { nix: string; entries: Array<[string, Record<string, string>]> };
+    expect(saved.nix).toMatch(/^nix \(Nix\) /);
+    expect(Object.keys(saved.entries[0]?.[1] ?? {})).toEqual(["a", "b"]);
+
+    const restarted = await restart();
+    expect((await buildAll()).exitCode).toBe(0);
+    expect(logged(restarted, "evaluated every host in one nix evaluation")).toHaveLength(0);
+    expect(logged(restarted, "every host's toplevel .drv is known from an earlier evaluation of this revision")).toHaveLength(1);
+
+    // A new revision is evaluated again.
+    await flake.bump();
+    expect((await buildAll()).exitCode).toBe(0);
+    expect(logged(restarted, "evaluated every host in one nix evaluation")).toHaveLength(1);
+  });
+
+  it("reports a host whose evaluation throws (a failed NixOS assertion) with nix's message, and builds the others", async () => {
+    const { flake, buildAll, builder } = await setup("tiny-flake");
+    await flake.editFlake((text) =>
+      text.replace("b = host \"b\";", 'b = host "b";\n        asserted.config.system.build.toplevel = throw "Failed assertions:\\n- services.nginx needs a virtual host";'),
+    );
+    const { exitCode, final } = await buildAll();
+    expect(exitCode).toBe(1);
+    const byHost = Object.fromEntries(final.results.map((r) => [r.host, r]));
+    expect(byHost["a"]).toMatchObject({ status: "success" });
+    expect(byHost["b"]).toMatchObject({ status: "success" });
+    expect(byHost["asserted"]).toMatchObject({ status: "eval_error", error: expect.stringMatching(/^Failed assertions:\n\s*- services\.nginx needs a virtual host/) });
+    expect(logged(builder(), "evaluated every host in one nix evaluation")[0]).toMatchObject({ failed: ["asserted"] });
+  });
+
+  it("falls back to one host at a time when the single evaluation fails as a whole", async () => {
+    const { flake, buildAll, builder } = await setup("progress-flake");
+    await flake.bump();
+    const { exitCode, final } = await buildAll();
+    expect(exitCode).toBe(1);
+    expect(logged(builder(), "evaluating all hosts at once failed; building them one at a time")).toHaveLength(1);
+    const byHost = Object.fromEntries(final.results.map((r) => [r.host, r]));
+    expect(byHost["multi"]).toMatchObject({ status: "success" });
+    expect(byHost["failing"]).toMatchObject({ status: "failure" });
+    expect(byHost["evalfail"]).toMatchObject({ status: "eval_error", error: expect.stringMatching(/^attribute 'services' missing/) });
+  });
+});

@@ -1,0 +1,101 @@
+/**
+ * The internal-json parser on streams recorded from real nix
+ * (test/fixtures/nix-log/, Nix 2.8; re-record with record.ts there).
+ */
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { NixLogState, drvName, parseNixLine, type NixProgress } from "../../src/nix/log.js";
+import { ROOT } from "../support/cli.js";
+
+async function replay(file: string, tailLines = 50) {
+  const text = await readFile(join(ROOT, "test", "fixtures", "nix-log", file), "utf8");
+  const state = new NixLogState(tailLines);
+  const snapshots: NixProgress[] = [];
+  for (const line of text.split("\n")) {
+    if (state.push(line)) snapshots.push(structuredClone(state.progress));
+  }
+  return { state, snapshots };
+}
+
+describe("parseNixLine", () => {
+  it("parses @nix lines and tolerates what it does not know", () => {
+    expect(parseNixLine('@nix {"action":"stop","id":5}')).toEqual({ action: "stop", id: 5 });
+    expect(parseNixLine('@nix {"action":"start","id":1,"type":105,"fields":["/nix/store/x-a.drv","",1,1],"machine":"ssh-ng://b"}')).toMatchObject({
+      action: "start",
+      type: 105,
+      machine: "ssh-ng://b",
+    });
+    expect(parseNixLine('@nix {"action":"teleport","id":1}')).toEqual({ action: "ignored" });
+    expect(parseNixLine("@nix {not json")).toEqual({ action: "plain", text: "@nix {not json" });
+    expect(parseNixLine("warning: Git tree '/x' is dirty")).toEqual({ action: "plain", text: "warning: Git tree '/x' is dirty" });
+    expect(parseNixLine("\u001b[31;1merror:\u001b[0m boom")).toEqual({ action: "plain", text: "error: boom" });
+  });
+
+  it("names derivations without their hash", () => {
+    expect(drvName("/nix/store/qa25jimzn91kb3i4bqj10n7xd2h6g5by-dep1.drv")).toBe("dep1");
+    expect(drvName("/nix/store/qa25jimzn91kb3i4bqj10n7xd2h6g5by-nixos-system-ns1-25.05.drv")).toBe("nixos-system-ns1-25.05");
+  });
+});
+
+describe("NixLogState on a recorded successful build", () => {
+  it("counts derivations up to the total and never backwards", async () => {
+    const { state, snapshots } = await replay("success.jsonl");
+    expect(state.progress.derivations).toEqual({ done: 5, expected: 5, running: 0, failed: 0 });
+    const done = snapshots.map((s) => s.derivations.done);
+    expect(done).toEqual([...done].sort((a, b) => a - b));
+    expect(new Set(done)).toEqual(new Set([0, 1, 2, 3, 4, 5]));
+    expect(snapshots.some((s) => s.building?.drv === "dep3")).toBe(true);
+    expect(state.progress.building).toBeNull();
+    expect(state.mainError()).toBeUndefined();
+    expect(state.realiseStarted).toBe(true);
+  });
+
+  it("keeps only the last lines, in order, tagged with their derivation", async () => {
+    const { state } = await replay("success.jsonl", 10);
+    const tail = state.logTail();
+    expect(tail).toHaveLength(10);
+    expect(tail.at(-1)).toBe("multi-system> multi line 300");
+    expect(tail[0]).toBe("multi-system> multi line 291");
+  });
+});
+
+describe("NixLogState on a recorded build failure", () => {
+  it("reports nix's error, the failed count and the end of the log", async () => {
+    const { state } = await replay("build-failure.jsonl");
+    expect(state.mainError()?.message).toMatch(/^error: builder for '\/nix\/store\/[a-z0-9]{32}-failing-system\.drv' failed with exit code 2$/);
+    expect(state.progress.derivations.failed).toBe(1);
+    expect(state.realiseStarted).toBe(true);
+    const tail = state.logTail();
+    expect(tail).toHaveLength(50);
+    expect(tail).toContain("failing-system> failing line 120");
+    expect(tail).toContain("failing-system> error: the service failed to start");
+    expect(tail.every((line) => !line.includes("\u001b"))).toBe(true);
+  });
+});
+
+describe("NixLogState on a recorded evaluation error", () => {
+  it("never sees a build start and keeps the message with its location", async () => {
+    const { state, snapshots } = await replay("eval-error.jsonl");
+    expect(state.realiseStarted).toBe(false);
+    expect(snapshots).toEqual([]);
+    const error = state.mainError();
+    expect(error?.message).toMatch(/^error: attribute 'services' missing/);
+    expect(error?.message).not.toContain("\u001b");
+    expect(error?.file).toMatch(/flake\.nix$/);
+    expect(error?.line).toBe(40);
+    expect(error?.column).toBeGreaterThan(0);
+    // The --show-trace hint is kept in the log but is not the error.
+    expect(state.logTail().at(-1)).toContain("--show-trace");
+  });
+});
+
+describe("NixLogState memory", () => {
+  it("stays bounded however many lines nix prints", () => {
+    const state = new NixLogState(50);
+    state.push('@nix {"action":"start","id":1,"type":105,"fields":["/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-flood.drv","",1,1]}');
+    for (let i = 0; i < 100_000; i++) state.push(`@nix {"action":"result","id":1,"type":101,"fields":["line ${i}"]}`);
+    expect(state.logTail()).toHaveLength(50);
+    expect(state.logTail().at(-1)).toBe("flood> line 99999");
+  });
+});
