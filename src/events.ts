@@ -3,7 +3,7 @@
  * here once; requesters' messages, metrics and logs are all fed from it, so
  * observers never reach into the build code.
  */
-import type { Job } from "./builder/queue.js";
+import type { Job } from "./job.js";
 import type { BuildResponse, Rejected } from "./protocol.js";
 
 export type BuilderEvent =

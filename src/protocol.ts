@@ -321,7 +321,7 @@ export const StatusResponseSchema = z.object({
   queued: z.array(QueuedJobSchema),
 });
 
-/** Job ids are "j" and 10 hex digits (src/builder/queue.ts makes them). */
+/** Job ids are "j" and 10 hex digits (src/job.ts makes them). */
 const JOB_ID_RE = /^j[0-9a-f]{10}$/;
 
 export function isValidJobId(id: string): boolean {

@@ -3,38 +3,9 @@
  * bounded. Pure bookkeeping: running nix and talking to requesters is the
  * builder's business.
  */
-import { randomBytes } from "node:crypto";
-import type { BuildProgress } from "../protocol.js";
+import { Job, type JobSpec } from "../job.js";
 
-export interface JobSpec {
-  repo: string;
-  target: string;
-  ref: string | null;
-}
-
-export class Job {
-  readonly id = `j${randomBytes(5).toString("hex")}`;
-  readonly requesters = new Set<string>();
-  readonly enqueuedAt = Date.now();
-  readonly abort = new AbortController();
-  startedAt: number | undefined;
-  /** What is being built now, for status replies and heartbeats. */
-  currentHost: string | null = null;
-  hostIndex = 0;
-  totalHosts = 0;
-  hostStartedAt: number | undefined;
-  progress: BuildProgress | null = null;
-
-  constructor(readonly spec: JobSpec) {}
-
-  get cancelled(): boolean {
-    return this.abort.signal.aborted;
-  }
-
-  cancel(reason: string): void {
-    if (!this.abort.signal.aborted) this.abort.abort(reason);
-  }
-}
+export { Job, type JobSpec };
 
 export type EnqueueResult =
   | { accepted: true; job: Job; position: number; joined: boolean }

@@ -7,7 +7,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { BuilderEvent } from "../events.js";
 import { HostStatusSchema, JobStatusSchema, type BuildResponse } from "../protocol.js";
-import type { Job } from "../builder/queue.js";
+import type { Job } from "../job.js";
 import type { MetricsState } from "./state.js";
 import type { ConnectionState } from "../nats/transport.js";
 
