@@ -92,6 +92,8 @@ const BuildSchema = z.strictObject({
   killGrace: DurationSchema.default(3_000),
   heartbeatInterval: DurationSchema.default(30_000),
   nixBin: z.string().min(1).default("nix"),
+  /** On SIGTERM/SIGINT/SIGHUP, save the queue and resume it at the next start instead of cancelling it. */
+  resume: z.boolean().default(true),
 });
 
 // host:port for the metrics HTTP server: an IPv4 address or host name, or

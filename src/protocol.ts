@@ -84,7 +84,15 @@ export const HostResultSchema = z.object({
 });
 export type HostResult = z.infer<typeof HostResultSchema>;
 
+/**
+ * Per-job message number, 1, 2, 3…: a requester drops a message whose seq
+ * it has seen (the builder resends after a NATS outage) and notices a gap.
+ * Optional so that messages of a builder without it still parse.
+ */
+const seqField = { seq: z.number().int().positive().optional() };
+
 const jobFields = {
+  ...seqField,
   jobId: z.string(),
   repo: z.string(),
   target: z.string(),
@@ -102,6 +110,7 @@ export const AcceptedSchema = z.object({
 
 export const QueuedSchema = z.object({
   type: z.literal("queued"),
+  ...seqField,
   jobId: z.string(),
   position: z.number().int().nonnegative(),
 });
@@ -116,6 +125,7 @@ export const JobStartedSchema = z.object({
 
 export const HostStartedSchema = z.object({
   type: z.literal("host_started"),
+  ...seqField,
   jobId: z.string(),
   host: z.string(),
   /** 1-based position of the host in the job, out of `total`. */
@@ -126,6 +136,7 @@ export const HostStartedSchema = z.object({
 
 export const HostFinishedSchema = z.object({
   type: z.literal("host_finished"),
+  ...seqField,
   jobId: z.string(),
   index: z.number().int().positive(),
   total: z.number().int().positive(),
@@ -151,6 +162,7 @@ export type BuildProgress = z.infer<typeof BuildProgressSchema>;
 
 export const ProgressSchema = z.object({
   type: z.literal("progress"),
+  ...seqField,
   jobId: z.string(),
   host: z.string(),
   index: z.number().int().positive(),
@@ -163,10 +175,34 @@ export const ProgressSchema = z.object({
 /** Sent every heartbeat interval to requesters of queued and running jobs, so they can tell a silent builder from a slow one. */
 export const HeartbeatSchema = z.object({
   type: z.literal("heartbeat"),
+  ...seqField,
   jobId: z.string(),
   state: z.enum(["queued", "running"]),
   position: z.number().int().nonnegative(),
   host: z.string().nullable(),
+});
+
+/**
+ * The builder is stopping (a restart) and has saved the job: it resumes
+ * when the builder is back. Not final: keep waiting for `resumed`.
+ */
+export const InterruptedSchema = z.object({
+  type: z.literal("interrupted"),
+  ...seqField,
+  jobId: z.string(),
+  resumes: z.literal(true),
+  reason: z.string(),
+});
+
+/** A restarted builder took up a saved job again; the usual messages follow. */
+export const ResumedSchema = z.object({
+  type: z.literal("resumed"),
+  ...seqField,
+  jobId: z.string(),
+  /** Jobs that run before this one (0: it runs now). */
+  position: z.number().int().nonnegative(),
+  /** How often the job has been cut short by a stop or crash so far. */
+  interruptions: z.number().int().nonnegative(),
 });
 
 export const CompletedSchema = z.object({
@@ -209,6 +245,8 @@ export const BuildResponseSchema = z.discriminatedUnion("type", [
   ProgressSchema,
   HeartbeatSchema,
   HostFinishedSchema,
+  InterruptedSchema,
+  ResumedSchema,
   CompletedSchema,
   RejectedSchema,
 ]);
@@ -222,6 +260,8 @@ export type Completed = z.infer<typeof CompletedSchema>;
 export type Progress = z.infer<typeof ProgressSchema>;
 export type Heartbeat = z.infer<typeof HeartbeatSchema>;
 export type Rejected = z.infer<typeof RejectedSchema>;
+export type Interrupted = z.infer<typeof InterruptedSchema>;
+export type Resumed = z.infer<typeof ResumedSchema>;
 export type BuildResponse = z.infer<typeof BuildResponseSchema>;
 export type FinalResponse = Completed | Rejected;
 

@@ -55,6 +55,7 @@ describe("config", () => {
       killGrace: 3_000,
       heartbeatInterval: 30_000,
       nixBin: "nix",
+      resume: true,
     });
     expect(config.log.level).toBe("info");
     expect(config.nats.queueGroup).toBeUndefined();

@@ -28,6 +28,8 @@ import {
 import { JobQueue, type Job } from "./queue.js";
 import { parseBody, rejection, type ParsedBody } from "./request-body.js";
 import { Responder } from "./responder.js";
+import { JobStore } from "./job-store.js";
+import { JobRecovery } from "./recovery.js";
 import type { ToplevelCache } from "../nix/toplevel-cache.js";
 import type { NatsTransport } from "../nats/transport.js";
 
@@ -69,12 +71,17 @@ export class Builder {
   private loop: Promise<void> | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
   private stopping = false;
+  private readonly store: JobStore;
+  private readonly recovery: JobRecovery;
+  private saving: Promise<void> = Promise.resolve();
 
   constructor(private readonly options: BuilderOptions) {
     const { config, transport, events, logger, nix, catalog, toplevels } = options;
     this.queue = new JobQueue(config.build.maxQueue);
     this.responder = new Responder(transport, events, logger);
-    this.runner = new JobRunner({ config, nix, catalog, responder: this.responder, logger, toplevels });
+    this.runner = new JobRunner({ config, nix, catalog, responder: this.responder, logger, toplevels, checkpoint: () => this.persistSoon() });
+    this.store = new JobStore({ stateDir: config.stateDir, logger, maxJobs: config.build.maxQueue + 1 });
+    this.recovery = new JobRecovery({ config, store: this.store, responder: this.responder, logger });
     this.control = new Control({
       config,
       catalog,
@@ -86,8 +93,12 @@ export class Builder {
     this.dropLog = new LogThrottle(logger, 60_000, 10);
   }
 
-  start(): void {
+  /** Takes up the saved queue first (in its order), then listens for requests. */
+  async start(): Promise<void> {
     const { transport, config } = this.options;
+    for (const job of await this.recovery.restore()) this.queue.restore(job);
+    this.recovery.announce(this.queue.queued.map((job, index) => ({ job, position: this.queue.positionOf(index) })));
+    await this.persist();
     transport.subscribe("build.>", (msg) => this.handle(msg), config.nats.queueGroup);
     this.loop = this.runLoop();
     this.heartbeat = setInterval(() => this.sendHeartbeats(), config.build.heartbeatInterval);
@@ -95,20 +106,43 @@ export class Builder {
   }
 
   /**
-   * Stops taking requests, answers every queued requester, stops the
-   * running nix tree and waits for its job to report `cancelled`.
+   * Stops taking requests and stops the running nix tree. With
+   * `build.resume` the queue is saved and every requester told
+   * `interrupted`: the next start resumes it. Without, every requester is
+   * answered `cancelled`.
    */
-  async stop(): Promise<void> {
+  async stop(why = "the builder is shutting down"): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.heartbeat);
-    const reason = "the builder is shutting down";
-    for (const job of this.queue.close()) this.completeUnstarted(job, reason);
-    this.queue.running?.cancel(reason);
-    this.options.catalog.stop();
-    await this.loop;
+    if (this.options.config.build.resume) {
+      const running = this.queue.running;
+      const queued = this.queue.close();
+      for (const job of [running, ...queued]) if (job) job.interrupted = true;
+      running?.cancel(why);
+      this.options.catalog.stop();
+      await this.loop;
+      await this.recovery.interrupt(running, queued, why);
+    } else {
+      for (const job of this.queue.close()) this.completeUnstarted(job, why);
+      this.queue.running?.cancel(why);
+      this.options.catalog.stop();
+      await this.loop;
+      await this.persist();
+    }
     this.responder.stop();
     await this.options.toplevels.flush();
+  }
+
+  private persistSoon(): void {
+    this.persist().catch((err: unknown) => this.options.logger.error({ err }, "cannot save the job queue"));
+  }
+
+  /** Saves the queue (running job first); resolves once it is on disk. */
+  private persist(): Promise<void> {
+    const saving = this.recovery.save(this.queue.running, this.queue.queued);
+    this.saving = saving.catch(() => undefined);
+    return saving;
   }
 
   /** Entry point for every message under `build.>`. Never throws. */
@@ -150,6 +184,7 @@ export class Builder {
       this.completeUnstarted(queued, "cancelled on request before it started");
       this.options.logger.info({ jobId }, "queued job cancelled on request");
       this.emitQueue();
+      this.persistSoon();
       return "removed";
     }
     const running = this.queue.running;
@@ -182,6 +217,16 @@ export class Builder {
       return;
     }
     const { job, position, joined } = result;
+    try {
+      // Accepted means saved: a crash from here on loses nothing.
+      await this.persist();
+    } catch (err) {
+      this.options.logger.error({ err, jobId: job.id }, "cannot save the job queue; refusing the request");
+      if (joined) job.requesters.delete(reply);
+      else if (this.queue.remove(job.id)) this.emitQueue();
+      this.responder.reject(subject, reply, rejection("unavailable", "the builder cannot save its job queue (see its log); nothing was queued").rejection);
+      return;
+    }
     this.responder.toRequester(reply, job, { type: "accepted", jobId: job.id, ...job.spec, position, joined });
     this.options.logger.info({ jobId: job.id, ...job.spec, position, joined }, joined ? "request joined a queued job" : "job queued");
     this.emitQueue();
@@ -230,6 +275,8 @@ export class Builder {
       const job = await this.queue.take();
       if (!job) return;
       this.emitQueue();
+      // The request that queued this job is told `accepted` before anything else of it.
+      await this.saving;
       this.announcePositions();
       try {
         await this.runner.run(job);
@@ -239,6 +286,7 @@ export class Builder {
       } finally {
         this.queue.finish(job);
         this.emitQueue();
+        if (!job.interrupted) this.persistSoon();
       }
     }
   }

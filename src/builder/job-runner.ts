@@ -9,12 +9,13 @@ import { repoNamed, type Config } from "../config.js";
 import type { Logger } from "../logger.js";
 import { boundedLogTail, boundedText } from "../util/log-tail.js";
 import { existsSync } from "node:fs";
-import { isLockedUrl, type NixRunner, type Outcome } from "../nix/runner.js";
+import { isLockedUrl, type FlakeLock, type NixRunner, type Outcome } from "../nix/runner.js";
 import type { ToplevelCache, ToplevelDrvs } from "../nix/toplevel-cache.js";
 import type { NixProgress } from "../nix/log.js";
 import { ProgressThrottle } from "../nix/progress.js";
 import { ALL_HOSTS, type Completed, type HostResult, type JobStatus } from "../protocol.js";
 import type { Job } from "./queue.js";
+import type { JobCheckpoint } from "../job.js";
 import type { Responder } from "./responder.js";
 
 export interface JobRunnerOptions {
@@ -27,6 +28,8 @@ export interface JobRunnerOptions {
   toplevels: ToplevelCache;
   /** Shortest time between two progress messages of one build. */
   progressIntervalMs?: number;
+  /** Called when the job's plan is known and after each host: the durable queue saves it. */
+  checkpoint?: (job: Job) => void;
 }
 
 type JobOutcome = Pick<Completed, "status" | "revision" | "results" | "durationMs" | "error">;
@@ -67,13 +70,15 @@ export class JobRunner {
     const url = repoNamed(config.repos, repo)?.url as string;
     logger.info({ jobId: job.id, repo, target, ref }, "job started");
 
-    const lock = await nix.resolveFlake(url, ref, { timeoutMs: config.build.resolveTimeout, signal });
+    // A resumed job goes on at the revision and with the hosts it started with.
+    const resumed = job.checkpoint ? resumedPlan(job.checkpoint, this.options.toplevels) : undefined;
+    const lock = resumed ?? (await nix.resolveFlake(url, ref, { timeoutMs: config.build.resolveTimeout, signal }));
     if (!lock.ok) {
       this.complete(job, unstartedOutcome(job, lock.error, job.cancelled ? "cancelled" : "failure", started));
       return;
     }
     const { lockedUrl, revision } = lock.value;
-    const plan = await this.plan(job, lockedUrl, revision);
+    const plan = resumed ? { ok: true as const, value: resumed.value.plan } : await this.plan(job, lockedUrl, revision);
     if (!plan.ok) {
       this.complete(job, unstartedOutcome(job, plan.error, job.cancelled ? "cancelled" : "failure", started, revision));
       return;
@@ -81,14 +86,27 @@ export class JobRunner {
 
     const hosts = plan.value.map((p) => p.host);
     job.totalHosts = hosts.length;
+    job.checkpoint = { lockedUrl, revision, hosts };
+    this.options.checkpoint?.(job);
     this.options.responder.toJob(job, { type: "job_started", jobId: job.id, ...job.spec, revision, lockedUrl, hosts });
+    const earlier = new Map(job.results.map((r) => [r.host, r]));
     const results: HostResult[] = [];
     for (const [i, planned] of plan.value.entries()) {
+      const done = earlier.get(planned.host);
+      if (done) {
+        results.push(done);
+        continue;
+      }
       if (job.cancelled) {
         results.push({ host: planned.host, status: "cancelled", durationMs: 0, error: "not started: the job was cancelled" });
         continue;
       }
-      results.push(await this.buildHost(job, lockedUrl, planned, i + 1, hosts.length));
+      const result = await this.buildHost(job, lockedUrl, planned, i + 1, hosts.length);
+      // Stopped for a restart: this host is built again when the job resumes.
+      if (job.interrupted) return;
+      results.push(result);
+      job.results.push(result);
+      this.options.checkpoint?.(job);
     }
     job.currentHost = null;
     job.progress = null;
@@ -96,6 +114,7 @@ export class JobRunner {
   }
 
   complete(job: Job, outcome: JobOutcome): void {
+    if (job.interrupted) return;
     this.options.responder.toJob(job, completedMessage(job, outcome));
     this.options.logger.info(
       { jobId: job.id, ...job.spec, status: outcome.status, revision: outcome.revision, durationMs: outcome.durationMs, error: outcome.error },
@@ -172,6 +191,12 @@ export class JobRunner {
     logger[level]({ jobId: job.id, repo: job.spec.repo, host, status: build.status, durationMs: build.durationMs, error: build.error }, "host finished");
     return result;
   }
+}
+
+function resumedPlan(checkpoint: JobCheckpoint, toplevels: ToplevelCache): { ok: true; value: FlakeLock & { plan: PlannedHost[] } } {
+  const drvs = toplevels.get(checkpoint.lockedUrl);
+  const plan = checkpoint.hosts.map((host) => ({ host, drv: drvs?.[host] ?? null }));
+  return { ok: true, value: { lockedUrl: checkpoint.lockedUrl, revision: checkpoint.revision, plan } };
 }
 
 function jobStatus(job: Job, results: HostResult[]): JobStatus {

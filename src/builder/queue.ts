@@ -63,6 +63,12 @@ export class JobQueue {
     return { accepted: true, job, position, joined: false };
   }
 
+  /** Puts a job from the saved queue at the end (saved jobs are restored before any request is taken). */
+  restore(job: Job): void {
+    this.pending.push(job);
+    this.wake();
+  }
+
   /** Waits for the next job and marks it running; null once the queue is closed. */
   async take(): Promise<Job | null> {
     if (this.runningJob) throw new Error("take() called while a job is still running");

@@ -4,37 +4,48 @@
  * logs) see. Publishing never blocks: nats.js buffers, and while
  * disconnected it keeps what it could not send for the reconnect.
  *
+ * Every message of a job carries the job's `seq`: messages that matter for
+ * its outcome (all but progress and heartbeat, which are snapshots and
+ * repeat the last number) each take the next one.
+ *
  * What nats.js flushes right after a reconnect can still miss a requester
  * whose own connection comes back later (after a NATS restart both
- * reconnect on their own schedules), so final messages sent around a
+ * reconnect on their own schedules), so the numbered messages sent around a
  * disconnect — shortly before it, during it, or in the first half minute
  * after the reconnect — are sent again a few times over the next half
- * minute. A requester stops listening at its first final message, so
- * repeats go nowhere.
+ * minute. Requesters drop the repeats by `seq`; a requester that stopped
+ * listening at its final message gets them nowhere.
+ *
+ * A job the builder stopped for a restart (`job.interrupted`) is told
+ * nothing more than `interrupted`: what its cancelled nix run would say is
+ * not what happened to the job.
  */
 import type { EventBus } from "../events.js";
 import type { Logger } from "../logger.js";
-import type { BuildResponse, ControlResponse, FinalResponse, Rejected } from "../protocol.js";
-import { isFinal } from "../protocol.js";
+import type { BuildResponse, ControlResponse, Rejected } from "../protocol.js";
 import type { Job } from "./queue.js";
 import type { ConnectionState, NatsTransport } from "../nats/transport.js";
 
-/** Finals are sent again this long later (requesters back off up to 5 s, longer under load). */
+/** Numbered messages are sent again this long later (requesters back off up to 5 s, longer under load). */
 const RESEND_AFTER_MS = [2_000, 5_000, 10_000, 20_000, 30_000];
-/** Finals sent this long before the disconnect was noticed may have been lost too. */
+/** Messages sent this long before the disconnect was noticed may have been lost too. */
 const LOST_BEFORE_DISCONNECT_MS = 10_000;
-/** Finals sent this long after a reconnect may reach requesters not back yet. */
+/** Messages sent this long after a reconnect may reach requesters not back yet. */
 const UNSETTLED_AFTER_RECONNECT_MS = 30_000;
-const MAX_RECENT = 256;
+/** The numbered messages kept for resending, over all jobs (a 100-host job sends about 300). */
+const MAX_RECENT = 2_048;
 
-interface SentFinal {
+/** Snapshots: they repeat the job's last seq, and a newer one replaces a lost one. */
+const UNNUMBERED: ReadonlySet<BuildResponse["type"]> = new Set(["progress", "heartbeat"]);
+
+interface Sent {
   at: number;
   requesters: string[];
-  message: FinalResponse;
+  message: BuildResponse;
 }
 
 export class Responder {
-  private readonly recentFinals: SentFinal[] = [];
+  private readonly recent: Sent[] = [];
   private disconnectedAt: number | undefined;
   private unsettledUntil = 0;
   private readonly timers = new Set<NodeJS.Timeout>();
@@ -49,15 +60,25 @@ export class Responder {
 
   /** To every requester of the job. */
   toJob(job: Job, message: BuildResponse): void {
-    for (const reply of job.requesters) this.transport.publish(reply, message);
-    if (isFinal(message)) this.remember([...job.requesters], message);
-    this.events.emit({ type: "response", job, message });
+    if (job.interrupted && message.type !== "interrupted") return;
+    const numbered = this.number(job, message);
+    for (const reply of job.requesters) this.transport.publish(reply, numbered);
+    if (!UNNUMBERED.has(message.type)) this.remember([...job.requesters], numbered);
+    this.events.emit({ type: "response", job, message: numbered });
   }
 
   /** To one requester of the job (its `accepted`). */
   toRequester(reply: string, job: Job, message: BuildResponse): void {
-    this.transport.publish(reply, message);
-    this.events.emit({ type: "response", job, message });
+    const numbered = this.number(job, message);
+    this.transport.publish(reply, numbered);
+    this.remember([reply], numbered);
+    this.events.emit({ type: "response", job, message: numbered });
+  }
+
+  private number(job: Job, message: BuildResponse): BuildResponse {
+    if (message.type === "rejected") return message;
+    if (!UNNUMBERED.has(message.type)) job.seq++;
+    return job.seq > 0 ? { ...message, seq: job.seq } : message;
   }
 
   /** A discover/status/cancel answer: not about a job's build. */
@@ -77,14 +98,14 @@ export class Responder {
     this.timers.clear();
   }
 
-  private remember(requesters: string[], message: FinalResponse): void {
+  private remember(requesters: string[], message: BuildResponse): void {
     const sent = { at: Date.now(), requesters, message };
-    this.recentFinals.push(sent);
-    if (this.recentFinals.length > MAX_RECENT) this.recentFinals.shift();
+    this.recent.push(sent);
+    if (this.recent.length > MAX_RECENT) this.recent.shift();
     if (this.disconnectedAt === undefined && sent.at < this.unsettledUntil) this.resendLater(sent);
   }
 
-  private resendLater(sent: SentFinal): void {
+  private resendLater(sent: Sent): void {
     for (const delay of RESEND_AFTER_MS) {
       const timer = setTimeout(() => {
         this.timers.delete(timer);
@@ -104,8 +125,8 @@ export class Responder {
     const since = this.disconnectedAt - LOST_BEFORE_DISCONNECT_MS;
     this.disconnectedAt = undefined;
     this.unsettledUntil = Date.now() + UNSETTLED_AFTER_RECONNECT_MS;
-    const finals = this.recentFinals.filter((sent) => sent.at >= since);
-    if (finals.length > 0) this.logger.info({ finals: finals.length }, "reconnected: sending recent final messages again");
-    for (const sent of finals) this.resendLater(sent);
+    const lost = this.recent.filter((sent) => sent.at >= since);
+    if (lost.length > 0) this.logger.info({ messages: lost.length }, "reconnected: sending recent messages again");
+    for (const sent of lost) this.resendLater(sent);
   }
 }

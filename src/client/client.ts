@@ -8,6 +8,7 @@ import { nuid, type Msg, type NatsConnection, type Subscription } from "nats";
 import type { z } from "zod";
 import { NoBuilderError, HomelabDeployError } from "../errors.js";
 import { parseJsonAs } from "../util/json.js";
+import { SeqTracker, type SeqVerdict } from "./sequence.js";
 import {
   BuildResponseSchema,
   ControlResponseSchema,
@@ -41,7 +42,16 @@ export interface ExchangeOptions<T> {
   onMessage?: (message: T) => void;
   /** A message that did not match the protocol (reported, then ignored). */
   onInvalid?: (raw: string) => void;
+  /** Numbered messages that never arrived although later ones did (after waiting `gapWaitMs` for resends). */
+  onGap?: (missing: number[]) => void;
+  /**
+   * How long a final message waits for earlier numbered messages still
+   * missing (the builder resends them for half a minute after a NATS outage).
+   */
+  gapWaitMs?: number;
 }
+
+const GAP_WAIT_MS = 35_000;
 
 /** The caller gave up waiting (MCP cancel, Ctrl-C). The build goes on for its other requesters. */
 export class RequestAbortedError extends HomelabDeployError {}
@@ -64,6 +74,10 @@ interface Exchange<T> {
   /** First message that proves a builder took the request. */
   isAck: (message: T) => boolean;
   isFinal: (message: T) => boolean;
+  /** Drops duplicates and notices gaps by the messages' seq. */
+  sequence?: { accept(message: T): SeqVerdict; missing(): number[] };
+  /** What to say when the builder goes silent, if more is known than silence. */
+  describeSilence?: (seconds: number) => string | undefined;
 }
 
 /**
@@ -76,10 +90,12 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
   let subscription: Subscription | undefined;
   let ackTimer: NodeJS.Timeout | undefined;
   let idleTimer: NodeJS.Timeout | undefined;
+  let gapTimer: NodeJS.Timeout | undefined;
   let onAbort: (() => void) | undefined;
   const cleanup = () => {
     clearTimeout(ackTimer);
     clearTimeout(idleTimer);
+    clearTimeout(gapTimer);
     if (onAbort) options.signal?.removeEventListener("abort", onAbort);
     subscription?.unsubscribe();
   };
@@ -95,12 +111,20 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
       if (!acknowledged || idle <= 0) return;
       clearTimeout(idleTimer);
       idleTimer = setTimeout(() => {
+        const seconds = Math.round(idle / 1000);
         fail(
           new BuilderSilentError(
-            `the builder accepted the request on ${request.subject} and then sent nothing for ${Math.round(idle / 1000)}s; it may have restarted (the job may still be queued or running: check \`homelab-deploy status\`)`,
+            request.describeSilence?.(seconds) ??
+              `the builder accepted the request on ${request.subject} and then sent nothing for ${seconds}s; it may have restarted (the job may still be queued or running: check \`homelab-deploy status\`)`,
           ),
         );
       }, idle);
+    };
+    let heldFinal: T | undefined;
+    const finish = (final: T) => {
+      cleanup();
+      options.onMessage?.(final);
+      resolve(final);
     };
     if (options.signal?.aborted) return onAbort();
     options.signal?.addEventListener("abort", onAbort, { once: true });
@@ -112,16 +136,25 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
         }
         const message = parseJsonAs(decoder.decode(msg.data), request.schema);
         if (message === undefined) return options.onInvalid?.(decoder.decode(msg.data));
+        if (request.sequence && request.sequence.accept(message) !== "new") return;
         if (request.isAck(message)) {
           clearTimeout(ackTimer);
           acknowledged = true;
         }
-        watchSilence();
-        options.onMessage?.(message);
         if (request.isFinal(message)) {
-          cleanup();
-          resolve(message);
+          // Earlier messages still missing are likely being resent: give them a moment.
+          if ((request.sequence?.missing().length ?? 0) === 0) return finish(message);
+          heldFinal ??= message;
+          clearTimeout(idleTimer);
+          gapTimer ??= setTimeout(() => {
+            options.onGap?.(request.sequence?.missing() ?? []);
+            finish(heldFinal as T);
+          }, options.gapWaitMs ?? GAP_WAIT_MS);
+          return;
         }
+        if (heldFinal === undefined) watchSilence();
+        options.onMessage?.(message);
+        if (heldFinal !== undefined && request.sequence?.missing().length === 0) finish(heldFinal);
       },
     });
     ackTimer = setTimeout(() => {
@@ -158,6 +191,13 @@ export function requestBuild(
   target: BuildTarget,
   options: ExchangeOptions<BuildResponse>,
 ): Promise<FinalResponse> {
+  // Waiting through a builder restart: `interrupted` until `resumed`.
+  let interrupted: { jobId: string } | undefined;
+  const onMessage = (message: BuildResponse) => {
+    if (message.type === "interrupted") interrupted = message;
+    if (message.type === "resumed") interrupted = undefined;
+    options.onMessage?.(message);
+  };
   return exchange<BuildResponse>(
     nc,
     {
@@ -166,8 +206,13 @@ export function requestBuild(
       schema: BuildResponseSchema,
       isAck: (m) => m.type === "accepted" || m.type === "rejected",
       isFinal,
+      sequence: new SeqTracker(),
+      describeSilence: (seconds) =>
+        interrupted
+          ? `the builder stopped for a restart and has not come back within ${seconds}s; job ${interrupted.jobId} is saved and will run when the builder returns (\`homelab-deploy status\` shows it then)`
+          : undefined,
     },
-    options,
+    { ...options, onMessage },
   ) as Promise<FinalResponse>;
 }
 

@@ -98,6 +98,10 @@ export function describeMessage(message: BuildResponse, paint: Paint = (_c, t) =
       return [];
     case "host_finished":
       return hostFinishedLines(message, paint);
+    case "interrupted":
+      return [`${paint("yellow", "interrupted")}: ${message.reason}; waiting for it`];
+    case "resumed":
+      return [`resumed: the builder is back and took up job ${message.jobId} again${message.position > 0 ? `, ${positionText(message.position)}` : ""}`];
     case "completed":
       return [completedLine(message, paint)];
     case "rejected":
@@ -190,6 +194,8 @@ class PlainReporter implements Reporter {
 /** A terminal: event lines scroll, one live line shows the host being built. */
 class LiveReporter implements Reporter {
   private current: { index: number; total: number; host: string; startedAt: number; progress?: Progress } | undefined;
+  /** Since when the builder has been restarting (between `interrupted` and `resumed`). */
+  private restartingSince: number | undefined;
   private readonly ticker: NodeJS.Timeout;
   private shown = false;
 
@@ -217,6 +223,13 @@ class LiveReporter implements Reporter {
       case "host_finished":
         this.current = undefined;
         break;
+      case "interrupted":
+        this.restartingSince = Date.now();
+        break;
+      case "resumed":
+        this.restartingSince = undefined;
+        this.current = undefined;
+        break;
     }
     this.clear();
     for (const line of describeMessage(message, this.paint)) this.out.write(`${line}\n`);
@@ -242,10 +255,15 @@ class LiveReporter implements Reporter {
 
   private draw(): void {
     const current = this.current;
-    if (!current) return;
-    const elapsed = formatDuration(Date.now() - current.startedAt);
-    const detail = current.progress ? progressText(current.progress) : "evaluating";
-    let line = `[${current.index}/${current.total}] ${current.host}: ${detail} · ${elapsed}`;
+    let line: string;
+    if (this.restartingSince !== undefined) {
+      const where = current ? `[${current.index}/${current.total}] ${current.host}: ` : "";
+      line = `${where}the builder is restarting; the job is saved and resumes when it is back · ${formatDuration(Date.now() - this.restartingSince)}`;
+    } else if (current) {
+      const elapsed = formatDuration(Date.now() - current.startedAt);
+      const detail = current.progress ? progressText(current.progress) : "evaluating";
+      line = `[${current.index}/${current.total}] ${current.host}: ${detail} · ${elapsed}`;
+    } else return;
     const width = this.out.columns ?? 120;
     if (line.length > width - 1) line = `${line.slice(0, width - 2)}…`;
     this.out.write(`\r\x1b[2K${this.paint("bold", line)}`);

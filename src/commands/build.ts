@@ -66,6 +66,7 @@ export async function runBuild(repoArg: string | undefined, targetArg: string | 
         signal,
         onMessage: (message) => reporter.message(message),
         onInvalid: (raw) => logger.warn({ raw }, "ignoring a message that is not part of the protocol"),
+        onGap: (missing) => logger.warn({ missing }, "some of the builder's messages never arrived (the final result below is complete)"),
       });
       reporter.finish(final);
       return exitCodeFor(final);

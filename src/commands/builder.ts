@@ -41,9 +41,10 @@ export async function runBuilder(configFile: string): Promise<number> {
       logger.error({ deadlineMs: STOP_DEADLINE_MS }, "graceful stop took too long; exiting now");
       process.exit(ExitCode.buildFailed);
     }, STOP_DEADLINE_MS).unref();
-    void daemon.stop();
+    void daemon.stop(`the builder received ${signal} (a restart or shutdown)`);
   };
   process.once("SIGTERM", onSignal);
   process.once("SIGINT", onSignal);
+  process.once("SIGHUP", onSignal);
   return daemon.done;
 }

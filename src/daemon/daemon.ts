@@ -12,6 +12,7 @@ import { ExitCode, errorMessage, exitCodeOf } from "../errors.js";
 import { EventBus } from "../events.js";
 import type { Logger } from "../logger.js";
 import { NixRunner } from "../nix/runner.js";
+import { ProcessLedger } from "../nix/process-ledger.js";
 import { startObservability } from "../observability/observability.js";
 import { ToplevelCache } from "../nix/toplevel-cache.js";
 import { NatsTransport } from "../nats/transport.js";
@@ -19,8 +20,8 @@ import { CONFIG_KEY_NAMES, vaultSeedSource } from "../nats/vault.js";
 import { VERSION } from "../version.js";
 
 export interface Daemon {
-  /** Graceful stop: answer every requester, end nix, drain NATS. */
-  stop(): Promise<void>;
+  /** Graceful stop: end nix, save the queue or answer every requester (build.resume), drain NATS. */
+  stop(why?: string): Promise<void>;
   /** Resolves with the process exit code once the daemon has stopped. */
   readonly done: Promise<number>;
 }
@@ -34,7 +35,12 @@ function seedSourceOf(config: Config, logger: Logger): SeedSource {
 
 export async function startDaemon(config: Config, logger: Logger): Promise<Daemon> {
   const events = new EventBus((err) => logger.error({ err }, "an event listener failed"));
+  // A builder that was killed may have left its nix build running: end it
+  // before anything is built, so that two builds never overlap.
+  const ledger = new ProcessLedger(config.stateDir, logger.child({ component: "nix-processes" }), config.build.killGrace);
+  await ledger.reapLeftovers();
   const nix = new NixRunner({
+    ledger,
     nixBin: config.build.nixBin,
     killGraceMs: config.build.killGrace,
     logTailLines: config.build.logTailLines,
@@ -66,7 +72,7 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
     throw err;
   }
   catalog.start();
-  builder.start();
+  await builder.start();
   logger.info(
     { version: VERSION, repos: Object.keys(config.repos), queueGroup: config.nats.queueGroup ?? null, maxQueue: config.build.maxQueue },
     "builder ready: listening on build.>",
@@ -75,11 +81,11 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
   let resolveDone: (code: number) => void = () => undefined;
   const done = new Promise<number>((resolve) => (resolveDone = resolve));
   let stopping: Promise<void> | undefined;
-  const stop = (code: number = ExitCode.ok) => {
+  const stop = (code: number = ExitCode.ok, why?: string) => {
     stopping ??= (async () => {
       logger.info("stopping: answering waiting requesters and ending running builds");
       observability.beginShutdown();
-      await builder.stop();
+      await builder.stop(why);
       await transport.stop();
       // Last: the final events are saved, and Prometheus can scrape until the end.
       await observability.stop();
@@ -92,5 +98,5 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
     logger.fatal({ err: errorMessage(err) }, "lost the NATS connection for good");
     void stop(exitCodeOf(err));
   });
-  return { stop: () => stop(), done };
+  return { stop: (why?: string) => stop(ExitCode.ok, why), done };
 }

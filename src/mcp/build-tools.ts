@@ -79,6 +79,7 @@ async function runBuild(context: ToolContext, request: BuildTarget, extra: Extra
         notify(message);
       },
       onInvalid: (raw) => logger.warn({ raw }, "ignoring a message that is not part of the protocol"),
+      onGap: (missing) => logger.warn({ missing }, "some of the builder's messages never arrived (the final result is complete)"),
     });
     const { output, lines } = buildToolResult(request, final, finished);
     logger.info({ ...request, outcome: output.outcome, jobId: output.jobId }, "build finished");

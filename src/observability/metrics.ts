@@ -44,6 +44,7 @@ export class BuildMetrics {
   private readonly queueWait: Histogram<"repo">;
   private readonly rejected: Counter<"code">;
   private readonly natsState: Gauge<"state">;
+  private readonly resumed: Counter;
 
   constructor(options: BuildMetricsOptions) {
     this.repos = new Set(options.repos);
@@ -107,6 +108,11 @@ export class BuildMetrics {
       name: "homelab_deploy_requests_rejected_total",
       help: "Requests (builds, and build.discover/status/cancel) answered with rejected, by code.",
       labelNames: ["code"],
+      registers,
+    });
+    this.resumed = new Counter({
+      name: "homelab_deploy_jobs_resumed_total",
+      help: "Saved jobs a (re)started builder took up again after a stop or crash cut them short or left them queued.",
       registers,
     });
     this.natsState = new Gauge({
@@ -224,6 +230,9 @@ export class BuildMetrics {
         this.changed();
         return;
       }
+      case "resumed":
+        this.resumed.inc();
+        return;
       case "completed":
         this.builds.inc({ repo, status: message.status });
         this.lastBuild.set({ repo }, this.nowSeconds());

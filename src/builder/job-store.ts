@@ -1,0 +1,110 @@
+/**
+ * The durable queue: every accepted job (spec, requesters' reply subjects,
+ * plan, per-host results so far, message number, interruptions) in
+ * <stateDir>/jobs.json, so that a restart or a crash loses nothing that was
+ * accepted. Written atomically; writes are serialised and coalesced (the
+ * latest snapshot wins), and `save` resolves once a snapshot at least as
+ * new as the caller's is on disk — the builder awaits it before it sends
+ * `accepted`.
+ */
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { z } from "zod";
+import type { Job, RestoredJob, JobSpec } from "../job.js";
+import type { Logger } from "../logger.js";
+import { HostResultSchema } from "../protocol.js";
+import { writeFileAtomic } from "../util/atomic-file.js";
+import { parseJsonAs } from "../util/json.js";
+
+const SavedJobSchema = z.object({
+  id: z.string().regex(/^j[0-9a-f]{10}$/),
+  repo: z.string(),
+  target: z.string(),
+  ref: z.string().nullable(),
+  enqueuedAt: z.number(),
+  /** Whether it was running when saved: a job saved running was cut short. */
+  running: z.boolean(),
+  requesters: z.array(z.string()),
+  seq: z.number().int().nonnegative(),
+  interruptions: z.number().int().nonnegative(),
+  checkpoint: z.object({ lockedUrl: z.string(), revision: z.string().nullable(), hosts: z.array(z.string()) }).nullable(),
+  results: z.array(HostResultSchema),
+});
+export type SavedJob = z.infer<typeof SavedJobSchema>;
+
+const JobsFileSchema = z.object({ version: z.literal(1), jobs: z.array(SavedJobSchema) });
+
+export function savedJob(job: Job, running: boolean): SavedJob {
+  return {
+    id: job.id,
+    ...job.spec,
+    enqueuedAt: job.enqueuedAt,
+    running,
+    requesters: [...job.requesters],
+    seq: job.seq,
+    interruptions: job.interruptions,
+    checkpoint: job.checkpoint,
+    results: [...job.results],
+  };
+}
+
+export function restoredJob(saved: SavedJob): { spec: JobSpec; restored: RestoredJob } {
+  const { repo, target, ref, ...rest } = saved;
+  return { spec: { repo, target, ref }, restored: rest };
+}
+
+export interface JobStoreOptions {
+  stateDir: string;
+  logger: Logger;
+  /** At most this many jobs are written (the queue's bound plus the running job). */
+  maxJobs: number;
+}
+
+export class JobStore {
+  readonly file: string;
+  private latest: SavedJob[] | undefined;
+  private writing: Promise<void> = Promise.resolve();
+  private written = 0;
+  private requested = 0;
+
+  constructor(private readonly options: JobStoreOptions) {
+    this.file = join(options.stateDir, "jobs.json");
+  }
+
+  /** The saved jobs in queue order (running job first). A damaged file is set aside, not fatal. */
+  async load(): Promise<SavedJob[]> {
+    let text: string;
+    try {
+      text = await readFile(this.file, "utf8");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
+      throw err;
+    }
+    const parsed = parseJsonAs(text, JobsFileSchema);
+    if (!parsed) {
+      this.options.logger.error({ file: this.file }, "the saved job queue is unreadable; starting with an empty queue");
+      return [];
+    }
+    return parsed.jobs;
+  }
+
+  /** Resolves once this snapshot (or a newer one) is on disk; rejects if writing failed. */
+  save(jobs: SavedJob[]): Promise<void> {
+    this.latest = jobs.slice(0, this.options.maxJobs);
+    const ticket = ++this.requested;
+    const next = this.writing.then(async () => {
+      if (this.written >= ticket) return;
+      const snapshot = this.latest;
+      const upTo = this.requested;
+      await writeFileAtomic(this.file, `${JSON.stringify({ version: 1, jobs: snapshot })}\n`, 0o600);
+      this.written = upTo;
+    });
+    this.writing = next.catch(() => undefined);
+    return next;
+  }
+
+  /** Waits for writes in flight. */
+  async flush(): Promise<void> {
+    await this.writing;
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * Restarts without losing accepted work: what the builder saves when it
+ * stops for a restart, and what it makes of the saved queue when it starts.
+ * A job saved while running was cut short (a stop or a crash); after
+ * MAX_INTERRUPTIONS of those it is completed as a failure, so a job that
+ * crashes the builder does not crash it forever. A job whose repo the
+ * config no longer has is completed as a failure that says so.
+ */
+import { repoNamed, type Config } from "../config.js";
+import { Job } from "../job.js";
+import type { Logger } from "../logger.js";
+import type { HostResult } from "../protocol.js";
+import { boundedText } from "../util/log-tail.js";
+import { completedMessage } from "./job-runner.js";
+import { restoredJob, savedJob, type JobStore } from "./job-store.js";
+import type { Responder } from "./responder.js";
+
+export const MAX_INTERRUPTIONS = 3;
+
+export interface JobRecoveryOptions {
+  config: Config;
+  store: JobStore;
+  responder: Responder;
+  logger: Logger;
+}
+
+export class JobRecovery {
+  constructor(private readonly options: JobRecoveryOptions) {}
+
+  /** The saved jobs that run again, in their order; the others are answered here. */
+  async restore(): Promise<Job[]> {
+    const { config, logger } = this.options;
+    const jobs: Job[] = [];
+    for (const saved of await this.options.store.load()) {
+      const { spec, restored } = restoredJob(saved);
+      const job = new Job(spec, restored);
+      if (saved.running) job.interruptions++;
+      if (!repoNamed(config.repos, spec.repo)) {
+        const known = Object.keys(config.repos).join(", ");
+        this.fail(job, `the builder's config no longer has repo ${spec.repo} (it builds ${known}); the saved job cannot run`);
+        continue;
+      }
+      if (job.interruptions >= MAX_INTERRUPTIONS) {
+        this.fail(
+          job,
+          `the job was cut short ${job.interruptions} times (the builder stopped or crashed while building it${job.checkpoint ? `, last on host ${firstUnfinished(job) ?? "?"}` : ""}); not trying it again`,
+        );
+        continue;
+      }
+      logger.info({ jobId: job.id, ...spec, interruptions: job.interruptions, hostsDone: job.results.length }, "resuming a saved job");
+      jobs.push(job);
+    }
+    return jobs;
+  }
+
+  /** Tells the requesters of each restored job that it is taken up again. */
+  announce(entries: ReadonlyArray<{ job: Job; position: number }>): void {
+    for (const { job, position } of entries) {
+      this.options.responder.toJob(job, { type: "resumed", jobId: job.id, position, interruptions: job.interruptions });
+    }
+  }
+
+  save(running: Job | null, queued: readonly Job[]): Promise<void> {
+    return this.options.store.save([...(running ? [savedJob(running, true)] : []), ...queued.map((job) => savedJob(job, false))]);
+  }
+
+  /** The builder is stopping for a restart: save everything, then tell every requester. */
+  async interrupt(running: Job | null, queued: readonly Job[], why: string): Promise<void> {
+    const jobs = [...(running ? [running] : []), ...queued];
+    try {
+      await this.save(running, queued);
+    } catch (err) {
+      // Without the saved queue nothing resumes: answer as a plain stop would.
+      this.options.logger.error({ err }, "cannot save the job queue; cancelling its jobs instead");
+      for (const job of jobs) {
+        job.interrupted = false;
+        this.options.responder.toJob(job, completedMessage(job, outcomeOf(job, "cancelled", `${why}, and the job queue could not be saved`)));
+      }
+      return;
+    }
+    const reason = `${why}; the job is saved and resumes when the builder is back`;
+    for (const job of jobs) this.options.responder.toJob(job, { type: "interrupted", jobId: job.id, resumes: true, reason });
+    this.options.logger.info({ jobs: jobs.length, file: this.options.store.file }, "saved the job queue for the next start");
+  }
+
+  private fail(job: Job, error: string): void {
+    this.options.responder.toJob(job, completedMessage(job, outcomeOf(job, "failure", error)));
+    this.options.logger.warn({ jobId: job.id, ...job.spec, error }, "saved job completed as a failure");
+  }
+}
+
+function firstUnfinished(job: Job): string | undefined {
+  const done = new Set(job.results.map((r) => r.host));
+  return job.checkpoint?.hosts.find((host) => !done.has(host));
+}
+
+/** The hosts done keep their results; every other host of the job gets `error`. */
+function outcomeOf(job: Job, status: "failure" | "cancelled", error: string) {
+  const bounded = boundedText(error);
+  const done = new Map(job.results.map((r) => [r.host, r]));
+  const hosts = job.checkpoint?.hosts ?? (job.spec.target === "all" ? [] : [job.spec.target]);
+  const results: HostResult[] = hosts.map((host) => done.get(host) ?? { host, status, durationMs: 0, error: bounded });
+  return { status, revision: job.checkpoint?.revision ?? null, results, durationMs: Date.now() - job.enqueuedAt, error: bounded };
+}
