@@ -8,7 +8,7 @@ import { nuid, type Msg, type NatsConnection, type Subscription } from "nats";
 import type { z } from "zod";
 import { NoBuilderError, HomelabDeployError } from "../errors.js";
 import { parseJsonAs } from "../util/json.js";
-import { SeqTracker, type SeqVerdict } from "./sequence.js";
+import { SeqOrder } from "./sequence.js";
 import {
   BuildResponseSchema,
   ControlResponseSchema,
@@ -45,8 +45,9 @@ export interface ExchangeOptions<T> {
   /** Numbered messages that never arrived although later ones did (after waiting `gapWaitMs` for resends). */
   onGap?: (missing: number[]) => void;
   /**
-   * How long a final message waits for earlier numbered messages still
-   * missing (the builder resends them for half a minute after a NATS outage).
+   * How long messages after a gap wait for the missing ones before they
+   * are handed on without them (the builder resends for half a minute
+   * after a NATS outage).
    */
   gapWaitMs?: number;
 }
@@ -74,8 +75,8 @@ interface Exchange<T> {
   /** First message that proves a builder took the request. */
   isAck: (message: T) => boolean;
   isFinal: (message: T) => boolean;
-  /** Drops duplicates and notices gaps by the messages' seq. */
-  sequence?: { accept(message: T): SeqVerdict; missing(): number[] };
+  /** Puts messages in `seq` order, dropping duplicates (see SeqOrder). */
+  sequence?: SeqOrder<T>;
   /** What to say when the builder goes silent, if more is known than silence. */
   describeSilence?: (seconds: number) => string | undefined;
 }
@@ -120,11 +121,30 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
         );
       }, idle);
     };
-    let heldFinal: T | undefined;
-    const finish = (final: T) => {
-      cleanup();
-      options.onMessage?.(final);
-      resolve(final);
+    let done = false;
+    const deliver = (message: T) => {
+      if (done) return;
+      options.onMessage?.(message);
+      if (request.isFinal(message)) {
+        done = true;
+        cleanup();
+        resolve(message);
+      }
+    };
+    // Messages held behind a gap wait this long for the resend that fills it.
+    const watchGaps = () => {
+      const order = request.sequence;
+      if (!order?.waiting) {
+        clearTimeout(gapTimer);
+        gapTimer = undefined;
+        return;
+      }
+      gapTimer ??= setTimeout(() => {
+        gapTimer = undefined;
+        const { messages, missing } = order.flush();
+        if (missing.length > 0) options.onGap?.(missing);
+        for (const message of messages) deliver(message);
+      }, options.gapWaitMs ?? GAP_WAIT_MS);
     };
     if (options.signal?.aborted) return onAbort();
     options.signal?.addEventListener("abort", onAbort, { once: true });
@@ -136,25 +156,14 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
         }
         const message = parseJsonAs(decoder.decode(msg.data), request.schema);
         if (message === undefined) return options.onInvalid?.(decoder.decode(msg.data));
-        if (request.sequence && request.sequence.accept(message) !== "new") return;
         if (request.isAck(message)) {
           clearTimeout(ackTimer);
           acknowledged = true;
         }
-        if (request.isFinal(message)) {
-          // Earlier messages still missing are likely being resent: give them a moment.
-          if ((request.sequence?.missing().length ?? 0) === 0) return finish(message);
-          heldFinal ??= message;
-          clearTimeout(idleTimer);
-          gapTimer ??= setTimeout(() => {
-            options.onGap?.(request.sequence?.missing() ?? []);
-            finish(heldFinal as T);
-          }, options.gapWaitMs ?? GAP_WAIT_MS);
-          return;
-        }
-        if (heldFinal === undefined) watchSilence();
-        options.onMessage?.(message);
-        if (heldFinal !== undefined && request.sequence?.missing().length === 0) finish(heldFinal);
+        watchSilence();
+        const ready = request.sequence ? request.sequence.push(message) : [message];
+        for (const each of ready) deliver(each);
+        if (!done) watchGaps();
       },
     });
     ackTimer = setTimeout(() => {
@@ -206,7 +215,7 @@ export function requestBuild(
       schema: BuildResponseSchema,
       isAck: (m) => m.type === "accepted" || m.type === "rejected",
       isFinal,
-      sequence: new SeqTracker(),
+      sequence: new SeqOrder<BuildResponse>(),
       describeSilence: (seconds) =>
         interrupted
           ? `the builder stopped for a restart and has not come back within ${seconds}s; job ${interrupted.jobId} is saved and will run when the builder returns (\`homelab-deploy status\` shows it then)`

@@ -1,52 +1,106 @@
 /**
- * A requester's view of a job's `seq` numbers: the builder resends its
- * numbered messages after a NATS outage, so a number seen before is a
- * duplicate to drop, and a number missing below the highest seen is a
- * message still on its way (or lost). Progress and heartbeat repeat the
- * job's last number; they are never duplicates, but they reveal a gap.
- * `resumed` starts a new run of the builder: what the old one sent and
- * never saved can no longer come, so the count starts over from it.
+ * A requester's view of a job's `seq` numbers. After a NATS outage the
+ * builder resends its numbered messages, and they may arrive after later
+ * ones that went out live: a number seen before is a duplicate to drop, a
+ * message after a gap is held until the gap fills, so everything is handed
+ * on once and in order. If the gap does not fill (the caller's timer), the
+ * held messages go on in order and the missing numbers are reported.
+ *
+ * Progress and heartbeat repeat the job's last number: they are never held
+ * (a newer snapshot replaces a lost one) and one older than what is known
+ * is dropped, but they reveal a gap. `resumed` begins a new run of the
+ * builder: what the old one sent and never saved cannot come any more, so
+ * counting starts over from it.
  */
-import type { BuildResponse } from "../protocol.js";
-
 const UNNUMBERED: ReadonlySet<string> = new Set(["progress", "heartbeat"]);
 
-export type SeqVerdict = "new" | "duplicate" | "stale";
+interface Numbered {
+  type: string;
+  seq?: number | undefined;
+}
 
-export class SeqTracker {
-  private readonly seen = new Set<number>();
-  private lowest = Number.POSITIVE_INFINITY;
+function seqOf(message: unknown): number | undefined {
+  const seq = (message as Numbered).seq;
+  return typeof seq === "number" ? seq : undefined;
+}
+
+export class SeqOrder<T> {
+  /** The number the next message handed on must have. */
+  private next: number | undefined;
   private highest = 0;
+  private readonly held = new Map<number, T>();
+  private readonly delivered = new Set<number>();
+  private resumedAt: number | undefined;
 
-  /** "duplicate": seen before, drop it. "stale": a snapshot older than what is known, drop it. */
-  accept(message: BuildResponse): SeqVerdict {
-    const seq = "seq" in message ? message.seq : undefined;
-    if (seq === undefined) return "new";
-    if (message.type === "resumed") this.reset();
-    if (UNNUMBERED.has(message.type)) {
-      if (seq < this.highest) return "stale";
-      // The snapshot carries the number of the last numbered message before it.
-      this.highest = Math.max(this.highest, seq);
-      if (this.lowest === Number.POSITIVE_INFINITY) this.lowest = seq + 1;
-      return "new";
+  /** The messages to hand on now, in order (none: a duplicate, stale, or held). */
+  push(message: T): T[] {
+    const seq = seqOf(message);
+    if (seq === undefined) return [message];
+    const type = (message as Numbered).type;
+    if (type === "resumed") {
+      // A resend of the resumed that started this run is a duplicate like any other.
+      if (seq === this.resumedAt) return [];
+      const before = this.flush().messages;
+      this.reset(seq);
+      this.held.set(seq, message);
+      return [...before, ...this.drain()];
     }
-    if (this.seen.has(seq)) return "duplicate";
-    this.seen.add(seq);
-    this.lowest = Math.min(this.lowest, seq);
+    if (UNNUMBERED.has(type)) {
+      if (seq < this.highest) return [];
+      this.highest = seq;
+      this.next ??= seq + 1;
+      return this.held.size > 0 ? [] : [message];
+    }
+    if (this.delivered.has(seq) || this.held.has(seq)) return [];
     this.highest = Math.max(this.highest, seq);
-    return "new";
+    this.next ??= seq;
+    if (seq < this.next) {
+      // Arrived after its gap was given up on: late, but not lost.
+      this.delivered.add(seq);
+      return [message];
+    }
+    this.held.set(seq, message);
+    return this.drain();
   }
 
-  /** Numbers below the highest seen that have not arrived. */
-  missing(): number[] {
-    const gaps: number[] = [];
-    for (let seq = this.lowest; seq <= this.highest && gaps.length < 1_000; seq++) if (!this.seen.has(seq)) gaps.push(seq);
-    return gaps;
+  /** Some number up to the highest known has not arrived. */
+  get waiting(): boolean {
+    return this.next !== undefined && this.highest >= this.next;
   }
 
-  private reset(): void {
-    this.seen.clear();
-    this.lowest = Number.POSITIVE_INFINITY;
-    this.highest = 0;
+  /** Gives up waiting: the held messages in order, and the numbers that never came. */
+  flush(): { messages: T[]; missing: number[] } {
+    const messages: T[] = [];
+    const missing: number[] = [];
+    if (this.next === undefined) return { messages, missing };
+    for (let seq = this.next; seq <= this.highest; seq++) {
+      const message = this.held.get(seq);
+      if (message) {
+        messages.push(message);
+        this.delivered.add(seq);
+      } else missing.push(seq);
+    }
+    this.held.clear();
+    this.next = Math.max(this.next, this.highest + 1);
+    return { messages, missing };
+  }
+
+  private drain(): T[] {
+    const out: T[] = [];
+    for (let message = this.held.get(this.next as number); message; message = this.held.get(this.next as number)) {
+      out.push(message);
+      this.held.delete(this.next as number);
+      this.delivered.add(this.next as number);
+      this.next = (this.next as number) + 1;
+    }
+    return out;
+  }
+
+  private reset(next: number): void {
+    this.held.clear();
+    this.delivered.clear();
+    this.highest = next;
+    this.next = next;
+    this.resumedAt = next;
   }
 }

@@ -9,11 +9,12 @@
  * since boot), the boot it started in and its command line: only a process
  * matching all three is ended.
  */
+import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import type { Logger } from "../logger.js";
-import { writeFileAtomic } from "../util/atomic-file.js";
+import { writeFileAtomicSync } from "../util/atomic-file.js";
 import { parseJsonAs } from "../util/json.js";
 import { isAlive, killProcessTree } from "./process-tree.js";
 
@@ -32,9 +33,10 @@ export interface ProcessIdentity {
 }
 
 /** Start time and command line of a live process, or undefined if it is gone. */
-export async function processIdentity(pid: number): Promise<ProcessIdentity | undefined> {
+export function processIdentity(pid: number): ProcessIdentity | undefined {
   try {
-    const [stat, cmdline] = await Promise.all([readFile(`/proc/${pid}/stat`, "utf8"), readFile(`/proc/${pid}/cmdline`)]);
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const cmdline = readFileSync(`/proc/${pid}/cmdline`);
     // Fields after the command name (which may hold spaces and ")"): state is field 3, starttime field 22.
     const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
     const startTime = rest[22 - 3];
@@ -47,19 +49,33 @@ export async function processIdentity(pid: number): Promise<ProcessIdentity | un
   }
 }
 
-async function bootId(): Promise<string> {
-  return (await readFile("/proc/sys/kernel/random/boot_id", "utf8").catch(() => "unknown")).trim();
+function bootId(): string {
+  try {
+    return readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
+  } catch {
+    return "unknown";
+  }
 }
 
-async function untilGone(pid: number): Promise<void> {
-  while (isAlive(pid)) await new Promise((resolve) => setTimeout(resolve, 50));
+/** Gone, or a zombie (not our child: whoever adopted it reaps it, perhaps never in a container). */
+function gone(pid: number): boolean {
+  if (!isAlive(pid)) return true;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
+  } catch {
+    return true;
+  }
+}
+
+async function untilGone(pid: number, withinMs: number): Promise<void> {
+  for (const until = Date.now() + withinMs; !gone(pid) && Date.now() < until; ) await new Promise((resolve) => setTimeout(resolve, 50));
 }
 
 export class ProcessLedger {
   readonly file: string;
   private readonly entries = new Map<number, Entry>();
-  private writing: Promise<void> = Promise.resolve();
-  private boot: Promise<string> | undefined;
+  private boot: string | undefined;
 
   constructor(
     stateDir: string,
@@ -77,46 +93,53 @@ export class ProcessLedger {
     const text = await readFile(this.file, "utf8").catch(() => undefined);
     const saved = text === undefined ? undefined : parseJsonAs(text, LedgerSchema);
     let ended = 0;
-    const boot = await this.bootId();
+    const boot = this.bootId();
     for (const entry of saved?.processes ?? []) {
       if (entry.bootId !== boot) continue;
-      const now = await processIdentity(entry.pid);
+      const now = processIdentity(entry.pid);
       if (!now) continue;
       if (now.startTime !== entry.startTime || now.cmdline.join("\0") !== entry.cmdline.join("\0")) {
         this.logger.info({ pid: entry.pid }, "a recorded nix pid now belongs to another process; leaving it alone");
         continue;
       }
       this.logger.warn({ pid: entry.pid, cmdline: entry.cmdline }, "ending a nix process left running by a builder that was killed");
-      await killProcessTree(entry.pid, this.killGraceMs, untilGone(entry.pid));
+      await killProcessTree(entry.pid, this.killGraceMs, untilGone(entry.pid, this.killGraceMs + 5_000));
       ended++;
     }
-    await this.persist();
+    this.persist();
     return ended;
   }
 
-  /** Records a nix process group just started (its leader's pid). */
-  async started(pid: number): Promise<void> {
-    const identity = await processIdentity(pid);
+  /**
+   * Records a nix process group just started (its leader's pid). Blocking,
+   * on purpose: a builder killed a moment later must already have it on disk.
+   */
+  started(pid: number): void {
+    const identity = processIdentity(pid);
     if (!identity) return;
-    this.entries.set(pid, { pid, ...identity, bootId: await this.bootId() });
-    await this.persist();
+    this.entries.set(pid, { pid, ...identity, bootId: this.bootId() });
+    this.persist();
   }
 
-  async exited(pid: number): Promise<void> {
-    if (!this.entries.delete(pid)) return;
-    await this.persist();
+  exited(pid: number): void {
+    if (this.entries.delete(pid)) this.persist();
   }
 
-  private bootId(): Promise<string> {
+  private body(): string {
+    return `${JSON.stringify({ version: 1, processes: [...this.entries.values()] })}\n`;
+  }
+
+  private bootId(): string {
     this.boot ??= bootId();
     return this.boot;
   }
 
-  private persist(): Promise<void> {
-    const next = this.writing.then(() =>
-      writeFileAtomic(this.file, `${JSON.stringify({ version: 1, processes: [...this.entries.values()] })}\n`, 0o600),
-    );
-    this.writing = next.catch((err: unknown) => this.logger.warn({ err, file: this.file }, "cannot record the running nix processes"));
-    return this.writing;
+  /** Blocking, like every write here: the records never race each other. */
+  private persist(): void {
+    try {
+      writeFileAtomicSync(this.file, this.body(), 0o600);
+    } catch (err) {
+      this.logger.warn({ err, file: this.file }, "cannot record the running nix processes");
+    }
   }
 }

@@ -28,7 +28,7 @@ export interface NixRunnerOptions {
   keepGoing?: boolean;
   env?: Record<string, string>;
   /** Where each nix process group started is recorded, so a crashed builder's leftovers can be ended. */
-  ledger?: { started(pid: number): Promise<void>; exited(pid: number): Promise<void> };
+  ledger?: { started(pid: number): void; exited(pid: number): void };
 }
 
 export interface RunOptions {
@@ -139,7 +139,7 @@ export class NixRunner {
       encoding: "utf8",
     });
     const pid = subprocess.pid;
-    const recorded = pid === undefined ? undefined : this.options.ledger?.started(pid);
+    if (pid !== undefined) this.options.ledger?.started(pid);
     let outcome: RunOutcome = "exited";
     let killing: Promise<void> | undefined;
     const exited = subprocess.then(() => undefined);
@@ -161,7 +161,7 @@ export class NixRunner {
     clearTimeout(timer);
     options.signal?.removeEventListener("abort", onAbort);
     await Promise.all([stderrDone, killing]);
-    if (recorded && pid !== undefined) await recorded.then(() => this.options.ledger?.exited(pid));
+    if (pid !== undefined) this.options.ledger?.exited(pid);
     const spawnFailed = result.failed && result.exitCode === undefined && result.signal === undefined && !killing;
     return {
       outcome: spawnFailed ? "spawn_failed" : outcome,

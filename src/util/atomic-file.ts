@@ -2,6 +2,7 @@
  * Replacing a file so that a crash leaves either the old or the new one,
  * never half of one: temp file, fsync, rename, fsync of the directory.
  */
+import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import { mkdir, open, rename, unlink } from "node:fs/promises";
 import { dirname } from "node:path";
 
@@ -24,6 +25,39 @@ export async function writeFileAtomic(file: string, body: string, mode = 0o640):
     throw err;
   }
   await syncDirectory(dir);
+}
+
+/**
+ * The same, blocking: for the few small records that must be on disk
+ * before the next line of code runs (a crash may come at any moment).
+ */
+export function writeFileAtomicSync(file: string, body: string, mode = 0o640): void {
+  const dir = dirname(file);
+  mkdirSync(dir, { recursive: true, mode: 0o750 });
+  const temp = `${file}.${process.pid}.tmp`;
+  try {
+    const fd = openSync(temp, "w", mode);
+    try {
+      writeSync(fd, body);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(temp, file);
+  } catch (err) {
+    try {
+      unlinkSync(temp);
+    } catch {
+      // Nothing to clean up.
+    }
+    throw err;
+  }
+  const handle = openSync(dir, "r");
+  try {
+    fsyncSync(handle);
+  } finally {
+    closeSync(handle);
+  }
 }
 
 /** Makes the rename itself durable: without it a power cut can bring the old file back. */

@@ -372,14 +372,14 @@ describe("a requester with no builder", () => {
 });
 
 describe("shutdown", () => {
-  it("on SIGTERM answers running and queued requesters, kills nix and exits 0 within 10 s", async () => {
+  it("with build.resume false, on SIGTERM answers running and queued requesters cancelled, kills nix and exits 0 within 10 s", async () => {
     // Only this builder may see the requests: stop the shared one first.
     await builder.stop();
     const own = await startBuilder({
       natsUrl: nats.url,
       seedFile: nats.identities.builder.seedFile,
       repos: { fixture: flake.url },
-      build: { timeout: "10m" },
+      build: { timeout: "10m", resume: false },
     });
     try {
       await flake.clearPid();

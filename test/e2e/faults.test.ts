@@ -266,7 +266,7 @@ describe("200 concurrent requesters", () => {
 });
 
 describe("SIGTERM with a full queue", () => {
-  it("answers every requester, leaves no nix process and exits 0 within 10 s", async () => {
+  it("tells every requester the job is saved (interrupted), leaves no nix process and exits 0 within 10 s", async () => {
     const { nats, flake, builder } = await setup({ build: { timeout: "10m" } });
     const nc = await connectAs(nats.url, nats.identities.adminDeployer);
     cleanups.push(() => nc.close());
@@ -285,11 +285,13 @@ describe("SIGTERM with a full queue", () => {
     const { code, ms } = await builder.stop("SIGTERM");
     expect(code).toBe(0);
     expect(ms).toBeLessThan(10_000);
-    const final = await running.final(5_000);
-    expect(final).toMatchObject({ type: "completed", status: "cancelled" });
-    const slowResult = (final.results as Array<{ host: string; status: string }>).find((r) => r.host === "slow");
-    expect(slowResult?.status).toBe("cancelled");
-    for (const inbox of queued) expect(await inbox.final(5_000)).toMatchObject({ type: "completed", status: "cancelled" });
+    const interrupted = { type: "interrupted", resumes: true, reason: expect.stringContaining("SIGTERM") };
+    expect(await running.waitFor((m) => m.type === "interrupted", 5_000)).toMatchObject(interrupted);
+    for (const inbox of queued) expect(await inbox.waitFor((m) => m.type === "interrupted", 5_000)).toMatchObject(interrupted);
+    // Not final: nobody was told the job ended, and nothing of the cancelled nix run was reported.
+    for (const inbox of [running, ...queued]) {
+      expect(inbox.messages.some((m) => m.type === "completed" || (m.type === "host_finished" && m.host === "slow"))).toBe(false);
+    }
     expect(isRunning(pid)).toBe(false);
     expect(await processesMatching(flake.dir)).toEqual([]);
   });

@@ -1,0 +1,260 @@
+/**
+ * Nothing accepted is lost, with real processes: the builder is killed
+ * (SIGKILL) or stopped (SIGTERM) in the middle of a build and started
+ * again; NATS is restarted in the middle of `all`. Requesters see
+ * `interrupted`/`resumed` and every job completes; a killed builder's nix
+ * build is ended before the next build starts.
+ */
+import { readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { jsonLines, spawnCli } from "../support/cli.js";
+import { spawnBuilder, startBuilder, type BuilderProcess } from "../support/daemon.js";
+import { createFixtureFlake, type FixtureFlake } from "../support/flake.js";
+import { Inbox, connectAs, sleep, type Message } from "../support/nats-client.js";
+import { startNatsServer } from "../support/nats-server.js";
+import { metricsBaseUrl } from "../support/metrics.js";
+import { processesMatching } from "../support/processes.js";
+
+const cleanups: Array<() => Promise<unknown>> = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => undefined);
+});
+
+async function setup(build: Record<string, unknown> = {}) {
+  const nats = await startNatsServer();
+  cleanups.push(() => nats.stop());
+  const flake = await createFixtureFlake("restart-flake");
+  const setupOf = { natsUrl: nats.url, seedFile: nats.identities.builder.seedFile, repos: { fixture: flake.url }, build: { timeout: "2m", ...build } };
+  let builder = await startBuilder(setupOf);
+  cleanups.push(() => builder.stop("SIGKILL"));
+  const nc = await connectAs(nats.url, nats.identities.adminDeployer);
+  cleanups.push(() => nc.close());
+  const env = { HOMELAB_DEPLOY_NATS_URL: nats.url, HOMELAB_DEPLOY_NKEY_SEED_FILE: nats.identities.testDeployer.seedFile };
+  return {
+    nats,
+    flake,
+    nc,
+    env,
+    get builder() {
+      return builder;
+    },
+    /** Starts the builder again on the same config (and state directory). */
+    async restart(): Promise<BuilderProcess> {
+      builder = await spawnBuilder(builder.configFile);
+      return builder;
+    },
+    async request(subject: string): Promise<Inbox> {
+      const inbox = await Inbox.open(nc);
+      inbox.send(subject);
+      expect(await inbox.waitFor((m) => m.type === "accepted" || m.type === "rejected", 20_000)).toMatchObject({ type: "accepted" });
+      return inbox;
+    },
+  };
+}
+
+interface Run {
+  host: string;
+  pid: string;
+  start: number;
+  end: number;
+}
+
+/** Each build the fixture saw, by the pid of its shell; a build cut short ends at +inf. */
+async function runs(flake: FixtureFlake): Promise<Run[]> {
+  const text = await readFile(join(flake.eventsDir, "events.log"), "utf8");
+  const byPid = new Map<string, Run>();
+  for (const line of text.split("\n").filter(Boolean)) {
+    const [what, host, at, pid] = line.split(" ") as [string, string, string, string];
+    if (what === "start") byPid.set(pid, { host, pid, start: Number(at), end: Number.POSITIVE_INFINITY });
+    else {
+      const run = byPid.get(pid);
+      if (run) run.end = Number(at);
+    }
+  }
+  return [...byPid.values()].sort((a, b) => a.start - b.start);
+}
+
+/** Waits until the fixture has seen `count` builds of `host` start. */
+async function buildStarted(flake: FixtureFlake, host: string, count: number): Promise<void> {
+  for (let waited = 0; (await runs(flake)).filter((r) => r.host === host).length < count; waited += 50) {
+    if (waited > 60_000) throw new Error(`build ${count} of ${host} never started`);
+    await sleep(50);
+  }
+}
+
+function expectNoOverlap(all: Run[]): void {
+  const finished = all.filter((r) => Number.isFinite(r.end));
+  for (let i = 1; i < finished.length; i++) {
+    const [previous, current] = [finished[i - 1] as Run, finished[i] as Run];
+    expect(previous.end, `${previous.host} overlaps ${current.host}`).toBeLessThanOrEqual(current.start);
+  }
+}
+
+const types = (inbox: Inbox) => inbox.messages.map((m) => m.type);
+
+describe("the builder is killed (SIGKILL) with one job running and two queued", () => {
+  it("the restarted builder ends the killed build first, then completes all three; their requesters saw resumed", async () => {
+    const t = await setup();
+    const running = await t.request("build.fixture.h07");
+    await t.builder.waitForLog((l) => l.msg === "building host" && l.host === "h07");
+    const queued = [await t.request("build.fixture.h01"), await t.request("build.fixture.h02")];
+    // Wait until the build itself runs, so there is a nix tree to leave behind.
+    await buildStarted(t.flake, "h07", 1);
+    await t.builder.stop("SIGKILL");
+    expect(await processesMatching(t.flake.dir)).not.toEqual([]);
+
+    const builder = await t.restart();
+    const reaped = builder.logs.findIndex((l) => l.msg === "ending a nix process left running by a builder that was killed");
+    expect(reaped).toBeGreaterThanOrEqual(0);
+    for (const inbox of [running, ...queued]) expect(await inbox.final(90_000)).toMatchObject({ type: "completed", status: "success" });
+    // Nothing was built before the leftover was ended.
+    expect(builder.logs.findIndex((l) => l.msg === "building host")).toBeGreaterThan(reaped);
+
+    for (const inbox of [running, ...queued]) {
+      expect(types(inbox)).toContain("resumed");
+      expect(types(inbox).filter((type) => type === "completed")).toHaveLength(1);
+    }
+    expect(running.messages.find((m) => m.type === "resumed")).toMatchObject({ position: 0, interruptions: 1 });
+    expect(queued.map((inbox) => inbox.messages.find((m) => m.type === "resumed"))).toMatchObject([
+      { position: 1, interruptions: 0 },
+      { position: 2, interruptions: 0 },
+    ]);
+
+    const all = await runs(t.flake);
+    const h07 = all.filter((r) => r.host === "h07");
+    // The killed build was ended (it never wrote its end line), the resumed one ran to the end.
+    expect(h07.map((r) => Number.isFinite(r.end))).toEqual([false, true]);
+    expect(all.map((r) => r.host)).toEqual(["h07", "h07", "h01", "h02"]);
+    expectNoOverlap(all);
+    expect(await processesMatching(t.flake.dir)).toEqual([]);
+    // Counted once, when it completed after the resume.
+    const metrics = await metricsText(builder);
+    expect(metrics).toMatch(/^homelab_deploy_builds_total\{repo="fixture",status="success"\} 3$/m);
+    expect(metrics).toMatch(/^homelab_deploy_jobs_resumed_total 3$/m);
+  });
+
+  it("a job cut short 3 times completes as a failure that says so", async () => {
+    const t = await setup();
+    const inbox = await t.request("build.fixture.h07");
+    for (let kill = 1; kill <= 3; kill++) {
+      await buildStarted(t.flake, "h07", kill);
+      await t.builder.stop("SIGKILL");
+      await t.restart();
+    }
+    const final = await inbox.final(30_000);
+    expect(final).toMatchObject({
+      type: "completed",
+      status: "failure",
+      results: [{ host: "h07", status: "failure" }],
+      error: expect.stringMatching(/cut short 3 times .*last on host h07.*not trying it again/),
+    });
+    expect(types(inbox).filter((type) => type === "resumed")).toHaveLength(2);
+    // And the builder goes on serving.
+    const next = await t.request("build.fixture.h01");
+    expect(await next.final(60_000)).toMatchObject({ type: "completed", status: "success" });
+  });
+
+  it("a saved job whose repo the new config no longer has completes as a failure with that reason", async () => {
+    const t = await setup();
+    await t.request("build.fixture.h07");
+    await t.builder.waitForLog((l) => l.msg === "building host" && l.host === "h07");
+    const inbox = await t.request("build.fixture.h01");
+    await t.builder.stop("SIGKILL");
+    const config = JSON.parse(await readFile(t.builder.configFile, "utf8")) as { repos: Record<string, unknown> };
+    config.repos = { other: config.repos["fixture"] };
+    await writeFile(t.builder.configFile, JSON.stringify(config));
+    await t.restart();
+    expect(await inbox.final(30_000)).toMatchObject({
+      type: "completed",
+      status: "failure",
+      error: expect.stringContaining("the builder's config no longer has repo fixture"),
+    });
+  });
+});
+
+describe("the builder is stopped (SIGTERM) in the middle of `all`", () => {
+  it("tells every requester interrupted, exits within 10 s, and resumes at the first unfinished host; the CLI rides through and exits 0", async () => {
+    const t = await setup();
+    const all = spawnCli(["build", "fixture", "all", "--json"], t.env);
+    await t.builder.waitForLog((l) => l.msg === "building host" && l.host === "h07", 90_000);
+    const queued = spawnCli(["build", "fixture", "h01"], t.env);
+    await t.builder.waitForLog((l) => l.msg === "job queued" && l.target === "h01");
+    const { code, ms } = await t.builder.stop("SIGTERM");
+    expect(code).toBe(0);
+    expect(ms).toBeLessThan(10_000);
+    expect(await processesMatching(t.flake.dir)).toEqual([]);
+    const saved = JSON.parse(await readFile(join(JSON.parse(await readFile(t.builder.configFile, "utf8")).stateDir as string, "jobs.json"), "utf8"));
+    expect(saved.jobs.map((j: { target: string; running: boolean }) => [j.target, j.running])).toEqual([
+      ["all", true],
+      ["h01", false],
+    ]);
+    await sleep(1_000);
+    await t.restart();
+
+    const [allResult, queuedResult] = await Promise.all([all, queued]);
+    const messages = jsonLines(String(allResult.stdout));
+    const at = (type: string) => messages.findIndex((m) => m.type === type);
+    expect(at("interrupted")).toBeGreaterThan(0);
+    expect(messages[at("interrupted")]).toMatchObject({ resumes: true, reason: expect.stringContaining("SIGTERM") });
+    expect(at("resumed")).toBeGreaterThan(at("interrupted"));
+    // The hosts built before the stop are not built again: h07 is the first host after the resume.
+    const startedAfter = messages.slice(at("resumed")).filter((m) => m.type === "host_started");
+    expect(startedAfter[0]).toMatchObject({ host: "h07", index: 7, total: 13 });
+    const finishedHosts = messages.filter((m) => m.type === "host_finished").map((m) => m.host);
+    expect(finishedHosts).toEqual(["h01", "h02", "h03", "h04", "h05", "h06", "h07", "h08", "h09", "h10", "h11", "h12", "h13"]);
+    const final = messages.at(-1) as Message & { results: Array<{ host: string; status: string }> };
+    expect(final).toMatchObject({ type: "completed", status: "failure" });
+    expect(final.results.map((r) => `${r.host}:${r.status}`)).toEqual(
+      ["h01", "h02", "h03", "h04", "h05", "h06", "h07", "h08", "h09", "h10", "h11", "h12", "h13"].map((h) => `${h}:${h === "h03" ? "failure" : "success"}`),
+    );
+    expect(allResult.exitCode).toBe(1);
+    // The queued requester, in plain text: told what happens, and a success.
+    expect(queuedResult.exitCode, String(queuedResult.stderr)).toBe(0);
+    expect(String(queuedResult.stdout)).toMatch(/interrupted: the builder received SIGTERM .*the job is saved and resumes when the builder is back/);
+    expect(String(queuedResult.stdout)).toMatch(/resumed: the builder is back/);
+    expect(String(queuedResult.stdout)).toMatch(/completed: success/);
+    expectNoOverlap(await runs(t.flake));
+  });
+
+  it("a builder that does not come back: the CLI exits 2 saying the job is saved", async () => {
+    const t = await setup();
+    const client = spawnCli(["build", "fixture", "h07", "--idle-timeout", "3s"], t.env);
+    await t.builder.waitForLog((l) => l.msg === "building host" && l.host === "h07");
+    await t.builder.stop("SIGTERM");
+    const result = await client;
+    expect(result.exitCode).toBe(2);
+    expect(String(result.stderr)).toMatch(/stopped for a restart and has not come back within 3s; job j[0-9a-f]{10} is saved and will run when the builder returns/);
+  });
+});
+
+describe("NATS restarted in the middle of `all`", () => {
+  it("no host_finished is lost: each host's arrives exactly once, the failed one with its log tail", async () => {
+    const t = await setup();
+    const client = spawnCli(["build", "fixture", "all", "--json"], t.env);
+    await t.builder.waitForLog((l) => l.msg === "building host" && l.index === 2, 90_000);
+    await t.nats.stop("SIGKILL");
+    await sleep(3_000);
+    await t.nats.start();
+    const result = await client;
+    const messages = jsonLines(String(result.stdout));
+    const finished = messages.filter((m) => m.type === "host_finished");
+    expect(finished.map((m) => m.host)).toEqual(["h01", "h02", "h03", "h04", "h05", "h06", "h07", "h08", "h09", "h10", "h11", "h12", "h13"]);
+    expect(finished[2]).toMatchObject({ host: "h03", status: "failure", logTail: expect.arrayContaining([expect.stringContaining("h03 output line 60")]) });
+    // Every numbered message once, in a run without gaps.
+    const seqs = messages.filter((m) => m.type !== "progress" && m.type !== "heartbeat").map((m) => m.seq as number);
+    expect(new Set(seqs).size).toBe(seqs.length);
+    expect(Math.max(...seqs)).toBe(seqs.length);
+    expect(messages.at(-1)).toMatchObject({ type: "completed", status: "failure" });
+    expect(result.exitCode).toBe(1);
+    expect(t.builder.logs.some((l) => l.msg === "reconnected: sending recent messages again")).toBe(true);
+    // The test means something only if hosts finished while NATS was down.
+    const logs = t.builder.logs.map((l) => l.msg);
+    const during = logs.slice(logs.indexOf("disconnected from NATS"), logs.indexOf("reconnected to NATS")).filter((msg) => msg === "host finished");
+    expect(during.length).toBeGreaterThan(0);
+  });
+});
+
+async function metricsText(builder: BuilderProcess): Promise<string> {
+  return (await fetch(`${await metricsBaseUrl(builder)}/metrics`)).text();
+}
