@@ -169,10 +169,11 @@ in
         ExecStart = "${cfg.package}/bin/homelab-deploy builder --config ${configFile}";
         Restart = "on-failure";
         RestartSec = "10s";
-        # The daemon stops within 10 s of SIGTERM (builds cancelled, requesters
-        # answered); KillMode=control-group then ends anything left in the
-        # cgroup, nix and git processes included.
-        KillMode = "control-group";
+        # SIGTERM to the daemon alone: it stops nix itself, saves the queue and
+        # tells requesters within 10 s (a nix killed by systemd at the same
+        # moment would look like a failed host). KillMode=mixed then sends
+        # SIGKILL to anything left in the cgroup, nix and git included.
+        KillMode = "mixed";
         KillSignal = "SIGTERM";
         TimeoutStopSec = "30s";
         LoadCredential = common.loadCredential cfg;

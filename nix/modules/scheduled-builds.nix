@@ -113,6 +113,11 @@ in
 
     systemd.services.${unit} = {
       description = "homelab-deploy: build every host of ${concatStringsSep ", " cfg.repos}";
+      # A switch of this host to a new configuration (which the running
+      # build may well have triggered) must not kill the run: the client
+      # rides through the builder's own restart, and the new unit applies
+      # from the next timer event.
+      restartIfChanged = false;
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ] ++ optional builder.enable "homelab-deploy-builder.service";
       environment = { HOMELAB_DEPLOY_NATS_URL = cfg.natsUrl; } // credentialEnvironment;

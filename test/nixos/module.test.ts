@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../../src/config.js";
 import { ROOT } from "../support/cli.js";
 import { spawnBuilder, type BuilderProcess } from "../support/daemon.js";
-import { createFixtureFlake } from "../support/flake.js";
+import { createFixtureFlake, type FixtureFlake } from "../support/flake.js";
 import { startNatsServer, type NatsServer } from "../support/nats-server.js";
 import { bashPath, evalModules, standInPackages, unitValue, type Evaluation, type Packages, type Unit } from "../support/nix-module.js";
 
@@ -336,10 +336,13 @@ describe("the units' commands, run", () => {
   let nats: NatsServer;
   let builder: BuilderProcess;
   let definitions: (scheduledRepos: string[]) => Record<string, unknown>;
+  let goodFlake: FixtureFlake;
+  let builderCommand: string[];
 
   beforeAll(async () => {
     const [server, good, bad] = await Promise.all([startNatsServer(), createFixtureFlake("tiny-flake"), createFixtureFlake("tiny-flake")]);
     nats = server;
+    goodFlake = good;
     // Every host of "bad" fails to build.
     await bad.editFlake((text) => text.replace("/bin/mkdir $out", "exit 1"));
     const state = await mkdtemp(join(tmpdir(), "hd-state-"));
@@ -376,7 +379,8 @@ describe("the units' commands, run", () => {
     const configFile = join(state, "homelab-deploy-builder.json");
     await writeFile(configFile, inCredentials(await readFile(rendered as string, "utf8")));
     // Ready means the daemon logged "builder ready: listening on build.>".
-    builder = await spawnBuilder(configFile, {}, { command: [bin as string, subcommand as string, flag as string, configFile] });
+    builderCommand = [bin as string, subcommand as string, flag as string, configFile];
+    builder = await spawnBuilder(configFile, {}, { command: builderCommand });
   });
 
   afterAll(async () => {
@@ -416,5 +420,22 @@ describe("the units' commands, run", () => {
     expect(result.stderr).toBe("");
     expect(result.exitCode).toBe(0);
     expect(String(result.stdout)).toMatch(/completed: success, 2 of 2 hosts built/);
+  });
+
+  it("the scheduled build rides through a restart of the builder (SIGTERM, as a switch does) and succeeds", async () => {
+    // Slow enough that the restart lands in the middle of the job.
+    await goodFlake.editFlake((text) => text.replace("echo ${name}; /bin/mkdir $out", "echo ${name}; /bin/sleep 2; /bin/mkdir $out"));
+    const before = new Set(builder.logs);
+    const run = runScheduledBuild(["good"]);
+    await builder.waitForLog((l) => !before.has(l) && l.msg === "building host" && l.host === "a", 60_000);
+    const { code } = await builder.stop("SIGTERM");
+    expect(code).toBe(0);
+    builder = await spawnBuilder(builderCommand[3] as string, {}, { command: builderCommand });
+    const result = await run;
+    expect(result.exitCode, String(result.stderr)).toBe(0);
+    const stdout = String(result.stdout);
+    expect(stdout).toMatch(/interrupted: the builder received SIGTERM .*; waiting for it/);
+    expect(stdout.indexOf("resumed: the builder is back")).toBeGreaterThan(stdout.indexOf("interrupted:"));
+    expect(stdout).toMatch(/completed: success, 2 of 2 hosts built/);
   });
 });
