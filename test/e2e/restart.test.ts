@@ -7,8 +7,11 @@
  */
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import type { CallToolResult, Progress } from "@modelcontextprotocol/sdk/types.js";
 import { afterEach, describe, expect, it } from "vitest";
-import { jsonLines, spawnCli } from "../support/cli.js";
+import { CLI, jsonLines, spawnCli } from "../support/cli.js";
 import { spawnBuilder, startBuilder, type BuilderProcess } from "../support/daemon.js";
 import { createFixtureFlake, type FixtureFlake } from "../support/flake.js";
 import { Inbox, connectAs, sleep, type Message } from "../support/nats-client.js";
@@ -225,6 +228,36 @@ describe("the builder is stopped (SIGTERM) in the middle of `all`", () => {
     const result = await client;
     expect(result.exitCode).toBe(2);
     expect(String(result.stderr)).toMatch(/stopped for a restart and has not come back within 3s; job j[0-9a-f]{10} is saved and will run when the builder returns/);
+  });
+});
+
+describe("the MCP server's build, through a builder restart", () => {
+  it("keeps waiting through interrupted, says the builder is restarting, and answers with the resumed job's success", async () => {
+    const t = await setup();
+    const transport = new StdioClientTransport({
+      command: process.execPath,
+      args: [CLI, "mcp", "--enable-builds"],
+      env: { HOMELAB_DEPLOY_LOG_LEVEL: "info", ...t.env },
+      stderr: "pipe",
+    });
+    const client = new Client({ name: "homelab-deploy-test", version: "1.0.0" });
+    await client.connect(transport);
+    cleanups.push(() => client.close());
+    const notes: Progress[] = [];
+    const call = client.callTool({ name: "build", arguments: { repo: "fixture", target: "h07" } }, undefined, {
+      timeout: 120_000,
+      onprogress: (p) => notes.push(p),
+    }) as Promise<CallToolResult>;
+    await buildStarted(t.flake, "h07", 1);
+    await t.builder.stop("SIGTERM");
+    await t.restart();
+    const result = await call;
+    expect(result.isError).toBeFalsy();
+    expect(result.structuredContent).toMatchObject({ outcome: "success", hosts: [{ host: "h07", status: "success" }] });
+    const messages = notes.map((n) => n.message ?? "");
+    const interrupted = messages.findIndex((m) => /^interrupted: the builder received SIGTERM/.test(m));
+    expect(interrupted).toBeGreaterThan(-1);
+    expect(messages.findIndex((m) => m.startsWith("resumed: the builder is back"))).toBeGreaterThan(interrupted);
   });
 });
 
