@@ -7,7 +7,7 @@
  * new as the caller's is on disk — the builder awaits it before it sends
  * `accepted`.
  */
-import { readFile } from "node:fs/promises";
+import { readFile, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import type { Job, RestoredJob, JobSpec } from "../job.js";
@@ -82,7 +82,10 @@ export class JobStore {
     }
     const parsed = parseJsonAs(text, JobsFileSchema);
     if (!parsed) {
-      this.options.logger.error({ file: this.file }, "the saved job queue is unreadable; starting with an empty queue");
+      // Kept for the operator rather than overwritten by the next save.
+      const aside = `${this.file}.damaged-${Date.now()}`;
+      await rename(this.file, aside).catch(() => undefined);
+      this.options.logger.error({ file: this.file, keptAs: aside }, "the saved job queue is unreadable; starting with an empty queue");
       return [];
     }
     return parsed.jobs;

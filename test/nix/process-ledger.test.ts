@@ -1,0 +1,77 @@
+import { spawn } from "node:child_process";
+import { mkdtemp, readFile, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { ProcessLedger, processIdentity } from "../../src/nix/process-ledger.js";
+import { memoryLogger } from "../support/logger.js";
+import { isRunning, processesMatching } from "../support/processes.js";
+
+const started: number[] = [];
+afterEach(() => {
+  for (const pid of started.splice(0)) {
+    try {
+      process.kill(-pid, "SIGKILL");
+    } catch {
+      // gone
+    }
+  }
+});
+
+/** A process group of its own, as the runner starts nix: a shell with a child. */
+function leftover(seconds = 300): number {
+  const child = spawn("/bin/sh", ["-c", `/bin/sleep ${seconds} & wait`], { detached: true, stdio: "ignore" });
+  child.unref();
+  started.push(child.pid as number);
+  return child.pid as number;
+}
+
+async function ledgers() {
+  const stateDir = await mkdtemp(join(tmpdir(), "hd-ledger-"));
+  const { logger, lines } = memoryLogger();
+  return { stateDir, lines, open: () => new ProcessLedger(stateDir, logger, 500) };
+}
+
+describe("ProcessLedger", () => {
+  it("ends what a killed builder left running, tree and all, and forgets it", async () => {
+    const { open, lines, stateDir } = await ledgers();
+    const seconds = 300 + Math.floor(Math.random() * 10_000);
+    const pid = leftover(seconds);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(await processesMatching(`sleep\u0000${seconds}`)).toHaveLength(1);
+    open().started(pid);
+    // The next start of the builder:
+    expect(await open().reapLeftovers()).toBe(1);
+    expect(isRunning(pid)).toBe(false);
+    expect(await processesMatching(`sleep\u0000${seconds}`)).toEqual([]);
+    expect(lines).toContainEqual(expect.objectContaining({ msg: "ending a nix process left running by a builder that was killed", pid }));
+    expect(JSON.parse(await readFile(join(stateDir, "nix-processes.json"), "utf8"))).toEqual({ version: 1, processes: [] });
+  });
+
+  it("leaves a process alone whose pid was reused (another start time)", async () => {
+    const { open, stateDir, lines } = await ledgers();
+    const pid = leftover();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const identity = processIdentity(pid);
+    expect(identity).toBeDefined();
+    const ledger = open();
+    ledger.started(pid);
+    const saved = JSON.parse(await readFile(ledger.file, "utf8"));
+    saved.processes[0].startTime = String(Number(identity!.startTime) - 1);
+    await writeFile(join(stateDir, "nix-processes.json"), JSON.stringify(saved));
+    expect(await open().reapLeftovers()).toBe(0);
+    expect(isRunning(pid)).toBe(true);
+    expect(lines).toContainEqual(expect.objectContaining({ msg: "a recorded nix pid now belongs to another process; leaving it alone", pid }));
+  });
+
+  it("forgets a process that exited normally", async () => {
+    const { open } = await ledgers();
+    const pid = leftover();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const ledger = open();
+    ledger.started(pid);
+    ledger.exited(pid);
+    expect(await open().reapLeftovers()).toBe(0);
+    expect(isRunning(pid)).toBe(true);
+  });
+});
