@@ -128,7 +128,7 @@ export class Builder {
       this.queue.running?.cancel(why);
       this.options.catalog.stop();
       await this.loop;
-      await this.persist();
+      await this.persist().catch((err: unknown) => this.options.logger.error({ err }, "cannot save the job queue"));
     }
     this.responder.stop();
     await this.options.toplevels.flush();
