@@ -74,6 +74,11 @@ export class Builder {
   private readonly store: JobStore;
   private readonly recovery: JobRecovery;
   private saving: Promise<void> = Promise.resolve();
+  /**
+   * Requesters whose job is queued but who are not told `accepted` before
+   * it is saved: until then they get none of the job's messages.
+   */
+  private readonly accepting = new Map<Job, Set<string>>();
 
   constructor(private readonly options: BuilderOptions) {
     const { config, transport, events, logger, nix, catalog, toplevels } = options;
@@ -122,7 +127,7 @@ export class Builder {
       running?.cancel(why);
       this.options.catalog.stop();
       await this.loop;
-      await this.recovery.interrupt(running, queued, why);
+      await this.recovery.interrupt(running, queued, why, this.accepting);
     } else {
       for (const job of this.queue.close()) this.completeUnstarted(job, why);
       this.queue.running?.cancel(why);
@@ -140,7 +145,7 @@ export class Builder {
 
   /** Saves the queue (running job first); resolves once it is on disk. */
   private persist(): Promise<void> {
-    const saving = this.recovery.save(this.queue.running, this.queue.queued);
+    const saving = this.recovery.save(this.queue.running, this.queue.queued, this.accepting);
     this.saving = saving.catch(() => undefined);
     return saving;
   }
@@ -217,16 +222,24 @@ export class Builder {
       return;
     }
     const { job, position, joined } = result;
+    // Accepted means saved: a crash from here on loses nothing. Until then
+    // the requester hears nothing of the job, so `accepted` comes first.
+    job.requesters.delete(reply);
+    const pending = this.accepting.get(job) ?? new Set<string>();
+    pending.add(reply);
+    this.accepting.set(job, pending);
     try {
-      // Accepted means saved: a crash from here on loses nothing.
       await this.persist();
     } catch (err) {
       this.options.logger.error({ err, jobId: job.id }, "cannot save the job queue; refusing the request");
-      if (joined) job.requesters.delete(reply);
-      else if (this.queue.remove(job.id)) this.emitQueue();
+      if (!joined && job.requesters.size === 0 && this.queue.remove(job.id)) this.emitQueue();
       this.responder.reject(subject, reply, rejection("unavailable", "the builder cannot save its job queue (see its log); nothing was queued").rejection);
       return;
+    } finally {
+      pending.delete(reply);
+      if (pending.size === 0) this.accepting.delete(job);
     }
+    job.requesters.add(reply);
     this.responder.toRequester(reply, job, { type: "accepted", jobId: job.id, ...job.spec, position, joined });
     this.options.logger.info({ jobId: job.id, ...job.spec, position, joined }, joined ? "request joined a queued job" : "job queued");
     this.emitQueue();

@@ -34,13 +34,14 @@ export type SavedJob = z.infer<typeof SavedJobSchema>;
 
 const JobsFileSchema = z.object({ version: z.literal(1), jobs: z.array(SavedJobSchema) });
 
-export function savedJob(job: Job, running: boolean): SavedJob {
+/** `accepting`: requesters whose `accepted` waits for this very save. */
+export function savedJob(job: Job, running: boolean, accepting: Iterable<string> = []): SavedJob {
   return {
     id: job.id,
     ...job.spec,
     enqueuedAt: job.enqueuedAt,
     running,
-    requesters: [...job.requesters],
+    requesters: [...new Set([...job.requesters, ...accepting])],
     seq: job.seq,
     interruptions: job.interruptions,
     checkpoint: job.checkpoint,

@@ -60,15 +60,17 @@ export class JobRecovery {
     }
   }
 
-  save(running: Job | null, queued: readonly Job[]): Promise<void> {
-    return this.options.store.save([...(running ? [savedJob(running, true)] : []), ...queued.map((job) => savedJob(job, false))]);
+  /** `accepting`: per job, the requesters not yet told `accepted` (they are saved with it). */
+  save(running: Job | null, queued: readonly Job[], accepting: ReadonlyMap<Job, ReadonlySet<string>> = new Map()): Promise<void> {
+    const of = (job: Job) => accepting.get(job) ?? [];
+    return this.options.store.save([...(running ? [savedJob(running, true, of(running))] : []), ...queued.map((job) => savedJob(job, false, of(job)))]);
   }
 
   /** The builder is stopping for a restart: save everything, then tell every requester. */
-  async interrupt(running: Job | null, queued: readonly Job[], why: string): Promise<void> {
+  async interrupt(running: Job | null, queued: readonly Job[], why: string, accepting?: ReadonlyMap<Job, ReadonlySet<string>>): Promise<void> {
     const jobs = [...(running ? [running] : []), ...queued];
     try {
-      await this.save(running, queued);
+      await this.save(running, queued, accepting);
     } catch (err) {
       // Without the saved queue nothing resumes: answer as a plain stop would.
       this.options.logger.error({ err }, "cannot save the job queue; cancelling its jobs instead");

@@ -41,7 +41,7 @@ export async function runBuilder(configFile: string): Promise<number> {
       logger.error({ deadlineMs: STOP_DEADLINE_MS }, "graceful stop took too long; exiting now");
       process.exit(ExitCode.buildFailed);
     }, STOP_DEADLINE_MS).unref();
-    void daemon.stop(`the builder received ${signal} (a restart or shutdown)`);
+    void daemon.stop(`the builder is shutting down (it received ${signal})`);
   };
   process.once("SIGTERM", onSignal);
   process.once("SIGINT", onSignal);

@@ -434,7 +434,7 @@ describe("the units' commands, run", () => {
     const result = await run;
     expect(result.exitCode, String(result.stderr)).toBe(0);
     const stdout = String(result.stdout);
-    expect(stdout).toMatch(/interrupted: the builder received SIGTERM .*; waiting for it/);
+    expect(stdout).toMatch(/interrupted: the builder is shutting down \(it received SIGTERM\); .*; waiting for it/);
     expect(stdout.indexOf("resumed: the builder is back")).toBeGreaterThan(stdout.indexOf("interrupted:"));
     expect(stdout).toMatch(/completed: success, 2 of 2 hosts built/);
   });
