@@ -101,9 +101,11 @@ export class Builder {
   /** Takes up the saved queue first (in its order), then listens for requests. */
   async start(): Promise<void> {
     const { transport, config } = this.options;
-    for (const job of await this.recovery.restore()) this.queue.restore(job);
+    const { jobs, saved } = await this.recovery.restore();
+    for (const job of jobs) this.queue.restore(job);
     this.recovery.announce(this.queue.queued.map((job, index) => ({ job, position: this.queue.positionOf(index) })));
-    await this.persist();
+    // What was answered here (or cut short once more) must not come back at the next start.
+    if (saved > 0) await this.persist();
     transport.subscribe("build.>", (msg) => this.handle(msg), config.nats.queueGroup);
     this.loop = this.runLoop();
     this.heartbeat = setInterval(() => this.sendHeartbeats(), config.build.heartbeatInterval);

@@ -27,11 +27,12 @@ export interface JobRecoveryOptions {
 export class JobRecovery {
   constructor(private readonly options: JobRecoveryOptions) {}
 
-  /** The saved jobs that run again, in their order; the others are answered here. */
-  async restore(): Promise<Job[]> {
+  /** The saved jobs that run again, in their order (the others are answered here), and whether there were any. */
+  async restore(): Promise<{ jobs: Job[]; saved: number }> {
     const { config, logger } = this.options;
     const jobs: Job[] = [];
-    for (const saved of await this.options.store.load()) {
+    const all = await this.options.store.load();
+    for (const saved of all) {
       const { spec, restored } = restoredJob(saved);
       const job = new Job(spec, restored);
       if (saved.running) job.interruptions++;
@@ -50,7 +51,7 @@ export class JobRecovery {
       logger.info({ jobId: job.id, ...spec, interruptions: job.interruptions, hostsDone: job.results.length }, "resuming a saved job");
       jobs.push(job);
     }
-    return jobs;
+    return { jobs, saved: all.length };
   }
 
   /** Tells the requesters of each restored job that it is taken up again. */

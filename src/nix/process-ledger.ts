@@ -93,6 +93,7 @@ export class ProcessLedger {
     const text = await readFile(this.file, "utf8").catch(() => undefined);
     const saved = text === undefined ? undefined : parseJsonAs(text, LedgerSchema);
     let ended = 0;
+    if (!saved || saved.processes.length === 0) return ended;
     const boot = this.bootId();
     for (const entry of saved?.processes ?? []) {
       if (entry.bootId !== boot) continue;
@@ -134,10 +135,15 @@ export class ProcessLedger {
     return this.boot;
   }
 
-  /** Blocking, like every write here: the records never race each other. */
+  /**
+   * Blocking, like every write here: the records never race each other.
+   * Not fsynced: the record has to outlive the builder process, not the
+   * machine (a power cut ends the nix processes too), and a build start
+   * should not wait for the disk.
+   */
   private persist(): void {
     try {
-      writeFileAtomicSync(this.file, this.body(), 0o600);
+      writeFileAtomicSync(this.file, this.body(), 0o600, { durable: false });
     } catch (err) {
       this.logger.warn({ err, file: this.file }, "cannot record the running nix processes");
     }

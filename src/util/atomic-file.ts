@@ -28,10 +28,12 @@ export async function writeFileAtomic(file: string, body: string, mode = 0o640):
 }
 
 /**
- * The same, blocking: for the few small records that must be on disk
+ * The same, blocking: for the few small records that must be written
  * before the next line of code runs (a crash may come at any moment).
+ * `durable: false` skips the fsyncs, for records that only need to
+ * survive the process (a power cut would end what they describe anyway).
  */
-export function writeFileAtomicSync(file: string, body: string, mode = 0o640): void {
+export function writeFileAtomicSync(file: string, body: string, mode = 0o640, { durable = true } = {}): void {
   const dir = dirname(file);
   mkdirSync(dir, { recursive: true, mode: 0o750 });
   const temp = `${file}.${process.pid}.tmp`;
@@ -39,7 +41,7 @@ export function writeFileAtomicSync(file: string, body: string, mode = 0o640): v
     const fd = openSync(temp, "w", mode);
     try {
       writeSync(fd, body);
-      fsyncSync(fd);
+      if (durable) fsyncSync(fd);
     } finally {
       closeSync(fd);
     }
@@ -52,6 +54,7 @@ export function writeFileAtomicSync(file: string, body: string, mode = 0o640): v
     }
     throw err;
   }
+  if (!durable) return;
   const handle = openSync(dir, "r");
   try {
     fsyncSync(handle);
