@@ -165,6 +165,9 @@ describe("what the builder keeps", () => {
     await store.gc();
     const alphaLinks = await readdir(join(await stateDir(), "gcroots", "fixture", "alpha"));
     expect(alphaLinks).toHaveLength(2);
+    const rooted = (JSON.parse(await readFile(join(await stateDir(), "gcroots.json"), "utf8")) as { roots: Array<{ storePath: string }> }).roots;
+    expect(rooted.length).toBeGreaterThan(0);
+    for (const root of rooted) expect(await store.isValid(root.storePath), root.storePath).toBe(true);
     const afterRestart = JSON.parse((await runCli(["history", "fixture", "beta", "--json"], env)).stdout) as { entries: unknown[] };
     expect(afterRestart.entries).toEqual(entries);
     const table = await runCli(["history", "fixture"], env);
