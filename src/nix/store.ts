@@ -41,13 +41,13 @@ export class NixStore {
   /** The package changes from `before` to `after` and the change of the whole closure's size. */
   async diffClosures(before: string, after: string, timeoutMs: number): Promise<Outcome<ClosureDiff>> {
     if (!isStorePath(before) || !isStorePath(after)) return { ok: false, error: "not a store path", outcome: "exited" };
-    const started = Date.now();
-    const diff = await this.runner.run(["store", "diff-closures", before, after], { timeoutMs });
+    const [diff, sizes] = await Promise.all([
+      this.runner.run(["store", "diff-closures", before, after], { timeoutMs }),
+      this.closureSizes([before, after], timeoutMs),
+    ]);
     if (diff.outcome !== "exited" || diff.exitCode !== 0) {
       return { ok: false, error: `nix store diff-closures: ${describeFailure(diff, this.nixBin)}`, outcome: diff.outcome };
     }
-    const left = Math.max(1, timeoutMs - (Date.now() - started));
-    const sizes = await this.closureSizes([before, after], left);
     if (!sizes.ok) return sizes;
     const delta = (sizes.value.get(after) ?? 0) - (sizes.value.get(before) ?? 0);
     return { ok: true, value: { packages: parseDiffClosures(diff.stdout), sizeDeltaBytes: delta } };

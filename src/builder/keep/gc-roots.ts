@@ -111,7 +111,8 @@ export class GcRoots {
             storePath: target,
             revision: known?.storePath === target ? known.revision : null,
             ref: known?.storePath === target ? known.ref : null,
-            builtAt: Number(match[2]),
+            // A root refreshed by a rebuild keeps its link; the bookkeeping has the newer time.
+            builtAt: known?.storePath === target ? Math.max(known.builtAt, Number(match[2])) : Number(match[2]),
             link,
           });
         }
@@ -150,6 +151,14 @@ export class GcRoots {
   private async addNow(build: Rooted): Promise<boolean> {
     const { repo, host, storePath } = build;
     const kind: GcRoot["kind"] = build.ref === null ? "default" : "ref";
+    // The same toplevel rebuilt (an unchanged revision): its root stays, only
+    // its time moves — no nix process, no new generation.
+    const existing = this.roots.find((r) => r.repo === repo && r.host === host && r.kind === kind && r.storePath === storePath);
+    if (existing && (await isLink(existing.link))) {
+      Object.assign(existing, { builtAt: Math.max(existing.builtAt, this.now()), revision: build.revision, ref: build.ref });
+      await this.applyPolicy();
+      return true;
+    }
     let builtAt = this.now();
     // Names carry the time; two roots of one host in one millisecond must not collide.
     while (this.roots.some((r) => r.repo === repo && r.host === host && r.builtAt === builtAt)) builtAt += 1;
@@ -227,6 +236,10 @@ export class GcRoots {
       this.options.logger.warn({ file: this.file, err: errorMessage(err) }, "cannot save the GC root bookkeeping (the root links are unaffected)");
     }
   }
+}
+
+async function isLink(path: string): Promise<boolean> {
+  return (await lstat(path).catch(() => undefined))?.isSymbolicLink() === true;
 }
 
 async function names(dir: string): Promise<string[]> {

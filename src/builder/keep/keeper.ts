@@ -60,8 +60,13 @@ export class Keeper {
     const extra: Pick<HostResult, "changes" | "gcRoot"> = {};
     if (result.status === "success" && result.storePath) {
       const against = history.lastDefaultSuccess(repo, result.host);
-      extra.gcRoot = await roots.add({ repo, host: result.host, storePath: result.storePath, revision, ref });
-      extra.changes = against?.storePath ? await this.changes(repo, result.host, against.storePath, against.revision, result.storePath) : null;
+      // Both at once: each is a nix process or two, and the next host waits for them.
+      const [gcRoot, changes] = await Promise.all([
+        roots.add({ repo, host: result.host, storePath: result.storePath, revision, ref }),
+        against?.storePath ? this.changes(repo, result.host, against.storePath, against.revision, result.storePath) : Promise.resolve(null),
+      ]);
+      extra.gcRoot = gcRoot;
+      extra.changes = changes;
     }
     history.record(repo, {
       host: result.host,
@@ -82,6 +87,8 @@ export class Keeper {
   }
 
   private async changes(repo: string, host: string, before: string, revision: string | null, after: string): Promise<Changes | null> {
+    // The same toplevel has the same closure: nothing to ask nix.
+    if (before === after) return { against: before, againstRevision: revision, packages: [], sizeDeltaBytes: 0 };
     const diff = await this.options.store.diffClosures(before, after, this.options.changesTimeoutMs ?? CHANGES_TIMEOUT_MS);
     if (!diff.ok) {
       this.options.logger.warn({ repo, host, against: before, err: diff.error }, "cannot compare the closure with the last good build; reporting no changes");

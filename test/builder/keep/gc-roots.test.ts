@@ -65,8 +65,8 @@ describe("GcRoots", () => {
     const clock = { now: Date.parse("2026-12-01T10:00:00Z") };
     const { roots } = keeper(dir, clock);
     await roots.load();
-    await roots.add(build(paths[0] as string, "flake-update"));
-    await roots.add(build(paths[1] as string, null, "old-host"));
+    expect(await roots.add(build(paths[0] as string, "flake-update"))).toBe(true);
+    expect(await roots.add(build(paths[1] as string, null, "old-host"))).toBe(true);
     await roots.retainHosts("r", ["ns1"]);
     expect(roots.rootsOf("r", "old-host")).toHaveLength(1);
     clock.now += 61_000;
@@ -86,16 +86,17 @@ describe("GcRoots", () => {
   it("releases a repo gone from the config only after keepRefBuilds", async () => {
     const dir = await mkdtemp(join(tmpdir(), "hd-roots-"));
     const clock = { now: Date.parse("2026-12-01T10:00:00Z") };
-    const { roots } = keeper(dir, clock);
+    const { roots, lines } = keeper(dir, clock);
     await roots.load();
-    await roots.add(build(paths[0] as string));
-    const unconfigured = keeper(dir, clock, ["other"]).roots;
-    await unconfigured.load();
-    expect(unconfigured.rootsOf("r", "ns1")).toHaveLength(1);
+    expect(await roots.add(build(paths[0] as string)), JSON.stringify(lines)).toBe(true);
+    const unconfigured = keeper(dir, clock, ["other"]);
+    await unconfigured.roots.load();
+    expect(unconfigured.roots.rootsOf("r", "ns1"), JSON.stringify(unconfigured.lines)).toHaveLength(1);
     clock.now += 61_000;
     const later = keeper(dir, clock, ["other"]).roots;
     await later.load();
     expect(later.rootsOf("r", "ns1")).toEqual([]);
+    expect(await readdir(join(dir, "gcroots"))).toEqual([]);
   });
 
   it("reports a root it cannot write as false with a warning, and releases nothing then", async () => {
