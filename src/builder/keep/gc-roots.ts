@@ -74,6 +74,8 @@ export class GcRoots {
   /** Per repo, the hosts its default branch had at its last `all` build. */
   private readonly currentHosts = new Map<string, Set<string>>();
   private queue: Promise<unknown> = Promise.resolve();
+  private saving: Promise<void> | undefined;
+  private dirty = false;
   private readonly now: () => number;
 
   constructor(private readonly options: GcRootsOptions) {
@@ -137,9 +139,10 @@ export class GcRoots {
     return this.serially(() => this.applyPolicy());
   }
 
-  /** Resolves when every change so far is done. */
-  flush(): Promise<void> {
-    return this.serially(async () => undefined);
+  /** Resolves when every change so far is done and on disk. */
+  async flush(): Promise<void> {
+    await this.serially(async () => undefined);
+    while (this.saving) await this.saving;
   }
 
   private serially<T>(work: () => Promise<T>): Promise<T> {
@@ -206,7 +209,26 @@ export class GcRoots {
       expired.push(...roots.filter((r) => r.kind === "ref" && r.builtAt + keepRefBuildsMs <= now));
     }
     await this.release(expired, "past the keep policy");
-    await this.save();
+    this.scheduleSave();
+  }
+
+  /**
+   * The bookkeeping is written behind the build (the links are what keep
+   * the roots; the file only adds revisions): writes that pile up while one
+   * runs fold into one.
+   */
+  private scheduleSave(): void {
+    this.dirty = true;
+    this.saving ??= (async () => {
+      try {
+        while (this.dirty) {
+          this.dirty = false;
+          await this.save();
+        }
+      } finally {
+        this.saving = undefined;
+      }
+    })();
   }
 
   private async release(roots: GcRoot[], why: string): Promise<void> {

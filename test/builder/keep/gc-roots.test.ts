@@ -54,6 +54,7 @@ describe("GcRoots", () => {
     await store.gc();
     expect([await store.isValid(one), await store.isValid(two), await store.isValid(three)]).toEqual([false, true, true]);
 
+    await roots.flush();
     await rm(join(dir, "gcroots.json"));
     const again = keeper(dir, clock).roots;
     await again.load();
@@ -69,6 +70,7 @@ describe("GcRoots", () => {
     expect(await roots.add(build(paths[1] as string, null, "old-host"))).toBe(true);
     await roots.retainHosts("r", ["ns1"]);
     expect(roots.rootsOf("r", "old-host")).toHaveLength(1);
+    await roots.flush();
     clock.now += 61_000;
     // A start-up after the keep time releases the expired ref build; which
     // hosts are gone is known again at the next build of the default branch.
@@ -89,9 +91,11 @@ describe("GcRoots", () => {
     const { roots, lines } = keeper(dir, clock);
     await roots.load();
     expect(await roots.add(build(paths[0] as string)), JSON.stringify(lines)).toBe(true);
+    await roots.flush();
     const unconfigured = keeper(dir, clock, ["other"]);
     await unconfigured.roots.load();
     expect(unconfigured.roots.rootsOf("r", "ns1"), JSON.stringify(unconfigured.lines)).toHaveLength(1);
+    await unconfigured.roots.flush();
     clock.now += 61_000;
     const later = keeper(dir, clock, ["other"]).roots;
     await later.load();
