@@ -149,7 +149,7 @@ describe("summaries", () => {
     expect(wide[1]).toBe(`ns1   success  28.4s     3 packages, +1.2 MiB  /nix/store/${"a".repeat(32)}-nixos-system-ns1-25.05`);
     const cut = summaryTable(final, undefined, 60);
     expect(cut.every((line) => line.length <= 59)).toBe(true);
-    expect(cut[1]).toMatch(/^ns1   success  28\.4s     3 packages, \+1\.2 MiB  \/nix\/sto…$/);
+    expect(cut[1]).toMatch(/^ns1   success  28\.4s     3 packages, \+1\.2 MiB  \/nix\/store\/…$/);
     expect(cut[1]).toHaveLength(59);
   });
 
@@ -200,6 +200,7 @@ describe("summaries", () => {
           totalHosts: 16,
           hostStartedAt: "2026-11-24T10:01:00.000Z",
           progress: null,
+          expectedMs: 150_000,
         },
         queued: [{ jobId: "jabcdefabcd", repo: "nixos", target: "gunter", ref: "flake-update", position: 1, requesters: 2, enqueuedAt: "2026-11-24T10:02:00.000Z" }],
       },
@@ -208,7 +209,7 @@ describe("summaries", () => {
     expect(lines).toEqual([
       "builder b (homelab-deploy 0.1.0)",
       "running: job j0123456789 nixos-servers all, started 3m00s ago",
-      "  [2/16] ns2 for 2m00s",
+      "  [2/16] ns2 for 2m00s (~30.0s left)",
       "queued: 1 job",
       "  1. job jabcdefabcd nixos gunter --ref flake-update (2 requesters)",
     ]);
