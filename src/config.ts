@@ -92,6 +92,12 @@ const BuildSchema = z.strictObject({
   killGrace: DurationSchema.default(3_000),
   heartbeatInterval: DurationSchema.default(30_000),
   nixBin: z.string().min(1).default("nix"),
+  /** Distinct successful default-branch toplevels per host kept as GC roots. */
+  keepGenerations: z.number().int().min(1).max(100).default(2),
+  /** How long a ref build (and a host gone from the flake) stays a GC root after it was built. */
+  keepRefBuilds: DurationSchema.default(7 * 86_400_000),
+  /** Results kept per repo and host in `<stateDir>/history.json`. */
+  historySize: z.number().int().min(1).max(1_000).default(50),
   /** On SIGTERM/SIGINT/SIGHUP, save the queue and resume it at the next start instead of cancelling it. */
   resume: z.boolean().default(true),
 });

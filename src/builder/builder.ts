@@ -32,6 +32,8 @@ import { JobStore } from "./job-store.js";
 import { JobRecovery } from "./recovery.js";
 import type { ToplevelCache } from "../nix/toplevel-cache.js";
 import type { NatsTransport } from "../nats/transport.js";
+import type { Keeper } from "./keep/keeper.js";
+import type { BuildHistory } from "./keep/history.js";
 
 export interface BuilderOptions {
   config: Config;
@@ -43,6 +45,8 @@ export interface BuilderOptions {
   version: string;
   builderName: string;
   toplevels: ToplevelCache;
+  keeper: Keeper;
+  history: BuildHistory;
 }
 
 type Validated = { ok: true; repo: string; target: string; ref: string | null } | { ok: false; rejection: Rejected };
@@ -81,10 +85,10 @@ export class Builder {
   private readonly accepting = new Map<Job, Set<string>>();
 
   constructor(private readonly options: BuilderOptions) {
-    const { config, transport, events, logger, nix, catalog, toplevels } = options;
+    const { config, transport, events, logger, nix, catalog, toplevels, keeper } = options;
     this.queue = new JobQueue(config.build.maxQueue);
     this.responder = new Responder(transport, events, logger);
-    this.runner = new JobRunner({ config, nix, catalog, responder: this.responder, logger, toplevels, checkpoint: () => this.persistSoon() });
+    this.runner = new JobRunner({ config, nix, catalog, responder: this.responder, logger, toplevels, keeper, checkpoint: () => this.persistSoon() });
     this.store = new JobStore({ stateDir: config.stateDir, logger, maxJobs: config.build.maxQueue + 1 });
     this.recovery = new JobRecovery({ config, store: this.store, responder: this.responder, logger });
     this.control = new Control({
@@ -94,6 +98,7 @@ export class Builder {
       builderName: options.builderName,
       jobs: () => ({ running: this.queue.running, queued: this.queue.queued, positionOf: (i) => this.queue.positionOf(i) }),
       cancel: (jobId) => this.cancel(jobId),
+      history: (repo, host) => options.history.entries(repo, host),
     });
     this.dropLog = new LogThrottle(logger, 60_000, 10);
   }
@@ -138,7 +143,7 @@ export class Builder {
       await this.persist().catch((err: unknown) => this.options.logger.error({ err }, "cannot save the job queue"));
     }
     this.responder.stop();
-    await this.options.toplevels.flush();
+    await Promise.all([this.options.toplevels.flush(), this.options.keeper.flush()]);
   }
 
   private persistSoon(): void {
