@@ -67,9 +67,14 @@ export class Responder {
     this.events.emit({ type: "response", job, message: numbered });
   }
 
-  /** To one requester of the job (its `accepted`). */
+  /**
+   * To one requester of the job (its `accepted`). A joiner's `accepted`
+   * repeats the job's last number instead of taking the next: the others
+   * never get it and must not see a gap where it was.
+   */
   toRequester(reply: string, job: Job, message: BuildResponse): void {
-    const numbered = this.number(job, message);
+    const joined = message.type === "accepted" && message.joined && job.seq > 0;
+    const numbered = joined ? { ...message, seq: job.seq } : this.number(job, message);
     this.transport.publish(reply, numbered);
     this.remember([reply], numbered);
     this.events.emit({ type: "response", job, message: numbered });

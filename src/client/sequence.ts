@@ -45,6 +45,12 @@ export class SeqOrder<T> {
       this.held.set(seq, message);
       return [...before, ...this.drain()];
     }
+    // A joiner's `accepted` repeats the job's last number: what it missed came before it.
+    if (type === "accepted" && (message as { joined?: boolean }).joined === true && this.next === undefined) {
+      this.highest = seq;
+      this.next = seq + 1;
+      return [message];
+    }
     if (UNNUMBERED.has(type)) {
       if (seq < this.highest) return [];
       this.highest = seq;

@@ -55,6 +55,13 @@ describe("SeqOrder", () => {
     expect(order.push(m("host_started", 8))).toEqual([]);
   });
 
+  it("a joiner starts after the job's number its accepted repeats", () => {
+    const order = new SeqOrder<M>();
+    expect(names(order.push({ type: "accepted", seq: 5, n: "accepted5", joined: true } as M))).toEqual(["accepted5"]);
+    expect(names(order.push(m("queued", 6)))).toEqual(["queued6"]);
+    expect(order.waiting).toBe(false);
+  });
+
   it("passes messages without seq (older builders, rejected) straight on", () => {
     const order = new SeqOrder<M>();
     expect(names(order.push(m("rejected", undefined)))).toEqual(["rejected"]);
