@@ -432,7 +432,7 @@ describe("the units' commands, run", () => {
     expect(code).toBe(0);
     builder = await spawnBuilder(builderCommand[3] as string, {}, { command: builderCommand });
     const result = await run;
-    expect(result.exitCode, String(result.stderr)).toBe(0);
+    expect(result.exitCode, `${String(result.stdout)}\n${String(result.stderr)}`).toBe(0);
     const stdout = String(result.stdout);
     expect(stdout).toMatch(/interrupted: the builder is shutting down \(it received SIGTERM\); .*; waiting for it/);
     expect(stdout.indexOf("resumed: the builder is back")).toBeGreaterThan(stdout.indexOf("interrupted:"));
