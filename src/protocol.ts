@@ -179,6 +179,8 @@ export const CompletedSchema = z.object({
   results: z.array(HostResultSchema),
   /** Why the job as a whole failed or was cancelled, when no host result says it. */
   error: z.string().optional(),
+  /** With `error`: where nix says the flake fails to evaluate (e.g. a syntax error in flake.nix). */
+  location: SourceLocationSchema.optional(),
 });
 
 export const RejectCodeSchema = z.enum([

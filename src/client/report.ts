@@ -122,7 +122,9 @@ function hostFinishedLines(message: Extract<BuildResponse, { type: "host_finishe
 function completedLine(message: Completed, paint: Paint): string {
   const built = message.results.filter((r) => r.status === "success").length;
   const of = message.results.length > 0 ? `, ${built} of ${plural(message.results.length, "host")} built` : "";
-  const error = message.error ? `: ${firstLine(message.error)}` : "";
+  const loc = message.location;
+  const where = loc ? ` (at ${loc.file}${loc.line ? `:${loc.line}${loc.column ? `:${loc.column}` : ""}` : ""})` : "";
+  const error = message.error ? `: ${firstLine(message.error)}${where}` : "";
   const status = paint(message.status === "success" ? "green" : message.status === "failure" ? "red" : "yellow", message.status);
   return `completed: ${status}${of}, ${shortRev(message.revision)}, in ${formatDuration(message.durationMs)}${error}`;
 }
