@@ -82,7 +82,7 @@ export class JobRunner {
 
     const lock = await nix.resolveFlake(url, ref, { timeoutMs: config.build.resolveTimeout, signal });
     if (!lock.ok) {
-      this.complete(job, unstartedOutcome(job, lock.error, job.cancelled ? "cancelled" : "failure", started));
+      this.complete(job, unstartedOutcome(job, lock.error, job.cancelled ? "cancelled" : "failure", started, null, lock));
       return;
     }
     const { lockedUrl, revision } = lock.value;
