@@ -80,9 +80,10 @@ export class JobRunner {
     const url = repoNamed(config.repos, repo)?.url as string;
     logger.info({ jobId: job.id, repo, target, ref }, "job started");
 
-    const lock = await nix.resolveFlake(url, ref, { timeoutMs: config.build.resolveTimeout, signal });
+    const lock = await nix.resolveFlake(url, ref, { timeoutMs: config.build.fetchTimeout, signal });
     if (!lock.ok) {
-      this.complete(job, unstartedOutcome(job, lock.error, job.cancelled ? "cancelled" : "failure", started, null, lock));
+      const error = lock.outcome === "timeout" ? `${lock.error} (build.fetchTimeout)` : lock.error;
+      this.complete(job, unstartedOutcome(job, error, job.cancelled ? "cancelled" : "failure", started, null, lock));
       return;
     }
     const { lockedUrl, revision } = lock.value;

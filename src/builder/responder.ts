@@ -17,6 +17,7 @@ import type { Logger } from "../logger.js";
 import type { BuildResponse, ControlResponse, FinalResponse, Rejected } from "../protocol.js";
 import { isFinal } from "../protocol.js";
 import type { Job } from "./queue.js";
+import { LogThrottle } from "../util/log-throttle.js";
 import type { ConnectionState, NatsTransport } from "../nats/transport.js";
 
 /** Finals are sent again this long later (requesters back off up to 5 s, longer under load). */
@@ -38,12 +39,15 @@ export class Responder {
   private disconnectedAt: number | undefined;
   private unsettledUntil = 0;
   private readonly timers = new Set<NodeJS.Timeout>();
+  /** Hostile or broken requesters can send rejects by the thousand: at most 10 lines a minute per code. */
+  private readonly rejectLog: LogThrottle;
 
   constructor(
     private readonly transport: NatsTransport,
     private readonly events: EventBus,
     private readonly logger: Logger,
   ) {
+    this.rejectLog = new LogThrottle(logger, 60_000, 10);
     transport.onStateChange((state) => this.onStateChange(state));
   }
 
@@ -69,7 +73,7 @@ export class Responder {
     this.transport.publish(reply, message);
     this.remember([reply], message);
     this.events.emit({ type: "rejected", subject, message });
-    this.logger.info({ subject, code: message.code, error: message.error }, "request rejected");
+    this.rejectLog.info(`rejected:${message.code}`, { subject, code: message.code, error: message.error }, "request rejected");
   }
 
   stop(): void {

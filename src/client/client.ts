@@ -14,6 +14,7 @@ import {
   type AnswerTo,
   type ControlName,
   type ControlResponse,
+  type DiscoverResponse,
   type Rejected,
   RESPONSE_PREFIX,
   buildSubject,
@@ -198,4 +199,35 @@ export async function requestControl<N extends ControlName>(
   );
   if (answer.type === "rejected" || answer.type === name) return answer as AnswerTo<N> | Rejected;
   throw new UnexpectedAnswerError(`unexpected answer ${answer.type} to build.${name}`);
+}
+
+export interface DiscoverOptions {
+  refresh: boolean;
+  /** Only this repo's loading matters (the others are shown as they are). */
+  repo?: string | undefined;
+  ackTimeoutMs: number;
+  /** Longest to keep asking while a repo of interest is still loading. */
+  settleMs: number;
+  pollMs?: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * `build.discover`, asked again (without refresh) while a repo of interest
+ * is still `loading`: the builder answers at once with what it has and
+ * fetches in the background, so one hung repo never holds up the answer.
+ */
+export async function discoverSettled(nc: NatsConnection, options: DiscoverOptions): Promise<DiscoverResponse | Rejected> {
+  const { ackTimeoutMs, signal, repo } = options;
+  const pollMs = options.pollMs ?? 1_000;
+  const deadline = Date.now() + options.settleMs;
+  let body: Record<string, unknown> | undefined = options.refresh ? { refresh: true } : undefined;
+  for (;;) {
+    const answer = await requestControl(nc, "discover", body, { ackTimeoutMs, signal });
+    if (answer.type === "rejected") return answer;
+    const pending = answer.repos.some((r) => r.loading === true && (repo === undefined || r.name === repo));
+    if (!pending || Date.now() + pollMs > deadline || signal?.aborted) return answer;
+    await new Promise((resolve) => setTimeout(resolve, pollMs));
+    body = undefined;
+  }
 }

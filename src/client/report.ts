@@ -266,7 +266,8 @@ export function describeDiscover(discover: DiscoverResponse, repo?: string): str
   for (const info of discover.repos) {
     if (repo !== undefined && info.name !== repo) continue;
     const at = info.revision ? ` at ${shortRev(info.revision)}` : "";
-    lines.push(`${info.name} (${info.url})${at}: ${plural(info.hosts.length, "host")}${info.error ? ` — ${info.error}` : ""}`);
+    const note = info.loading ? " — still fetching (ask again)" : info.error ? ` — ${info.error}` : "";
+    lines.push(`${info.name} (${info.url})${at}: ${plural(info.hosts.length, "host")}${note}`);
     for (const host of info.hosts) lines.push(`  ${host}`);
   }
   return lines;

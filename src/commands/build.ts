@@ -5,7 +5,7 @@
  * built (bad arguments, rejected, no builder, no NATS).
  */
 import type { Command } from "commander";
-import { requestBuild } from "../client/client.js";
+import { discoverSettled, requestBuild } from "../client/client.js";
 import { ExitCode, UsageError } from "../errors.js";
 import { ALL_HOSTS, isValidHostName, isValidRef, isValidRepoName, type FinalResponse } from "../protocol.js";
 import { createReporter, describeDiscover } from "../client/report.js";
@@ -14,7 +14,6 @@ import {
   addConnectionOptions,
   addIdleTimeoutOption,
   durationFlag,
-  runControl,
   withClient,
   type ConnectionFlags,
 } from "./connection.js";
@@ -78,17 +77,25 @@ export async function runBuild(repoArg: string | undefined, targetArg: string | 
 async function runList(repo: string | undefined, extra: string | undefined, flags: BuildFlags): Promise<number> {
   if (extra !== undefined) throw new UsageError("--list takes at most one argument: the repo");
   if (repo !== undefined && !isValidRepoName(repo)) throw new UsageError(`invalid repo name ${JSON.stringify(repo)}`);
-  // A refresh fetches and evaluates every repo: allow it the time that takes.
   const ackTimeoutMs = durationFlag("--ack-timeout", flags.ackTimeout);
-  const wait = flags.refresh ? Math.max(ackTimeoutMs, 600_000) : ackTimeoutMs;
-  return runControl(flags, "discover", flags.refresh ? { refresh: true } : undefined, (discover) => {
+  // The builder answers at once and fetches in the background; a refresh
+  // waits for the fetch it asked for (the builder bounds it by its
+  // build.fetchTimeout), a plain list only for a first load.
+  const settleMs = flags.refresh ? Math.max(ackTimeoutMs, 600_000) : ackTimeoutMs;
+  return withClient(flags, async (nc, signal) => {
+    const discover = await discoverSettled(nc, { refresh: flags.refresh === true, repo, ackTimeoutMs, settleMs, signal });
+    if (flags.json) process.stdout.write(`${JSON.stringify(discover)}\n`);
+    if (discover.type === "rejected") {
+      if (!flags.json) process.stderr.write(`rejected: ${discover.error}\n`);
+      return ExitCode.usage;
+    }
     if (repo !== undefined && !discover.repos.some((r) => r.name === repo)) {
       if (!flags.json) process.stderr.write(`unknown repo ${repo}; this builder builds ${discover.repos.map((r) => r.name).join(", ")}\n`);
       return ExitCode.usage;
     }
     if (!flags.json) for (const line of describeDiscover(discover, repo)) process.stdout.write(`${line}\n`);
     return ExitCode.ok;
-  }, wait);
+  });
 }
 
 export function exitCodeFor(final: FinalResponse): number {

@@ -48,7 +48,7 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
     logger: logger.child({ component: "nats" }),
     waitForServer: true,
   });
-  const catalog = new HostCatalog({ nix, repos: config.repos, logger: logger.child({ component: "catalog" }), timeoutMs: config.build.resolveTimeout });
+  const catalog = new HostCatalog({ nix, repos: config.repos, logger: logger.child({ component: "catalog" }), timeoutMs: config.build.resolveTimeout, fetchTimeoutMs: config.build.fetchTimeout });
   const nixVersion = await nix.version();
   const toplevels = new ToplevelCache({
     stateDir: config.stateDir,
