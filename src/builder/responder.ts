@@ -18,6 +18,7 @@ import type { BuildResponse, ControlResponse, FinalResponse, Rejected } from "..
 import { isFinal } from "../protocol.js";
 import type { Job } from "./queue.js";
 import { LogThrottle } from "../util/log-throttle.js";
+import { fitPayload, payloadBytes } from "./fit-payload.js";
 import type { ConnectionState, NatsTransport } from "../nats/transport.js";
 
 /** Finals are sent again this long later (requesters back off up to 5 s, longer under load). */
@@ -53,27 +54,38 @@ export class Responder {
 
   /** To every requester of the job. */
   toJob(job: Job, message: BuildResponse): void {
-    for (const reply of job.requesters) this.transport.publish(reply, message);
-    if (isFinal(message)) this.remember([...job.requesters], message);
+    const sent = this.fit(message);
+    for (const reply of job.requesters) this.transport.publish(reply, sent);
+    if (isFinal(sent)) this.remember([...job.requesters], sent);
     this.events.emit({ type: "response", job, message });
   }
 
   /** To one requester of the job (its `accepted`). */
   toRequester(reply: string, job: Job, message: BuildResponse): void {
-    this.transport.publish(reply, message);
+    this.transport.publish(reply, this.fit(message));
     this.events.emit({ type: "response", job, message });
   }
 
   /** A discover/status/cancel answer: not about a job's build. */
   control(reply: string, message: ControlResponse): void {
-    this.transport.publish(reply, message);
+    this.transport.publish(reply, this.fit(message));
   }
 
   reject(subject: string, reply: string, message: Rejected): void {
-    this.transport.publish(reply, message);
+    this.transport.publish(reply, this.fit(message));
     this.remember([reply], message);
     this.events.emit({ type: "rejected", subject, message });
     this.rejectLog.info(`rejected:${message.code}`, { subject, code: message.code, error: message.error }, "request rejected");
+  }
+
+  /** The message cut to the connected server's max_payload (events keep the full one). */
+  private fit<M extends BuildResponse | ControlResponse>(message: M): M {
+    const max = this.transport.maxPayload();
+    const fitted = fitPayload(message, max);
+    if (fitted !== message) {
+      this.logger.info({ type: message.type, bytes: payloadBytes(message), maxPayload: max }, "message cut to fit the NATS server's max_payload");
+    }
+    return fitted;
   }
 
   stop(): void {

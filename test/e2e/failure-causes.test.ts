@@ -178,3 +178,30 @@ describe("SIGHUP", () => {
     inbox.close();
   });
 });
+
+describe("a NATS server with a small max_payload", () => {
+  it("still gets every message, the final one cut to fit, when many hosts fail with long errors", async () => {
+    const small = await startNatsServer({ maxPayload: 65_536 });
+    cleanups.push(() => small.stop());
+    const many = await createFixtureFlake("many-broken-flake");
+    const builder = await startBuilder({ natsUrl: small.url, seedFile: small.identities.builder.seedFile, repos: { many: many.url } });
+    cleanups.push(() => builder.stop());
+    const result = await runCli(["build", "many", "all", "--json"], {
+      HOMELAB_DEPLOY_NATS_URL: small.url,
+      HOMELAB_DEPLOY_NKEY_SEED_FILE: small.identities.testDeployer.seedFile,
+      HOMELAB_DEPLOY_IDLE_TIMEOUT: "30s",
+    });
+    expect(result.exitCode).toBe(1);
+    const messages = jsonLines(result.stdout);
+    const finished = messages.filter((m) => m.type === "host_finished");
+    expect(finished).toHaveLength(24);
+    // Each host's own message carries its whole error.
+    for (const m of finished) expect(m).toMatchObject({ status: "eval_error", error: expect.stringMatching(/check 39 of host\d+ failed/) });
+    const final = messages.at(-1);
+    expect(final).toMatchObject({ type: "completed", status: "failure" });
+    expect(final?.results).toHaveLength(24);
+    expect((final?.results as Array<{ status: string }>).every((r) => r.status === "eval_error")).toBe(true);
+    for (const line of result.stdout.split("\n")) expect(Buffer.byteLength(line)).toBeLessThanOrEqual(65_536);
+    expect(builder.logs.some((l) => l.msg === "message cut to fit the NATS server's max_payload" && l.type === "completed")).toBe(true);
+  });
+});
