@@ -13,7 +13,10 @@ import { EventBus } from "../events.js";
 import type { Logger } from "../logger.js";
 import { NixRunner } from "../nix/runner.js";
 import { startObservability } from "../observability/observability.js";
-import { ToplevelCache } from "../nix/toplevel-cache.js";
+import { TOPLEVEL_CACHE_FILE, ToplevelCache } from "../nix/toplevel-cache.js";
+import { StateHealth } from "../observability/state-health.js";
+import { assertReplaceable } from "../util/regular-file.js";
+import { join } from "node:path";
 import { NatsTransport } from "../nats/transport.js";
 import { CONFIG_KEY_NAMES, vaultSeedSource } from "../nats/vault.js";
 import { VERSION } from "../version.js";
@@ -50,14 +53,19 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
   });
   const catalog = new HostCatalog({ nix, repos: config.repos, logger: logger.child({ component: "catalog" }), timeoutMs: config.build.resolveTimeout, fetchTimeoutMs: config.build.fetchTimeout });
   const nixVersion = await nix.version();
+  const stateHealth = new StateHealth();
   const toplevels = new ToplevelCache({
     stateDir: config.stateDir,
     nixVersion: nixVersion.ok ? nixVersion.value : "unknown",
     logger: logger.child({ component: "toplevels" }),
+    onSaved: (error) => stateHealth.record(TOPLEVEL_CACHE_FILE, error),
   });
+  await assertReplaceable(join(config.stateDir, TOPLEVEL_CACHE_FILE)).catch((err: unknown) =>
+    stateHealth.record(TOPLEVEL_CACHE_FILE, errorMessage(err)),
+  );
   await toplevels.load();
   const builder = new Builder({ config, transport, nix, catalog, events, logger, version: VERSION, builderName, toplevels });
-  const observability = await startObservability(config, logger, { events, transport, nix, nixVersion });
+  const observability = await startObservability(config, logger, { events, transport, nix, nixVersion, stateHealth });
 
   try {
     await transport.start();

@@ -4,7 +4,8 @@
  * is a loopback TCP server that accepts connections and never answers.
  */
 import { execFile } from "node:child_process";
-import { readFile, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -12,6 +13,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { NatsConnection } from "nats";
 import { jsonLines, runCli, spawnCli } from "../support/cli.js";
 import { startBuilder, type BuilderProcess } from "../support/daemon.js";
+import { metricsBaseUrl } from "../support/metrics.js";
 import { createFixtureFlake, type FixtureFlake } from "../support/flake.js";
 import { Inbox, connectAs } from "../support/nats-client.js";
 import { startNatsServer, type NatsServer } from "../support/nats-server.js";
@@ -203,5 +205,33 @@ describe("a NATS server with a small max_payload", () => {
     expect((final?.results as Array<{ status: string }>).every((r) => r.status === "eval_error")).toBe(true);
     for (const line of result.stdout.split("\n")) expect(Buffer.byteLength(line)).toBeLessThanOrEqual(65_536);
     expect(builder.logs.some((l) => l.msg === "message cut to fit the NATS server's max_payload" && l.type === "completed")).toBe(true);
+  });
+});
+
+describe("a FIFO where a state file belongs", () => {
+  it("is refused without blocking start-up; /readyz stays ready but degraded, and a metric counts the failed writes", async () => {
+    const stateDir = join(await mkdtemp(join(tmpdir(), "hd-fifo-")), "state");
+    await mkdir(stateDir);
+    await run("mkfifo", [join(stateDir, "metrics.json"), join(stateDir, "toplevels.json")]);
+    const builder = await startBuilder({
+      natsUrl: nats.url,
+      seedFile: nats.identities.builder.seedFile,
+      repos: { tiny: tiny.url },
+      extra: { metrics: { listen: "127.0.0.1:0" }, stateDir },
+    });
+    cleanups.push(() => builder.stop());
+    const baseUrl = await metricsBaseUrl(builder);
+    const ready = await fetch(`${baseUrl}/readyz`);
+    expect(ready.status).toBe(200);
+    const report = (await ready.json()) as { ready: boolean; degraded: boolean; checks: { state: { ok: boolean; detail: string } } };
+    expect(report).toMatchObject({ ready: true, degraded: true, checks: { state: { ok: false } } });
+    expect(report.checks.state.detail).toContain(`cannot save metrics.json: ${join(stateDir, "metrics.json")} is a FIFO, not a regular file; remove it`);
+    expect(report.checks.state.detail).toContain(`cannot save toplevels.json: ${join(stateDir, "toplevels.json")} is a FIFO, not a regular file`);
+
+    await tiny.bump();
+    expect((await runCli(["build", "tiny", "all"], env())).exitCode).toBe(0);
+    const metrics = await (await fetch(`${baseUrl}/metrics`)).text();
+    expect(metrics).toMatch(/^homelab_deploy_state_writable\{file="metrics\.json"\} 0$/m);
+    expect(metrics).toMatch(/^homelab_deploy_state_write_failures_total\{file="metrics\.json"\} [1-9]\d*$/m);
   });
 });
