@@ -6,7 +6,8 @@ import type { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import { z } from "zod";
 import { DiscoverResponseSchema, RepoNameSchema, StatusResponseSchema } from "../protocol.js";
 import { describeDiscover, describeStatus } from "../client/report.js";
-import { askBuilder, type ToolContext } from "./context.js";
+import { BuilderRefusedError, askBuilder, type ToolContext } from "./context.js";
+import { discoverSettled } from "../client/client.js";
 import { guarded, toolError, toolResult } from "./tool-result.js";
 
 /** A refresh fetches and evaluates every repo: allow it the time that takes (as `build --list --refresh` does). */
@@ -36,10 +37,17 @@ export function registerReadTools(server: McpServer, context: ToolContext): void
     },
     ({ repo, refresh }, extra) =>
       guarded("list_build_targets", context.logger, async () => {
-        const answer = await askBuilder(context, "discover", refresh ? { refresh: true } : undefined, {
-          signal: extra.signal,
-          ...(refresh ? { ackTimeoutMs: Math.max(context.ackTimeoutMs, REFRESH_TIMEOUT_MS) } : {}),
+        // The builder answers at once and fetches in the background: ask
+        // again while the repo(s) asked about are still loading, as the CLI does.
+        const nc = await context.link.connection();
+        const answer = await discoverSettled(nc, {
+          refresh: refresh === true,
+          repo,
+          ackTimeoutMs: context.ackTimeoutMs,
+          settleMs: refresh ? Math.max(context.ackTimeoutMs, REFRESH_TIMEOUT_MS) : context.ackTimeoutMs,
+          signal: AbortSignal.any([extra.signal, context.shutdown]),
         });
+        if (answer.type === "rejected") throw new BuilderRefusedError(`the builder refused build.discover: ${answer.error}`);
         const repos = answer.repos.filter((r) => repo === undefined || r.name === repo);
         if (repo !== undefined && repos.length === 0) {
           return toolError(`unknown repo ${repo}; this builder builds ${answer.repos.map((r) => r.name).join(", ")}`);
