@@ -50,7 +50,6 @@ const SHUTTING_DOWN = "the builder is shutting down; try again shortly";
 /** Longest a request waits for the host list: well inside a client's 10 s ack timeout. */
 const HOST_CHECK_MS = 3_000;
 
-
 export class Builder {
   private readonly queue: JobQueue;
   private readonly responder: Responder;

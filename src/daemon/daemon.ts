@@ -75,6 +75,10 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
   }
   catalog.start();
   builder.start();
+  // "ready" must mean the server knows the subscription: a request sent
+  // right after the line (a test, a unit's ExecStartPost) must not meet
+  // "no responders" because the SUB was still in nats.js's buffer.
+  await transport.flush().catch((err: unknown) => logger.warn({ err: errorMessage(err) }, "NATS flush after subscribing failed"));
   logger.info(
     { version: VERSION, repos: Object.keys(config.repos), queueGroup: config.nats.queueGroup ?? null, maxQueue: config.build.maxQueue },
     "builder ready: listening on build.>",

@@ -170,6 +170,7 @@ describe("SIGHUP", () => {
   it("stops the builder gracefully: the running job's requester gets its final", async () => {
     const flake = await createFixtureFlake();
     const builder = await startBuilder({ natsUrl: nats.url, seedFile: nats.identities.builder.seedFile, repos: { fixture: flake.url }, build: { timeout: "10m" } });
+    cleanups.push(() => builder.stop("SIGKILL"));
     const inbox = await Inbox.open(deployer);
     inbox.send("build.fixture.slow");
     await builder.waitForLog((l) => l.msg === "building host" && l.host === "slow", 60_000);
