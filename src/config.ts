@@ -106,6 +106,12 @@ const BuildSchema = z.strictObject({
     message: `must be at most 1m: clients give up after ${CLIENT_IDLE_TIMEOUT_MS / 60_000}m without a message (their default --idle-timeout), so a longer interval makes every quiet build look dead`,
   }),
   nixBin: z.string().min(1).default("nix"),
+  /** Distinct successful default-branch toplevels per host kept as GC roots. */
+  keepGenerations: z.number().int().min(1).max(100).default(2),
+  /** How long a ref build (and a host gone from the flake) stays a GC root after it was built. */
+  keepRefBuilds: DurationSchema.default(7 * 86_400_000),
+  /** Results kept per repo and host in `<stateDir>/history.json`. */
+  historySize: z.number().int().min(1).max(1_000).default(50),
 });
 
 // host:port for the metrics HTTP server: an IPv4 address or host name, or

@@ -24,6 +24,8 @@ export class Job {
   totalHosts = 0;
   hostStartedAt: number | undefined;
   progress: BuildProgress | null = null;
+  /** How long the current host is expected to take, from its history. */
+  expectedMs: number | null = null;
 
   constructor(readonly spec: JobSpec) {}
 

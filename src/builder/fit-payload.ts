@@ -2,8 +2,8 @@
  * Every message must fit the connected NATS server's max_payload: a
  * publish above it is refused, and a lost `completed` leaves its requesters
  * waiting until their idle timeout. What can be cut is what a message
- * repeats: a `completed` repeats every host's error, which its requesters
- * already got in full in that host's `host_finished`; a `host_finished`'s
+ * repeats: a `completed` repeats every host's error and closure changes,
+ * which its requesters already got in full in that host's `host_finished`; a `host_finished`'s
  * log tail loses its oldest lines first. Cutting goes step by step, least
  * loss first, and a final message always goes out (at worst without its
  * per-host results, saying so).
@@ -19,14 +19,30 @@ export function payloadBytes(message: unknown): number {
 const cut = (text: string | undefined, max: number): string | undefined =>
   text === undefined || text.length <= max ? text : `${text.slice(0, max)}… (cut to fit the NATS server's max_payload)`;
 
+/** A result without its log tail, its error cut to `errorMax` (0: left out), its changed packages kept or only counted. */
+function slim(result: HostResult, errorMax: number, packages: boolean): HostResult {
+  const { logTail: _logTail, error, changes, ...rest } = result;
+  const slimmed: HostResult = { ...rest };
+  if (error !== undefined && errorMax > 0) slimmed.error = cut(error, errorMax) as string;
+  if (changes !== undefined) {
+    slimmed.changes =
+      changes === null || packages
+        ? changes
+        : { ...changes, packages: [], omittedPackages: (changes.omittedPackages ?? 0) + changes.packages.length };
+  }
+  return slimmed;
+}
+
 function completedSteps(message: Completed): Completed[] {
-  const withResults = (map: (r: HostResult) => HostResult): Completed => ({ ...message, results: message.results.map(map) });
-  const withoutError = ({ error: _error, logTail: _logTail, ...rest }: HostResult): HostResult => rest;
+  const withResults = (errorMax: number, packages: boolean): Completed => ({
+    ...message,
+    results: message.results.map((r) => slim(r, errorMax, packages)),
+  });
   const trimmedError = message.error === undefined ? {} : { error: cut(message.error, 1_000) as string };
   return [
-    withResults(({ logTail: _logTail, ...rest }) => ({ ...rest, ...(rest.error !== undefined ? { error: cut(rest.error, 1_000) as string } : {}) })),
-    withResults(({ logTail: _logTail, ...rest }) => ({ ...rest, ...(rest.error !== undefined ? { error: cut(rest.error, 200) as string } : {}) })),
-    { ...withResults(withoutError), ...trimmedError },
+    withResults(1_000, true),
+    withResults(200, false),
+    { ...withResults(0, false), ...trimmedError },
     {
       ...message,
       results: [],
