@@ -21,8 +21,8 @@ import { NatsTransport } from "../nats/transport.js";
 import { CONFIG_KEY_NAMES, vaultSeedSource } from "../nats/vault.js";
 import { VERSION } from "../version.js";
 import { NixStore } from "../nix/store.js";
-import { BuildHistory } from "../builder/keep/history.js";
-import { GcRoots } from "../builder/keep/gc-roots.js";
+import { BuildHistory, HISTORY_FILE } from "../builder/keep/history.js";
+import { GC_ROOTS_FILE, GcRoots } from "../builder/keep/gc-roots.js";
 import { Keeper } from "../builder/keep/keeper.js";
 
 export interface Daemon {
@@ -64,12 +64,19 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
     logger: logger.child({ component: "toplevels" }),
     onSaved: (error) => stateHealth.record(TOPLEVEL_CACHE_FILE, error),
   });
-  await assertReplaceable(join(config.stateDir, TOPLEVEL_CACHE_FILE)).catch((err: unknown) =>
-    stateHealth.record(TOPLEVEL_CACHE_FILE, errorMessage(err)),
-  );
+  // A FIFO (or directory, …) where a state file belongs is never read (it
+  // would block start-up) nor replaced: /readyz says so from the start.
+  for (const file of [TOPLEVEL_CACHE_FILE, HISTORY_FILE, GC_ROOTS_FILE]) {
+    await assertReplaceable(join(config.stateDir, file)).catch((err: unknown) => stateHealth.record(file, errorMessage(err)));
+  }
   await toplevels.load();
   const store = new NixStore(nix, config.build.nixBin);
-  const history = new BuildHistory({ stateDir: config.stateDir, size: config.build.historySize, logger: logger.child({ component: "history" }) });
+  const history = new BuildHistory({
+    stateDir: config.stateDir,
+    size: config.build.historySize,
+    logger: logger.child({ component: "history" }),
+    onSaved: (error) => stateHealth.record(HISTORY_FILE, error),
+  });
   const roots = new GcRoots({
     stateDir: config.stateDir,
     store,
@@ -77,6 +84,7 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
     keepRefBuildsMs: config.build.keepRefBuilds,
     repos: Object.keys(config.repos),
     logger: logger.child({ component: "gcroots" }),
+    onSaved: (error) => stateHealth.record(GC_ROOTS_FILE, error),
   });
   await Promise.all([history.load(), roots.load()]);
   const keeper = new Keeper({ history, roots, store, logger: logger.child({ component: "keep" }) });

@@ -41,7 +41,8 @@ export interface ObservedParts {
 export async function startObservability(config: Config, logger: Logger, parts: ObservedParts): Promise<Observability> {
   const { events, transport, nix, stateHealth } = parts;
   const metrics = new BuildMetrics({ repos: Object.keys(config.repos), version: VERSION });
-  metrics.initStateFiles([STATE_FILE_NAME, TOPLEVEL_CACHE_FILE]);
+  // history.json and gcroots.json belong to src/builder/keep, which this layer may not import.
+  metrics.initStateFiles([STATE_FILE_NAME, TOPLEVEL_CACHE_FILE, "history.json", "gcroots.json"]);
   for (const problem of stateHealth.problems()) metrics.recordStateWrite(problem.file, problem.error);
   stateHealth.onRecord((file, error) => metrics.recordStateWrite(file, error));
   const stateLogger = logger.child({ component: "state" });
