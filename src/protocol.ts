@@ -228,6 +228,8 @@ export const CompletedSchema = z.object({
   results: z.array(HostResultSchema),
   /** Why the job as a whole failed or was cancelled, when no host result says it. */
   error: z.string().optional(),
+  /** With `error`: where nix says the flake fails to evaluate (e.g. a syntax error in flake.nix). */
+  location: SourceLocationSchema.optional(),
 });
 
 export const RejectCodeSchema = z.enum([
@@ -323,8 +325,14 @@ export const RepoInfoSchema = z.object({
   revision: z.string().nullable(),
   /** When the host list was read (ISO 8601), or null if it never was. */
   fetchedAt: z.string().nullable(),
-  /** Why the host list is missing or stale. */
+  /** Why the host list is missing or stale (the last fetch failed). */
   error: z.string().optional(),
+  /**
+   * True while a fetch of the repo is under way (or waiting for a slot):
+   * hosts, revision and fetchedAt are from the last good fetch, if any. Ask
+   * again (without refresh) to see the result.
+   */
+  loading: z.boolean().optional(),
 });
 export type RepoInfo = z.infer<typeof RepoInfoSchema>;
 

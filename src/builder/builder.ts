@@ -12,6 +12,7 @@ import type { HostCatalog } from "./catalog.js";
 import { JobRunner, completedMessage, unstartedOutcome } from "./job-runner.js";
 import type { Logger } from "../logger.js";
 import { LogThrottle } from "../util/log-throttle.js";
+import { withinMs } from "../util/within.js";
 import { supportsRef, type NixRunner } from "../nix/runner.js";
 import {
   ALL_HOSTS,
@@ -53,17 +54,6 @@ type Validated = { ok: true; repo: string; target: string; ref: string | null } 
 const SHUTTING_DOWN = "the builder is shutting down; try again shortly";
 /** Longest a request waits for the host list: well inside a client's 10 s ack timeout. */
 const HOST_CHECK_MS = 3_000;
-
-/** The promise's value, or undefined if it takes longer than `ms` (it keeps running). */
-async function withinMs<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)));
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 export class Builder {
   private readonly queue: JobQueue;
@@ -219,7 +209,9 @@ export class Builder {
     if (ref !== null && !supportsRef(repoConfig.url)) {
       return rejection("malformed_payload", `repo ${repo} (${repoConfig.url}) is not a git flake; it cannot build a ref`);
     }
-    if (target !== ALL_HOSTS) {
+    // With a ref the host may exist only on that branch: the default
+    // branch's list cannot say no, so the build itself reports a missing host.
+    if (target !== ALL_HOSTS && ref === null) {
       const lookup = await withinMs(catalog.lookup(repo, target), HOST_CHECK_MS);
       if (lookup === undefined) {
         // The host list is still being fetched (a cold start, a slow remote):

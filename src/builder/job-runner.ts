@@ -13,7 +13,7 @@ import { isLockedUrl, type NixRunner, type Outcome } from "../nix/runner.js";
 import type { ToplevelCache, ToplevelDrvs } from "../nix/toplevel-cache.js";
 import type { NixProgress } from "../nix/log.js";
 import { ProgressThrottle } from "../nix/progress.js";
-import { ALL_HOSTS, type Completed, type HostResult, type JobStatus } from "../protocol.js";
+import { ALL_HOSTS, type Completed, type HostResult, type JobStatus, type SourceLocation } from "../protocol.js";
 import type { Job } from "./queue.js";
 import type { Responder } from "./responder.js";
 import type { Keeper } from "./keep/keeper.js";
@@ -33,20 +33,33 @@ export interface JobRunnerOptions {
   progressIntervalMs?: number;
 }
 
-type JobOutcome = Pick<Completed, "status" | "revision" | "results" | "durationMs" | "error">;
+type JobOutcome = Pick<Completed, "status" | "revision" | "results" | "durationMs" | "error" | "location">;
+
+/** What a failed nix call said beyond its message: the flake did not evaluate, and where. */
+export type FailureDetail = { evalError?: boolean; location?: SourceLocation };
 
 /** The final message of a job that ended before any host was built. */
-export function unstartedOutcome(job: Job, error: string, status: JobStatus, startedAt: number, revision: string | null = null): JobOutcome {
+export function unstartedOutcome(
+  job: Job,
+  error: string,
+  status: JobStatus,
+  startedAt: number,
+  revision: string | null = null,
+  detail: FailureDetail = {},
+): JobOutcome {
   const { target } = job.spec;
-  const hostStatus = status === "cancelled" ? "cancelled" : "failure";
+  const hostStatus = status === "cancelled" ? "cancelled" : detail.evalError ? "eval_error" : "failure";
   const bounded = boundedText(error);
-  const results: HostResult[] = target === ALL_HOSTS ? [] : [{ host: target, status: hostStatus, durationMs: 0, error: bounded }];
-  return { status, revision, results, durationMs: Date.now() - startedAt, error: bounded };
+  const location = status === "cancelled" ? undefined : detail.location;
+  const results: HostResult[] =
+    target === ALL_HOSTS ? [] : [{ host: target, status: hostStatus, durationMs: 0, error: bounded, ...(location ? { location } : {}) }];
+  return { status, revision, results, durationMs: Date.now() - startedAt, error: bounded, ...(location ? { location } : {}) };
 }
 
 export function completedMessage(job: Job, outcome: JobOutcome): Completed {
   const message: Completed = { type: "completed", jobId: job.id, ...job.spec, ...outcome };
   if (message.error === undefined) delete message.error;
+  if (message.location === undefined) delete message.location;
   return message;
 }
 
@@ -71,15 +84,16 @@ export class JobRunner {
     const url = repoNamed(config.repos, repo)?.url as string;
     logger.info({ jobId: job.id, repo, target, ref }, "job started");
 
-    const lock = await nix.resolveFlake(url, ref, { timeoutMs: config.build.resolveTimeout, signal });
+    const lock = await nix.resolveFlake(url, ref, { timeoutMs: config.build.fetchTimeout, signal });
     if (!lock.ok) {
-      this.complete(job, unstartedOutcome(job, lock.error, job.cancelled ? "cancelled" : "failure", started));
+      const error = lock.outcome === "timeout" ? `${lock.error} (build.fetchTimeout)` : lock.error;
+      this.complete(job, unstartedOutcome(job, error, job.cancelled ? "cancelled" : "failure", started, null, lock));
       return;
     }
     const { lockedUrl, revision } = lock.value;
     const plan = await this.plan(job, lockedUrl, revision);
     if (!plan.ok) {
-      this.complete(job, unstartedOutcome(job, plan.error, job.cancelled ? "cancelled" : "failure", started, revision));
+      this.complete(job, unstartedOutcome(job, plan.error, job.cancelled ? "cancelled" : "failure", started, revision, plan));
       return;
     }
 

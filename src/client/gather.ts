@@ -176,4 +176,41 @@ export async function askEveryBuilder<N extends ControlName>(
  * A refresh makes every builder fetch and evaluate each repo on its own:
  * their answers come seconds apart, so wait longer for the later ones.
  */
-export const REFRESH_GATHER = { quietMs: 3_000, maxAfterFirstMs: 120_000 } as const;
+/**
+ * A builder answers build.discover once its fetches are done or after 1.5 s
+ * (src/builder/control.ts), whichever is first: wait that long for the
+ * others after the first answer, or a builder still fetching is missed.
+ */
+export const DISCOVER_GATHER = { quietMs: 1_800, maxAfterFirstMs: 5_000 } as const;
+
+export interface DiscoverOptions {
+  refresh: boolean;
+  /** Only this repo's loading matters (the others are shown as they are). */
+  repo?: string | undefined;
+  ackTimeoutMs: number;
+  /** Longest to keep asking while a repo of interest is still loading. */
+  settleMs: number;
+  pollMs?: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * `build.discover` to every builder, asked again (without refresh) while a
+ * repo of interest is still `loading` at one of them: builders answer with
+ * what they have and fetch in the background, so one hung repo never holds
+ * up the answer.
+ */
+export async function discoverEveryBuilder(nc: NatsConnection, options: DiscoverOptions): Promise<Combined<"discover">> {
+  const { ackTimeoutMs, signal, repo } = options;
+  const pollMs = options.pollMs ?? 1_000;
+  const deadline = Date.now() + options.settleMs;
+  let body: Record<string, unknown> | undefined = options.refresh ? { refresh: true } : undefined;
+  for (;;) {
+    const combined = await askEveryBuilder(nc, "discover", body, { ackTimeoutMs, signal, ...DISCOVER_GATHER });
+    if (!combined.ok) return combined;
+    const pending = combined.answers.some((a) => a.repos.some((r) => r.loading === true && (repo === undefined || r.name === repo)));
+    if (!pending || Date.now() + pollMs > deadline || signal?.aborted) return combined;
+    await new Promise((resolve) => setTimeout(resolve, pollMs));
+    body = undefined;
+  }
+}

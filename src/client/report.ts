@@ -199,7 +199,9 @@ function hostFinishedLines(message: Extract<BuildResponse, { type: "host_finishe
 function completedLine(message: Completed, paint: Paint): string {
   const built = message.results.filter((r) => r.status === "success").length;
   const of = message.results.length > 0 ? `, ${built} of ${plural(message.results.length, "host")} built` : "";
-  const error = message.error ? `: ${firstLine(message.error)}` : "";
+  const loc = message.location;
+  const where = loc ? ` (at ${loc.file}${loc.line ? `:${loc.line}${loc.column ? `:${loc.column}` : ""}` : ""})` : "";
+  const error = message.error ? `: ${firstLine(message.error)}${where}` : "";
   const status = paint(message.status === "success" ? "green" : message.status === "failure" ? "red" : "yellow", message.status);
   return `completed: ${status}${of}, ${shortRev(message.revision)}, in ${formatDuration(message.durationMs)}${error}`;
 }
@@ -359,7 +361,8 @@ export function describeDiscover(discover: DiscoverResponse, repo?: string): str
   for (const info of discover.repos) {
     if (repo !== undefined && info.name !== repo) continue;
     const at = info.revision ? ` at ${shortRev(info.revision)}` : "";
-    lines.push(`${info.name} (${info.url})${at}: ${plural(info.hosts.length, "host")}${info.error ? ` — ${info.error}` : ""}`);
+    const note = info.loading ? " — still fetching (ask again)" : info.error ? ` — ${info.error}` : "";
+    lines.push(`${info.name} (${info.url})${at}: ${plural(info.hosts.length, "host")}${note}`);
     for (const host of info.hosts) lines.push(`  ${host}`);
   }
   return lines;

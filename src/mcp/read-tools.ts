@@ -9,8 +9,8 @@ import { z } from "zod";
 import { DiscoverResponseSchema, HistoryResponseSchema, type HistoryResponse, HostNameSchema, RepoNameSchema, StatusResponseSchema } from "../protocol.js";
 import { describeHistory } from "../client/report.js";
 import { describeDiscovers, describeStatuses, reposOf } from "../client/report-builders.js";
-import { REFRESH_GATHER } from "../client/gather.js";
-import { askBuilders, type ToolContext } from "./context.js";
+import { discoverEveryBuilder } from "../client/gather.js";
+import { BuilderRefusedError, askBuilders, type ToolContext } from "./context.js";
 import { guarded, toolError, toolResult } from "./tool-result.js";
 
 /** A refresh fetches and evaluates every repo: allow it the time that takes (as `build --list --refresh` does). */
@@ -49,10 +49,18 @@ export function registerReadTools(server: McpServer, context: ToolContext): void
     },
     ({ repo, refresh }, extra) =>
       guarded("list_build_targets", context.logger, async () => {
-        const answers = await askBuilders(context, "discover", refresh ? { refresh: true } : undefined, {
-          signal: extra.signal,
-          ...(refresh ? { ackTimeoutMs: Math.max(context.ackTimeoutMs, REFRESH_TIMEOUT_MS), gather: REFRESH_GATHER } : {}),
+        // Builders answer at once and fetch in the background: ask again
+        // while the repo(s) asked about are still loading, as the CLI does.
+        const nc = await context.link.connection();
+        const combined = await discoverEveryBuilder(nc, {
+          refresh: refresh === true,
+          repo,
+          ackTimeoutMs: context.ackTimeoutMs,
+          settleMs: refresh ? Math.max(context.ackTimeoutMs, REFRESH_TIMEOUT_MS) : context.ackTimeoutMs,
+          signal: AbortSignal.any([extra.signal, context.shutdown]),
         });
+        if (!combined.ok) throw new BuilderRefusedError(`the builder refused build.discover: ${combined.rejected.error}`);
+        const answers = combined.answers;
         const known = reposOf(answers);
         if (repo !== undefined && !known.includes(repo)) {
           const who = answers.length === 1 ? "this builder builds" : "these builders build";

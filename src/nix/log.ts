@@ -77,6 +77,16 @@ export type NixLine = NixEvent | { action: "plain"; text: string } | { action: "
 const PREFIX = "@nix ";
 /** Advice nix prints at error level after the real error. */
 const HINT = /^\(use '--show-trace'/;
+/**
+ * Lines nix's helpers (git, above all) and nix's own last-resort handlers
+ * (e.g. "error: stack overflow") write to stderr directly, past the JSON
+ * logger. A `warning:` line is never an error: on a machine without the
+ * nixbld group every nix call warns about it, and that said nothing about
+ * why a fetch failed.
+ */
+const PLAIN_ERROR = /^(?:error|fatal):\s/;
+/** nix's error when a git it ran failed; git's own stderr says why. */
+const HELPER_FAILED = /^(?:error:\s*)?program '(?:git|hg|ssh)' failed with exit code \d+/;
 /** nix-store --realise's advice about GC roots: the builder keeps none on purpose (like nix build --no-link). */
 const NOISE = /you did not specify '--add-root'/;
 
@@ -166,6 +176,8 @@ export class NixLogState {
     building: null,
   };
   readonly errors: NixError[] = [];
+  /** error:/fatal: lines written to stderr outside the JSON stream (see PLAIN_ERROR). */
+  readonly plainErrors: string[] = [];
   /** True once nix started realising (building or substituting): evaluation is over. */
   realiseStarted = false;
   private readonly tail: RingBuffer<string>;
@@ -185,6 +197,7 @@ export class NixLogState {
     switch (event.action) {
       case "plain":
         if (event.text.trim().length > 0) this.tail.push(event.text);
+        if (PLAIN_ERROR.test(event.text) && this.plainErrors.length < NixLogState.MAX_ERRORS) this.plainErrors.push(event.text.trim());
         return false;
       case "start":
         return this.onStart(event);
@@ -210,7 +223,19 @@ export class NixLogState {
    * ANSI codes removed; undefined if nix printed none.
    */
   mainError(): NixError | undefined {
-    return this.errors[0];
+    const first = this.errors[0];
+    if (!first) {
+      // No JSON error at all: nix died past its logger (stack overflow).
+      const plain = this.plainErrors.find((line) => line.startsWith("error:"));
+      return plain ? { message: plain } : undefined;
+    }
+    // "program 'git' failed with exit code 128" names no cause; git's
+    // fatal: line does ("unable to access …: Couldn't connect to server").
+    const helper = this.plainErrors.filter((line) => line.startsWith("fatal:"));
+    if (HELPER_FAILED.test(first.message) && helper.length > 0) {
+      return { ...first, message: `${helper.join("; ")} (${first.message.replace(/^error:\s*/, "")})` };
+    }
+    return first;
   }
 
   private onStart(event: z.infer<typeof StartSchema>): boolean {

@@ -54,6 +54,8 @@ export class BuildMetrics {
   private readonly rejected: Counter<"code">;
   private readonly natsState: Gauge<"state">;
   private readonly copies: Counter<"repo" | "result">;
+  private readonly stateWriteFailures: Counter<"file">;
+  private readonly stateWritable: Gauge<"file">;
 
   constructor(options: BuildMetricsOptions) {
     this.repos = new Set(options.repos);
@@ -137,6 +139,18 @@ export class BuildMetrics {
       labelNames: ["repo", "result"],
       registers,
     });
+    this.stateWriteFailures = new Counter({
+      name: "homelab_deploy_state_write_failures_total",
+      help: "Failed writes of a state file under stateDir (metrics.json, toplevels.json, history.json, gcroots.json), by file.",
+      labelNames: ["file"],
+      registers,
+    });
+    this.stateWritable = new Gauge({
+      name: "homelab_deploy_state_writable",
+      help: "1 while the last write (or start-up check) of a state file under stateDir worked, 0 while it fails.",
+      labelNames: ["file"],
+      registers,
+    });
     new Gauge({
       name: "homelab_deploy_info",
       help: "Always 1; the version label says which homelab-deploy is running.",
@@ -175,6 +189,19 @@ export class BuildMetrics {
         return;
     }
   };
+
+  /** Every state file's series exist from the start: failures at 0, writable at 1. */
+  initStateFiles(files: readonly string[]): void {
+    for (const file of files) {
+      this.stateWriteFailures.inc({ file }, 0);
+      this.stateWritable.set({ file }, 1);
+    }
+  }
+
+  recordStateWrite(file: string, error: string | undefined): void {
+    if (error !== undefined) this.stateWriteFailures.inc({ file });
+    this.stateWritable.set({ file }, error === undefined ? 1 : 0);
+  }
 
   setNatsState(state: ConnectionState): void {
     for (const each of CONNECTION_STATES) this.natsState.set({ state: each }, each === state ? 1 : 0);

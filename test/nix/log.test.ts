@@ -131,3 +131,51 @@ describe("NixLogState with remote builders", () => {
     );
   });
 });
+
+describe("NixLogState on recorded fetch and evaluation failures", () => {
+  const NIXBLD_WARNING = "warning: the group 'nixbld' specified in 'build-users-group' does not exist";
+  const NIXBLD_WARNING_JSON = `@nix ${JSON.stringify({ action: "msg", level: 1, msg: `\u001b[35;1mwarning:\u001b[0m ${NIXBLD_WARNING.slice(9)}` })}`;
+
+  async function lines(file: string) {
+    return (await readFile(join(ROOT, "test", "fixtures", "nix-log", file), "utf8")).split("\n");
+  }
+
+  /** The recorded stream, after the warnings a fresh machine adds to every nix call. */
+  async function errorOf(file: string) {
+    const state = new NixLogState(50);
+    for (const line of [NIXBLD_WARNING, NIXBLD_WARNING_JSON, ...(await lines(file))]) state.push(line);
+    return state.mainError();
+  }
+
+  it("names git's reason for a refused connection, not nix's 'program git failed'", async () => {
+    const error = await errorOf("connection-refused.jsonl");
+    expect(error?.message).toMatch(/^fatal: unable to access 'http:\/\/127\.0\.0\.1:\d+\/x\/': .*Couldn't connect to server \(program 'git' failed with exit code 128\)$/);
+  });
+
+  it("names a failed DNS lookup (recorded once; the tests make no DNS queries)", async () => {
+    const error = await errorOf("dns-failure.jsonl");
+    expect(error?.message).toMatch(/^fatal: unable to access 'http:\/\/no-such-host\.invalid\/x\/': Could not resolve host: no-such-host\.invalid/);
+  });
+
+  it("names a missing branch and a missing commit", async () => {
+    expect((await errorOf("missing-branch.jsonl"))?.message).toMatch(/^fatal: ambiguous argument 'no-such-branch': unknown revision/);
+    expect((await errorOf("missing-commit.jsonl"))?.message).toMatch(/^error: Cannot find Git revision '0123456789{1}/);
+  });
+
+  it("keeps a syntax error's message and location", async () => {
+    const error = await errorOf("syntax-error.jsonl");
+    expect(error).toMatchObject({ message: expect.stringMatching(/^error: syntax error, unexpected end of file/), line: 22, column: 7 });
+    expect(error?.file).toMatch(/-source\/flake\.nix$/);
+  });
+
+  it("takes nix's plain-text stack overflow as the error", async () => {
+    expect(await errorOf("stack-overflow.jsonl")).toEqual({ message: "error: stack overflow (possible infinite recursion)" });
+  });
+
+  it("never takes a warning for the error", async () => {
+    const state = new NixLogState(50);
+    state.push(NIXBLD_WARNING);
+    state.push(NIXBLD_WARNING_JSON);
+    expect(state.mainError()).toBeUndefined();
+  });
+});
