@@ -35,6 +35,16 @@ const FlakeUrlSchema = z.string().refine((url) => FLAKE_URL_RE.test(url) && !url
   message: "expected a flake URL such as git+https://example.org/repo.git or github:owner/repo (no #fragment)",
 });
 
+// Nix store URLs build.copyTo may name: a local binary cache (file://),
+// another machine's store (ssh://, ssh-ng://), an S3 or HTTP binary cache,
+// or a local store (local, daemon, /path), each with optional ?settings. No
+// whitespace, no "#", no leading "-" (nix would read a flag).
+const STORE_URL_RE = /^(?:(?:file|ssh|ssh-ng|s3|https?):\/\/[^\s#]+|(?:local|daemon)(?:\?[^\s#]*)?|\/[^\s#]*)$/;
+
+export function isValidStoreUrl(url: string): boolean {
+  return STORE_URL_RE.test(url);
+}
+
 const SubjectTokenSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, {
   message: 'expected letters, digits, "-" or "_"',
 });
@@ -75,7 +85,11 @@ export const VaultSchema = z.strictObject({
 });
 
 const NatsSchema = z.strictObject({
-  url: z.union([NatsUrlSchema, z.array(NatsUrlSchema).min(1)]).default("nats://127.0.0.1:4222"),
+  // No default: a builder started against a NATS that is not there would
+  // wait for it forever, saying only "not reachable yet".
+  url: z.union([NatsUrlSchema, z.array(NatsUrlSchema).min(1)], {
+    error: (issue) => (issue.input === undefined ? "required: the NATS server URL, like nats://nats.example.org:4222 (or a list of them)" : undefined),
+  }),
   nkeySeedFile: z.string().min(1).optional(),
   queueGroup: SubjectTokenSchema.optional(),
   name: z.string().min(1).max(128).optional(),
@@ -83,14 +97,24 @@ const NatsSchema = z.strictObject({
 
 const RepoSchema = z.strictObject({ url: FlakeUrlSchema });
 
+/** The client's default --idle-timeout (src/commands/connection.ts): silence that long and it gives up. */
+export const CLIENT_IDLE_TIMEOUT_MS = 120_000;
+
 const BuildSchema = z.strictObject({
   timeout: DurationSchema.default(3_600_000),
+  /** Fetching a repo (nix flake metadata --refresh): a hung git server costs at most this. */
+  fetchTimeout: DurationSchema.default(120_000),
+  /** Listing a repo's hosts and the single evaluation of every host of an `all` job. */
   resolveTimeout: DurationSchema.default(600_000),
   maxQueue: z.number().int().min(1).max(10_000).default(32),
   logTailLines: z.number().int().min(1).max(1_000).default(50),
   keepGoing: z.boolean().default(true),
   killGrace: DurationSchema.default(3_000),
-  heartbeatInterval: DurationSchema.default(30_000),
+  // At most half the client's idle timeout, so one late heartbeat does not
+  // make a quiet build look like a dead builder.
+  heartbeatInterval: DurationSchema.default(30_000).refine((ms) => ms <= CLIENT_IDLE_TIMEOUT_MS / 2, {
+    message: `must be at most 1m: clients give up after ${CLIENT_IDLE_TIMEOUT_MS / 60_000}m without a message (their default --idle-timeout), so a longer interval makes every quiet build look dead`,
+  }),
   nixBin: z.string().min(1).default("nix"),
   /** Distinct successful default-branch toplevels per host kept as GC roots. */
   keepGenerations: z.number().int().min(1).max(100).default(2),
@@ -98,6 +122,12 @@ const BuildSchema = z.strictObject({
   keepRefBuilds: DurationSchema.default(7 * 86_400_000),
   /** Results kept per repo and host in `<stateDir>/history.json`. */
   historySize: z.number().int().min(1).max(1_000).default(50),
+  /** A Nix store URL every built host's closure is copied to (`nix copy --to`); see src/nix/copy.ts. */
+  copyTo: z
+    .string()
+    .refine(isValidStoreUrl, { message: "expected a Nix store URL such as file:///var/cache/nix, ssh-ng://cache01 or s3://bucket" })
+    .optional(),
+  copyTimeout: DurationSchema.default(1_800_000),
   /** On SIGTERM/SIGINT/SIGHUP, save the queue and resume it at the next start instead of cancelling it. */
   resume: z.boolean().default(true),
 });
@@ -121,11 +151,20 @@ const ListenSchema = z.string().transform((value, ctx): ListenAddress => {
   return { host: (match[1] ?? match[2]) as string, port };
 });
 
+// Loopback unless told otherwise: the NixOS module sets 0.0.0.0:9973 (and
+// can open the firewall); a builder started by hand exposes nothing.
 const MetricsSchema = z.strictObject({
-  listen: ListenSchema.prefault("0.0.0.0:9973"),
+  listen: ListenSchema.prefault("127.0.0.1:9973"),
 });
 
-const StateDirSchema = z.string().refine(isAbsolute, { message: "expected an absolute directory path" });
+const StateDirSchema = z
+  .string({
+    error: (issue) =>
+      issue.input === undefined
+        ? "required: the directory for the builder's state files (metrics.json, toplevels.json); the NixOS module sets /var/lib/homelab-deploy, and systemd's STATE_DIRECTORY is used when set"
+        : undefined,
+  })
+  .refine(isAbsolute, { message: "expected an absolute directory path" });
 
 const LogSchema = z.strictObject({
   level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),
@@ -141,7 +180,7 @@ export const ConfigSchema = z
     build: BuildSchema.default(BuildSchema.parse({})),
     log: LogSchema.default(LogSchema.parse({})),
     metrics: MetricsSchema.prefault({}),
-    stateDir: StateDirSchema.default("/var/lib/homelab-deploy"),
+    stateDir: StateDirSchema,
   })
   .superRefine((config, ctx) => {
     const fromFile = config.nats.nkeySeedFile !== undefined;
@@ -223,8 +262,15 @@ function isPlainObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
+/** systemd's StateDirectory= (STATE_DIRECTORY, first entry) stands in for a missing stateDir. */
+export function withStateDirEnv(raw: unknown, env: NodeJS.ProcessEnv): unknown {
+  const fromSystemd = env["STATE_DIRECTORY"]?.split(":")[0];
+  if (!isPlainObject(raw) || raw["stateDir"] !== undefined || !fromSystemd) return raw;
+  return { ...raw, stateDir: fromSystemd };
+}
+
 export function parseConfig(raw: unknown, file: string, env: NodeJS.ProcessEnv = process.env): Config {
-  const result = ConfigSchema.safeParse(withVaultEnv(raw ?? {}, env));
+  const result = ConfigSchema.safeParse(withStateDirEnv(withVaultEnv(raw ?? {}, env), env));
   if (!result.success) throw new ConfigError(file, formatIssues(result.error));
   return result.data;
 }

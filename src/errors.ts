@@ -36,6 +36,9 @@ export class ConfigError extends HomelabDeployError {
   }
 }
 
+/** A state file's path holds something that is not a regular file (a FIFO, a directory, a device). */
+export class StateFileError extends HomelabDeployError {}
+
 /** An NKey seed could not be read or is not a NATS user seed. Never carries the seed. */
 export class CredentialsError extends HomelabDeployError {}
 

@@ -102,6 +102,13 @@ export type Changes = z.infer<typeof ChangesSchema>;
 
 /** Milliseconds a build is expected to take, from earlier builds; null without history. */
 const ExpectedMsSchema = z.number().int().nonnegative().nullable().optional();
+/** With build.copyTo: how copying the built closure to that store went. A failed copy does not fail the host. */
+export const HostCopySchema = z.object({
+  ok: z.boolean(),
+  durationMs: z.number().int().nonnegative(),
+  error: z.string().optional(),
+});
+export type HostCopy = z.infer<typeof HostCopySchema>;
 
 export const HostResultSchema = z.object({
   host: z.string(),
@@ -116,6 +123,7 @@ export const HostResultSchema = z.object({
   changes: ChangesSchema.nullable().optional(),
   /** On success: false when the builder could not register the toplevel as a GC root (see its log). */
   gcRoot: z.boolean().optional(),
+  copy: HostCopySchema.optional(),
 });
 export type HostResult = z.infer<typeof HostResultSchema>;
 
@@ -195,7 +203,8 @@ export const BuildProgressSchema = z.object({
   substitutions: CountsSchema,
   downloadedBytes: z.number().nonnegative(),
   expectedDownloadBytes: z.number().nonnegative(),
-  building: z.object({ drv: z.string(), phase: z.string().nullable() }).nullable(),
+  /** machine: the remote builder's store URL when nix builds it elsewhere (`builders`); absent for a local build. */
+  building: z.object({ drv: z.string(), phase: z.string().nullable(), machine: z.string().optional() }).nullable(),
 });
 export type BuildProgress = z.infer<typeof BuildProgressSchema>;
 
@@ -255,6 +264,8 @@ export const CompletedSchema = z.object({
   results: z.array(HostResultSchema),
   /** Why the job as a whole failed or was cancelled, when no host result says it. */
   error: z.string().optional(),
+  /** With `error`: where nix says the flake fails to evaluate (e.g. a syntax error in flake.nix). */
+  location: SourceLocationSchema.optional(),
 });
 
 export const RejectCodeSchema = z.enum([
@@ -354,8 +365,14 @@ export const RepoInfoSchema = z.object({
   revision: z.string().nullable(),
   /** When the host list was read (ISO 8601), or null if it never was. */
   fetchedAt: z.string().nullable(),
-  /** Why the host list is missing or stale. */
+  /** Why the host list is missing or stale (the last fetch failed). */
   error: z.string().optional(),
+  /**
+   * True while a fetch of the repo is under way (or waiting for a slot):
+   * hosts, revision and fetchedAt are from the last good fetch, if any. Ask
+   * again (without refresh) to see the result.
+   */
+  loading: z.boolean().optional(),
 });
 export type RepoInfo = z.infer<typeof RepoInfoSchema>;
 

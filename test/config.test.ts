@@ -9,6 +9,7 @@ import { ROOT } from "./support/cli.js";
 const base = {
   nats: { url: "nats://127.0.0.1:4222", nkeySeedFile: "/run/keys/builder.nk" },
   repos: { "nixos-servers": { url: "git+https://git.t-juice.club/torjus/nixos-servers.git" } },
+  stateDir: "/var/lib/homelab-deploy",
 };
 
 const vaultBased = {
@@ -19,6 +20,7 @@ const vaultBased = {
     secretIdFile: "/var/lib/vault/approle/secret-id",
   },
   repos: base.repos,
+  stateDir: base.stateDir,
 };
 
 function problems(raw: unknown): string[] {
@@ -48,6 +50,7 @@ describe("config", () => {
     const config = parseConfig(base, "test.yaml");
     expect(config.build).toEqual({
       timeout: 3_600_000,
+      fetchTimeout: 120_000,
       resolveTimeout: 600_000,
       maxQueue: 32,
       logTailLines: 50,
@@ -58,6 +61,7 @@ describe("config", () => {
       keepGenerations: 2,
       keepRefBuilds: 7 * 86_400_000,
       historySize: 50,
+      copyTimeout: 1_800_000,
       resume: true,
     });
     expect(config.log.level).toBe("info");
@@ -104,16 +108,54 @@ describe("config", () => {
   });
 
   it("requires repos and an NKey source", () => {
-    expect(problems({ nats: {}, repos: {} })).toEqual([
+    expect(problems({ nats: { url: base.nats.url }, repos: {}, stateDir: base.stateDir })).toEqual([
       "repos: expected at least one repo",
       "nats.nkeySeedFile: required unless a vault block is given: exactly one NKey source (nats.nkeySeedFile, or vault) must be configured",
     ]);
-    expect(problems(null)).toEqual(["nats: required (expected object)", "repos: required (expected record)"]);
+    expect(problems(null)).toEqual([
+      "nats: required (expected object)",
+      "repos: required (expected record)",
+      expect.stringMatching(/^stateDir: required: the directory for the builder's state files/),
+    ]);
+  });
+
+  it("requires nats.url instead of waiting for a NATS server on a default address", () => {
+    const { url: _url, ...nats } = base.nats;
+    expect(problems({ ...base, nats })).toEqual([
+      "nats.url: required: the NATS server URL, like nats://nats.example.org:4222 (or a list of them)",
+    ]);
+  });
+
+  it("takes stateDir from systemd's STATE_DIRECTORY when the config has none, and listens on loopback by default", () => {
+    const { stateDir: _stateDir, ...noStateDir } = base;
+    expect(problems(noStateDir)).toEqual([expect.stringMatching(/^stateDir: required: .*the NixOS module sets \/var\/lib\/homelab-deploy/)]);
+    const config = parseConfig(noStateDir, "test.yaml", { STATE_DIRECTORY: "/var/lib/hd:/var/lib/other" });
+    expect(config.stateDir).toBe("/var/lib/hd");
+    expect(config.metrics.listen).toEqual({ host: "127.0.0.1", port: 9973 });
+  });
+
+  it("refuses a heartbeat interval that a client's idle timeout would take for a dead builder", () => {
+    expect(parseConfig({ ...base, build: { heartbeatInterval: "1m" } }, "test.yaml").build.heartbeatInterval).toBe(60_000);
+    expect(problems({ ...base, build: { heartbeatInterval: "3m" } })).toEqual([
+      "build.heartbeatInterval: must be at most 1m: clients give up after 2m without a message (their default --idle-timeout), so a longer interval makes every quiet build look dead",
+    ]);
+  });
+
+  it("takes build.copyTo as a Nix store URL and refuses anything else", () => {
+    const copyTo = (url: string) => parseConfig({ ...base, build: { copyTo: url, copyTimeout: "5m" } }, "test.yaml").build;
+    for (const url of ["file:///var/cache/nix", "ssh-ng://nix-cache01", "s3://cache?region=eu-west-1", "https://cache.example.org", "daemon", "/srv/store"]) {
+      expect(copyTo(url)).toMatchObject({ copyTo: url, copyTimeout: 300_000 });
+    }
+    for (const url of ["--option", "file:///x y", "ftp://cache", "file:///cache#x", ""]) {
+      expect(problems({ ...base, build: { copyTo: url } })).toEqual([
+        "build.copyTo: expected a Nix store URL such as file:///var/cache/nix, ssh-ng://cache01 or s3://bucket",
+      ]);
+    }
   });
 
   it("takes metrics.listen as host:port and stateDir as an absolute path, with defaults", () => {
     const defaults = parseConfig(base, "test.yaml");
-    expect(defaults.metrics.listen).toEqual({ host: "0.0.0.0", port: 9973 });
+    expect(defaults.metrics.listen).toEqual({ host: "127.0.0.1", port: 9973 });
     expect(defaults.stateDir).toBe("/var/lib/homelab-deploy");
     const custom = (listen: string) => parseConfig({ ...base, metrics: { listen } }, "test.yaml").metrics.listen;
     expect(custom("127.0.0.1:0")).toEqual({ host: "127.0.0.1", port: 0 });

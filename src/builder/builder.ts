@@ -12,10 +12,12 @@ import type { HostCatalog } from "./catalog.js";
 import { JobRunner, completedMessage, unstartedOutcome } from "./job-runner.js";
 import type { Logger } from "../logger.js";
 import { LogThrottle } from "../util/log-throttle.js";
+import { withinMs } from "../util/within.js";
 import { supportsRef, type NixRunner } from "../nix/runner.js";
 import {
   ALL_HOSTS,
   BuildRequestSchema,
+  CONTROL_NAMES,
   classifySubject,
   isValidHostName,
   isValidRepoName,
@@ -54,17 +56,6 @@ type Validated = { ok: true; repo: string; target: string; ref: string | null } 
 const SHUTTING_DOWN = "the builder is shutting down; try again shortly";
 /** Longest a request waits for the host list: well inside a client's 10 s ack timeout. */
 const HOST_CHECK_MS = 3_000;
-
-/** The promise's value, or undefined if it takes longer than `ms` (it keeps running). */
-async function withinMs<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)));
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 export class Builder {
   private readonly queue: JobQueue;
@@ -111,7 +102,11 @@ export class Builder {
     this.recovery.announce(this.queue.queued.map((job, index) => ({ job, position: this.queue.positionOf(index) })));
     // What was answered here (or cut short once more) must not come back at the next start.
     if (saved > 0) await this.persist();
-    transport.subscribe("build.>", (msg) => this.handle(msg), config.nats.queueGroup);
+    // Builds go through the queue group (one builder takes each request);
+    // control requests reach every builder, so that each reports its own
+    // jobs and the one holding a job is the one that cancels it.
+    transport.subscribe("build.>", (msg) => this.handle(msg, "builds"), config.nats.queueGroup);
+    for (const name of CONTROL_NAMES) transport.subscribe(`build.${name}`, (msg) => this.handle(msg, "control"));
     this.loop = this.runLoop();
     this.heartbeat = setInterval(() => this.sendHeartbeats(), config.build.heartbeatInterval);
     this.heartbeat.unref();
@@ -157,10 +152,15 @@ export class Builder {
     return saving;
   }
 
-  /** Entry point for every message under `build.>`. Never throws. */
-  handle(msg: Msg): void {
+  /**
+   * Entry point for every message under `build.>`. Never throws. `via`
+   * says which subscription delivered it: the `build.>` one also sees
+   * control subjects, which the control subscriptions answer instead.
+   */
+  handle(msg: Msg, via: "builds" | "control"): void {
     const kind = classifySubject(msg.subject);
     if (kind.kind === "response") return;
+    if (via === "builds" && kind.kind === "control") return;
     if (!isValidReplySubject(msg.reply)) {
       this.dropLog.warn(
         "dropped",
@@ -269,7 +269,9 @@ export class Builder {
     if (ref !== null && !supportsRef(repoConfig.url)) {
       return rejection("malformed_payload", `repo ${repo} (${repoConfig.url}) is not a git flake; it cannot build a ref`);
     }
-    if (target !== ALL_HOSTS) {
+    // With a ref the host may exist only on that branch: the default
+    // branch's list cannot say no, so the build itself reports a missing host.
+    if (target !== ALL_HOSTS && ref === null) {
       const lookup = await withinMs(catalog.lookup(repo, target), HOST_CHECK_MS);
       if (lookup === undefined) {
         // The host list is still being fetched (a cold start, a slow remote):

@@ -5,6 +5,12 @@
  * an unknown host (at most once per `minRefreshMs`, so hostile requests
  * cannot turn into a stream of git fetches), and updated for free whenever
  * a job lists the hosts of the default branch.
+ *
+ * Fetches run in the background, at most MAX_FETCHES at once (so a repo
+ * whose git server hangs holds one slot, for build.fetchTimeout at most,
+ * and the other repos still load), and `state` answers at once with what is
+ * known: hosts, when they were read, and the last error or that a fetch is
+ * under way.
  */
 import { repoNamed } from "../config.js";
 import { isValidHostName } from "../protocol.js";
@@ -16,6 +22,17 @@ export interface RepoHosts {
   revision: string | null;
   fetchedAt: number;
 }
+
+/** What is known about a repo's hosts right now, without waiting. */
+export interface RepoState {
+  value?: RepoHosts;
+  error?: string;
+  /** A fetch of the repo is running or waiting for a slot. */
+  loading: boolean;
+}
+
+/** Fetches (git + listing) at once: a hung remote must not stall the others. */
+const MAX_FETCHES = 2;
 
 export type HostLookup =
   | { found: true }
@@ -35,27 +52,54 @@ export interface HostCatalogOptions {
   nix: NixRunner;
   repos: Record<string, { url: string }>;
   logger: Logger;
+  /** Listing the hosts of a fetched revision (build.resolveTimeout). */
   timeoutMs: number;
+  /** Fetching the repo (build.fetchTimeout); defaults to timeoutMs. */
+  fetchTimeoutMs?: number;
   minRefreshMs?: number;
+  maxFetches?: number;
 }
 
 export class HostCatalog {
   private readonly entries = new Map<string, Entry>();
   private readonly minRefreshMs: number;
   private readonly abort = new AbortController();
+  private readonly maxFetches: number;
+  private active = 0;
+  private readonly waiting: Array<() => void> = [];
 
   constructor(private readonly options: HostCatalogOptions) {
     this.minRefreshMs = options.minRefreshMs ?? 30_000;
+    this.maxFetches = options.maxFetches ?? MAX_FETCHES;
   }
 
-  /** Loads every repo in the background, one after another. */
+  /** Loads every repo in the background (at most maxFetches at once). */
   start(): void {
-    void (async () => {
-      for (const repo of Object.keys(this.options.repos)) {
-        if (this.abort.signal.aborted) return;
-        await this.refresh(repo);
-      }
-    })();
+    for (const repo of Object.keys(this.options.repos)) void this.refresh(repo);
+  }
+
+  /** What is known now; never waits for a fetch. */
+  state(repo: string): RepoState {
+    const entry = this.entries.get(repo);
+    return {
+      ...(entry?.value ? { value: entry.value } : {}),
+      ...(entry?.error !== undefined ? { error: entry.error } : {}),
+      loading: entry?.inflight !== undefined || entry?.next !== undefined,
+    };
+  }
+
+  /**
+   * Starts what a `build.discover` asks for without waiting for it: with
+   * `refresh`, a fetch that sees the repo as of now (coalesced); without,
+   * a first load of a repo that has none and is not loading. The promise
+   * settles when that fetch is done.
+   */
+  request(repo: string, refresh: boolean): Promise<void> {
+    if (refresh) return this.refreshAfterCurrent(repo);
+    const entry = this.entries.get(repo);
+    if (entry?.inflight) return entry.next ?? entry.inflight;
+    if (!entry?.value && (!entry || Date.now() - entry.attemptedAt >= this.minRefreshMs)) return this.refresh(repo);
+    return Promise.resolve();
   }
 
   stop(): void {
@@ -110,7 +154,7 @@ export class HostCatalog {
   private refresh(repo: string): Promise<void> {
     const entry = this.entries.get(repo) ?? { attemptedAt: 0 };
     this.entries.set(repo, entry);
-    entry.inflight ??= this.load(repo, entry).finally(() => {
+    entry.inflight ??= this.withSlot(() => this.load(repo, entry)).finally(() => {
       entry.inflight = undefined;
     });
     return entry.inflight;
@@ -131,14 +175,27 @@ export class HostCatalog {
     return entry.next;
   }
 
+  private async withSlot(work: () => Promise<void>): Promise<void> {
+    while (this.active >= this.maxFetches) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    this.active++;
+    try {
+      await work();
+    } finally {
+      this.active--;
+      this.waiting.shift()?.();
+    }
+  }
+
   private async load(repo: string, entry: Entry): Promise<void> {
     const { nix, repos, logger, timeoutMs } = this.options;
     const url = repoNamed(repos, repo)?.url;
-    if (!url) return;
+    if (!url || this.abort.signal.aborted) return;
     entry.attemptedAt = Date.now();
-    const run = { timeoutMs, signal: this.abort.signal };
-    const lock = await nix.resolveFlake(url, null, run);
-    const listed = lock.ok ? await nix.listHosts(lock.value.lockedUrl, run) : lock;
+    const signal = this.abort.signal;
+    const fetchTimeoutMs = this.options.fetchTimeoutMs ?? timeoutMs;
+    const fetched = await nix.resolveFlake(url, null, { timeoutMs: fetchTimeoutMs, signal });
+    const lock = !fetched.ok && fetched.outcome === "timeout" ? { ...fetched, error: `${fetched.error} (build.fetchTimeout)` } : fetched;
+    const listed = lock.ok ? await nix.listHosts(lock.value.lockedUrl, { timeoutMs, signal }) : lock;
     if (!listed.ok) {
       entry.error = listed.error;
       logger.warn({ repo, err: listed.error }, "could not list the repo's hosts");

@@ -22,7 +22,10 @@ import {
   type StatusResponse,
 } from "../protocol.js";
 import { parseBody } from "./request-body.js";
+import { withinMs } from "../util/within.js";
 
+/** Longest build.discover waits for the fetches it started before answering with what it has. */
+const DISCOVER_WAIT_MS = 1_500;
 
 export interface ControlOptions {
   config: Config;
@@ -61,14 +64,21 @@ export class Control {
     if (!request.ok) return request.rejection;
     const { config, catalog, version, builderName } = this.options;
     const names = Object.keys(config.repos);
-    const repos: RepoInfo[] = [];
-    // One repo after another: a refresh fetches and evaluates each flake.
-    for (const name of names) {
-      const hosts = await catalog.hosts(name, request.value.refresh === true);
+    // Fetches run in the background; a repo whose git server hangs must not
+    // hold up the answer about the others (nor past the requester's ack
+    // timeout). What is still loading says so; the requester asks again.
+    const fetches = names.map((name) => catalog.request(name, request.value.refresh === true));
+    await withinMs(Promise.all(fetches), DISCOVER_WAIT_MS);
+    const repos: RepoInfo[] = names.map((name) => {
       const url = repoNamed(config.repos, name)?.url as string;
-      if ("error" in hosts) repos.push({ name, url, hosts: [], revision: null, fetchedAt: null, error: hosts.error });
-      else repos.push({ name, url, hosts: hosts.hosts, revision: hosts.revision, fetchedAt: iso(hosts.fetchedAt) });
-    }
+      const { value, error, loading } = catalog.state(name);
+      const info: RepoInfo = value
+        ? { name, url, hosts: value.hosts, revision: value.revision, fetchedAt: iso(value.fetchedAt) }
+        : { name, url, hosts: [], revision: null, fetchedAt: null };
+      if (loading) info.loading = true;
+      else if (error !== undefined) info.error = error;
+      return info;
+    });
     return { type: "discover", version, builder: builderName, repos };
   }
 

@@ -13,11 +13,12 @@ import { isLockedUrl, type FlakeLock, type NixRunner, type Outcome } from "../ni
 import type { ToplevelCache, ToplevelDrvs } from "../nix/toplevel-cache.js";
 import type { NixProgress } from "../nix/log.js";
 import { ProgressThrottle } from "../nix/progress.js";
-import { ALL_HOSTS, type Completed, type HostResult, type JobStatus } from "../protocol.js";
+import { ALL_HOSTS, type Completed, type HostResult, type JobStatus, type SourceLocation } from "../protocol.js";
 import type { Job } from "./queue.js";
 import type { JobCheckpoint } from "../job.js";
 import type { Responder } from "./responder.js";
 import type { Keeper } from "./keep/keeper.js";
+import { copyToCache } from "./copy-to-cache.js";
 
 export interface JobRunnerOptions {
   config: Config;
@@ -35,20 +36,33 @@ export interface JobRunnerOptions {
   checkpoint?: (job: Job) => void;
 }
 
-type JobOutcome = Pick<Completed, "status" | "revision" | "results" | "durationMs" | "error">;
+type JobOutcome = Pick<Completed, "status" | "revision" | "results" | "durationMs" | "error" | "location">;
+
+/** What a failed nix call said beyond its message: the flake did not evaluate, and where. */
+export type FailureDetail = { evalError?: boolean; location?: SourceLocation };
 
 /** The final message of a job that ended before any host was built. */
-export function unstartedOutcome(job: Job, error: string, status: JobStatus, startedAt: number, revision: string | null = null): JobOutcome {
+export function unstartedOutcome(
+  job: Job,
+  error: string,
+  status: JobStatus,
+  startedAt: number,
+  revision: string | null = null,
+  detail: FailureDetail = {},
+): JobOutcome {
   const { target } = job.spec;
-  const hostStatus = status === "cancelled" ? "cancelled" : "failure";
+  const hostStatus = status === "cancelled" ? "cancelled" : detail.evalError ? "eval_error" : "failure";
   const bounded = boundedText(error);
-  const results: HostResult[] = target === ALL_HOSTS ? [] : [{ host: target, status: hostStatus, durationMs: 0, error: bounded }];
-  return { status, revision, results, durationMs: Date.now() - startedAt, error: bounded };
+  const location = status === "cancelled" ? undefined : detail.location;
+  const results: HostResult[] =
+    target === ALL_HOSTS ? [] : [{ host: target, status: hostStatus, durationMs: 0, error: bounded, ...(location ? { location } : {}) }];
+  return { status, revision, results, durationMs: Date.now() - startedAt, error: bounded, ...(location ? { location } : {}) };
 }
 
 export function completedMessage(job: Job, outcome: JobOutcome): Completed {
   const message: Completed = { type: "completed", jobId: job.id, ...job.spec, ...outcome };
   if (message.error === undefined) delete message.error;
+  if (message.location === undefined) delete message.location;
   return message;
 }
 
@@ -75,15 +89,16 @@ export class JobRunner {
 
     // A resumed job goes on at the revision and with the hosts it started with.
     const resumed = job.checkpoint ? resumedPlan(job.checkpoint, this.options.toplevels) : undefined;
-    const lock = resumed ?? (await nix.resolveFlake(url, ref, { timeoutMs: config.build.resolveTimeout, signal }));
+    const lock = resumed ?? (await nix.resolveFlake(url, ref, { timeoutMs: config.build.fetchTimeout, signal }));
     if (!lock.ok) {
-      this.complete(job, unstartedOutcome(job, lock.error, job.cancelled ? "cancelled" : "failure", started));
+      const error = lock.outcome === "timeout" ? `${lock.error} (build.fetchTimeout)` : lock.error;
+      this.complete(job, unstartedOutcome(job, error, job.cancelled ? "cancelled" : "failure", started, null, lock));
       return;
     }
     const { lockedUrl, revision } = lock.value;
     const plan = resumed ? { ok: true as const, value: resumed.value.plan } : await this.plan(job, lockedUrl, revision);
     if (!plan.ok) {
-      this.complete(job, unstartedOutcome(job, plan.error, job.cancelled ? "cancelled" : "failure", started, revision));
+      this.complete(job, unstartedOutcome(job, plan.error, job.cancelled ? "cancelled" : "failure", started, revision, plan));
       return;
     }
 
@@ -186,6 +201,11 @@ export class JobRunner {
     if (build.error) result.error = boundedText(build.error);
     if (build.location) result.location = build.location;
     Object.assign(result, await keeper.finished({ repo: job.spec.repo, ref: job.spec.ref, revision, jobId: job.id, result }));
+    // Rooted first (garbage collection can no longer take it), then shared.
+    if (build.status === "success" && build.storePath) {
+      const copy = await copyToCache(this.options, job, host, build.storePath);
+      if (copy) result.copy = copy;
+    }
     // An eval error's message already is the useful part; the log would repeat it.
     const withTail = build.status !== "success" && build.status !== "eval_error" && build.logTail;
     responder.toJob(job, {

@@ -24,6 +24,8 @@ import type { EventBus } from "../events.js";
 import type { Logger } from "../logger.js";
 import type { BuildResponse, ControlResponse, Rejected } from "../protocol.js";
 import type { Job } from "./queue.js";
+import { LogThrottle } from "../util/log-throttle.js";
+import { fitPayload, payloadBytes } from "./fit-payload.js";
 import type { ConnectionState, NatsTransport } from "../nats/transport.js";
 
 /** Numbered messages are sent again this long later (requesters back off up to 5 s, longer under load). */
@@ -49,12 +51,15 @@ export class Responder {
   private disconnectedAt: number | undefined;
   private unsettledUntil = 0;
   private readonly timers = new Set<NodeJS.Timeout>();
+  /** Hostile or broken requesters can send rejects by the thousand: at most 10 lines a minute per code. */
+  private readonly rejectLog: LogThrottle;
 
   constructor(
     private readonly transport: NatsTransport,
     private readonly events: EventBus,
     private readonly logger: Logger,
   ) {
+    this.rejectLog = new LogThrottle(logger, 60_000, 10);
     transport.onStateChange((state) => this.onStateChange(state));
   }
 
@@ -62,8 +67,9 @@ export class Responder {
   toJob(job: Job, message: BuildResponse): void {
     if (job.interrupted && message.type !== "interrupted") return;
     const numbered = this.number(job, message);
-    for (const reply of job.requesters) this.transport.publish(reply, numbered);
-    if (!UNNUMBERED.has(message.type)) this.remember([...job.requesters], numbered);
+    const sent = this.fit(numbered);
+    for (const reply of job.requesters) this.transport.publish(reply, sent);
+    if (!UNNUMBERED.has(message.type)) this.remember([...job.requesters], sent);
     this.events.emit({ type: "response", job, message: numbered });
   }
 
@@ -75,8 +81,9 @@ export class Responder {
   toRequester(reply: string, job: Job, message: BuildResponse): void {
     const joined = message.type === "accepted" && message.joined && job.seq > 0;
     const numbered = joined ? { ...message, seq: job.seq } : this.number(job, message);
-    this.transport.publish(reply, numbered);
-    this.remember([reply], numbered);
+    const sent = this.fit(numbered);
+    this.transport.publish(reply, sent);
+    this.remember([reply], sent);
     this.events.emit({ type: "response", job, message: numbered });
   }
 
@@ -88,14 +95,24 @@ export class Responder {
 
   /** A discover/status/cancel answer: not about a job's build. */
   control(reply: string, message: ControlResponse): void {
-    this.transport.publish(reply, message);
+    this.transport.publish(reply, this.fit(message));
   }
 
   reject(subject: string, reply: string, message: Rejected): void {
-    this.transport.publish(reply, message);
+    this.transport.publish(reply, this.fit(message));
     this.remember([reply], message);
     this.events.emit({ type: "rejected", subject, message });
-    this.logger.info({ subject, code: message.code, error: message.error }, "request rejected");
+    this.rejectLog.info(`rejected:${message.code}`, { subject, code: message.code, error: message.error }, "request rejected");
+  }
+
+  /** The message cut to the connected server's max_payload (events keep the full one). */
+  private fit<M extends BuildResponse | ControlResponse>(message: M): M {
+    const max = this.transport.maxPayload();
+    const fitted = fitPayload(message, max);
+    if (fitted !== message) {
+      this.logger.info({ type: message.type, bytes: payloadBytes(message), maxPayload: max }, "message cut to fit the NATS server's max_payload");
+    }
+    return fitted;
   }
 
   stop(): void {

@@ -15,6 +15,7 @@ import {
   type AnswerTo,
   type ControlName,
   type ControlResponse,
+  type DiscoverResponse,
   type Rejected,
   RESPONSE_PREFIX,
   buildSubject,
@@ -223,33 +224,4 @@ export function requestBuild(
     },
     { ...options, onMessage },
   ) as Promise<FinalResponse>;
-}
-
-/** The builder answered with a message of another type than the request calls for. */
-export class UnexpectedAnswerError extends HomelabDeployError {}
-
-/**
- * One question to the builder (`build.discover`, `build.status`,
- * `build.cancel`) and its single answer: the one the question calls for,
- * or `rejected`.
- */
-export async function requestControl<N extends ControlName>(
-  nc: NatsConnection,
-  name: N,
-  body: Record<string, unknown> | undefined,
-  options: ExchangeOptions<ControlResponse>,
-): Promise<AnswerTo<N> | Rejected> {
-  const answer = await exchange<ControlResponse>(
-    nc,
-    {
-      subject: `build.${name}`,
-      payload: requestPayload(body),
-      schema: ControlResponseSchema,
-      isAck: () => true,
-      isFinal: () => true,
-    },
-    options,
-  );
-  if (answer.type === "rejected" || answer.type === name) return answer as AnswerTo<N> | Rejected;
-  throw new UnexpectedAnswerError(`unexpected answer ${answer.type} to build.${name}`);
 }

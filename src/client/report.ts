@@ -127,7 +127,10 @@ export function progressText(progress: Pick<Progress, "derivations" | "substitut
   if (progress.derivations.failed > 0) parts.push(`${progress.derivations.failed} failed`);
   if (progress.substitutions.expected > 0) parts.push(`${progress.substitutions.done}/${progress.substitutions.expected} paths substituted`);
   if (progress.downloadedBytes > 0) parts.push(`${bytes(progress.downloadedBytes)} downloaded`);
-  if (progress.building) parts.push(`building ${progress.building.drv}${progress.building.phase ? ` (${progress.building.phase})` : ""}`);
+  if (progress.building) {
+    const { drv, phase, machine } = progress.building;
+    parts.push(`building ${drv}${machine ? ` on ${machine}` : ""}${phase ? ` (${phase})` : ""}`);
+  }
   return parts.join(", ");
 }
 
@@ -174,6 +177,7 @@ function hostFinishedLines(message: Extract<BuildResponse, { type: "host_finishe
   const head = `[${message.index}/${message.total}] ${message.host}: ${status} in ${formatDuration(message.durationMs)}`;
   if (message.status === "success") {
     const lines = [`${head} → ${message.storePath ?? ""}`];
+    if (message.copy && !message.copy.ok) lines.push(paint("yellow", `    warning: not in the shared cache: ${firstLine(message.copy.error ?? "")}`));
     if (message.gcRoot === false) lines.push(paint("yellow", "    warning: not registered as a GC root (see the builder's log); garbage collection may delete it"));
     const changes = changesText(message.changes);
     if (changes) {
@@ -199,7 +203,9 @@ function hostFinishedLines(message: Extract<BuildResponse, { type: "host_finishe
 function completedLine(message: Completed, paint: Paint): string {
   const built = message.results.filter((r) => r.status === "success").length;
   const of = message.results.length > 0 ? `, ${built} of ${plural(message.results.length, "host")} built` : "";
-  const error = message.error ? `: ${firstLine(message.error)}` : "";
+  const loc = message.location;
+  const where = loc ? ` (at ${loc.file}${loc.line ? `:${loc.line}${loc.column ? `:${loc.column}` : ""}` : ""})` : "";
+  const error = message.error ? `: ${firstLine(message.error)}${where}` : "";
   const status = paint(message.status === "success" ? "green" : message.status === "failure" ? "red" : "yellow", message.status);
   return `completed: ${status}${of}, ${shortRev(message.revision)}, in ${formatDuration(message.durationMs)}${error}`;
 }
@@ -373,7 +379,8 @@ export function describeDiscover(discover: DiscoverResponse, repo?: string): str
   for (const info of discover.repos) {
     if (repo !== undefined && info.name !== repo) continue;
     const at = info.revision ? ` at ${shortRev(info.revision)}` : "";
-    lines.push(`${info.name} (${info.url})${at}: ${plural(info.hosts.length, "host")}${info.error ? ` — ${info.error}` : ""}`);
+    const note = info.loading ? " — still fetching (ask again)" : info.error ? ` — ${info.error}` : "";
+    lines.push(`${info.name} (${info.url})${at}: ${plural(info.hosts.length, "host")}${note}`);
     for (const host of info.hosts) lines.push(`  ${host}`);
   }
   return lines;

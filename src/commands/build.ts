@@ -8,13 +8,14 @@ import type { Command } from "commander";
 import { requestBuild } from "../client/client.js";
 import { ExitCode, UsageError } from "../errors.js";
 import { ALL_HOSTS, isValidHostName, isValidRef, isValidRepoName, type FinalResponse } from "../protocol.js";
-import { createReporter, describeDiscover } from "../client/report.js";
+import { createReporter } from "../client/report.js";
+import { describeDiscovers, reposOf } from "../client/report-builders.js";
+import { discoverEveryBuilder } from "../client/gather.js";
 import {
   addAckTimeoutOption,
   addConnectionOptions,
   addIdleTimeoutOption,
   durationFlag,
-  runControl,
   withClient,
   type ConnectionFlags,
 } from "./connection.js";
@@ -81,17 +82,33 @@ export async function runBuild(repoArg: string | undefined, targetArg: string | 
 async function runList(repo: string | undefined, extra: string | undefined, flags: BuildFlags): Promise<number> {
   if (extra !== undefined) throw new UsageError("--list takes at most one argument: the repo");
   if (repo !== undefined && !isValidRepoName(repo)) throw new UsageError(`invalid repo name ${JSON.stringify(repo)}`);
-  // A refresh fetches and evaluates every repo: allow it the time that takes.
   const ackTimeoutMs = durationFlag("--ack-timeout", flags.ackTimeout);
-  const wait = flags.refresh ? Math.max(ackTimeoutMs, 600_000) : ackTimeoutMs;
-  return runControl(flags, "discover", flags.refresh ? { refresh: true } : undefined, (discover) => {
-    if (repo !== undefined && !discover.repos.some((r) => r.name === repo)) {
-      if (!flags.json) process.stderr.write(`unknown repo ${repo}; this builder builds ${discover.repos.map((r) => r.name).join(", ")}\n`);
+  // Builders answer at once with what they have and fetch in the
+  // background; a refresh waits for the fetch it asked for (each builder
+  // bounds it by its build.fetchTimeout), a plain list only for a first load.
+  const settleMs = flags.refresh ? Math.max(ackTimeoutMs, 600_000) : ackTimeoutMs;
+  return withClient(flags, async (nc, signal) => {
+    const combined = await discoverEveryBuilder(nc, { refresh: flags.refresh === true, repo, ackTimeoutMs, settleMs, signal });
+    if (!combined.ok) {
+      if (flags.json) process.stdout.write(`${JSON.stringify(combined.rejected)}
+`);
+      else process.stderr.write(`rejected: ${combined.rejected.error}
+`);
       return ExitCode.usage;
     }
-    if (!flags.json) for (const line of describeDiscover(discover, repo)) process.stdout.write(`${line}\n`);
+    const discovers = combined.answers;
+    if (flags.json) for (const answer of discovers) process.stdout.write(`${JSON.stringify(answer)}
+`);
+    const repos = reposOf(discovers);
+    if (repo !== undefined && !repos.includes(repo)) {
+      const who = discovers.length === 1 ? "this builder builds" : "these builders build";
+      if (!flags.json) process.stderr.write(`unknown repo ${repo}; ${who} ${repos.join(", ")}
+`);
+      return ExitCode.usage;
+    }
+    if (!flags.json) for (const line of describeDiscovers(discovers, repo)) process.stdout.write(`${line}\n`);
     return ExitCode.ok;
-  }, wait);
+  });
 }
 
 export function exitCodeFor(final: FinalResponse): number {

@@ -43,6 +43,8 @@ export async function runBuilder(configFile: string): Promise<number> {
     }, STOP_DEADLINE_MS).unref();
     void daemon.stop(`the builder is shutting down (it received ${signal})`);
   };
+  // SIGHUP too (a closed terminal, `kill -HUP`): the builder has no config
+  // to reload, and dying of it would leave requesters without a final.
   process.once("SIGTERM", onSignal);
   process.once("SIGINT", onSignal);
   process.once("SIGHUP", onSignal);

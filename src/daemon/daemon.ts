@@ -14,13 +14,16 @@ import type { Logger } from "../logger.js";
 import { NixRunner } from "../nix/runner.js";
 import { ProcessLedger } from "../nix/process-ledger.js";
 import { startObservability } from "../observability/observability.js";
-import { ToplevelCache } from "../nix/toplevel-cache.js";
+import { TOPLEVEL_CACHE_FILE, ToplevelCache } from "../nix/toplevel-cache.js";
+import { StateHealth } from "../observability/state-health.js";
+import { assertReplaceable } from "../util/regular-file.js";
+import { join } from "node:path";
 import { NatsTransport } from "../nats/transport.js";
 import { CONFIG_KEY_NAMES, vaultSeedSource } from "../nats/vault.js";
 import { VERSION } from "../version.js";
 import { NixStore } from "../nix/store.js";
-import { BuildHistory } from "../builder/keep/history.js";
-import { GcRoots } from "../builder/keep/gc-roots.js";
+import { BuildHistory, HISTORY_FILE } from "../builder/keep/history.js";
+import { GC_ROOTS_FILE, GcRoots } from "../builder/keep/gc-roots.js";
 import { Keeper } from "../builder/keep/keeper.js";
 
 export interface Daemon {
@@ -58,16 +61,28 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
     logger: logger.child({ component: "nats" }),
     waitForServer: true,
   });
-  const catalog = new HostCatalog({ nix, repos: config.repos, logger: logger.child({ component: "catalog" }), timeoutMs: config.build.resolveTimeout });
+  const catalog = new HostCatalog({ nix, repos: config.repos, logger: logger.child({ component: "catalog" }), timeoutMs: config.build.resolveTimeout, fetchTimeoutMs: config.build.fetchTimeout });
   const nixVersion = await nix.version();
+  const stateHealth = new StateHealth();
   const toplevels = new ToplevelCache({
     stateDir: config.stateDir,
     nixVersion: nixVersion.ok ? nixVersion.value : "unknown",
     logger: logger.child({ component: "toplevels" }),
+    onSaved: (error) => stateHealth.record(TOPLEVEL_CACHE_FILE, error),
   });
+  // A FIFO (or directory, …) where a state file belongs is never read (it
+  // would block start-up) nor replaced: /readyz says so from the start.
+  for (const file of [TOPLEVEL_CACHE_FILE, HISTORY_FILE, GC_ROOTS_FILE]) {
+    await assertReplaceable(join(config.stateDir, file)).catch((err: unknown) => stateHealth.record(file, errorMessage(err)));
+  }
   await toplevels.load();
   const store = new NixStore(nix, config.build.nixBin);
-  const history = new BuildHistory({ stateDir: config.stateDir, size: config.build.historySize, logger: logger.child({ component: "history" }) });
+  const history = new BuildHistory({
+    stateDir: config.stateDir,
+    size: config.build.historySize,
+    logger: logger.child({ component: "history" }),
+    onSaved: (error) => stateHealth.record(HISTORY_FILE, error),
+  });
   const roots = new GcRoots({
     stateDir: config.stateDir,
     store,
@@ -75,11 +90,12 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
     keepRefBuildsMs: config.build.keepRefBuilds,
     repos: Object.keys(config.repos),
     logger: logger.child({ component: "gcroots" }),
+    onSaved: (error) => stateHealth.record(GC_ROOTS_FILE, error),
   });
   await Promise.all([history.load(), roots.load()]);
   const keeper = new Keeper({ history, roots, store, logger: logger.child({ component: "keep" }) });
   const builder = new Builder({ config, transport, nix, catalog, events, logger, version: VERSION, builderName, toplevels, keeper, history });
-  const observability = await startObservability(config, logger, { events, transport, nix, nixVersion });
+  const observability = await startObservability(config, logger, { events, transport, nix, nixVersion, builderName, stateHealth });
 
   try {
     await transport.start();
@@ -89,6 +105,10 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
   }
   catalog.start();
   await builder.start();
+  // "ready" must mean the server knows the subscription: a request sent
+  // right after the line (a test, a unit's ExecStartPost) must not meet
+  // "no responders" because the SUB was still in nats.js's buffer.
+  await transport.flush().catch((err: unknown) => logger.warn({ err: errorMessage(err) }, "NATS flush after subscribing failed"));
   logger.info(
     { version: VERSION, repos: Object.keys(config.repos), queueGroup: config.nats.queueGroup ?? null, maxQueue: config.build.maxQueue },
     "builder ready: listening on build.>",

@@ -115,6 +115,12 @@ export class NatsTransport {
     }
   }
 
+  /** The connected server's max_payload (bytes), undefined while not connected. */
+  maxPayload(): number | undefined {
+    const info = this.nc && !this.nc.isClosed() ? this.nc.info : undefined;
+    return info?.max_payload;
+  }
+
   async flush(): Promise<void> {
     if (this.nc && !this.nc.isClosed()) await this.nc.flush();
   }

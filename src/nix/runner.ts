@@ -53,7 +53,17 @@ export interface RunResult {
   spawnError?: string;
 }
 
-export type Outcome<T> = { ok: true; value: T } | { ok: false; error: string; outcome: RunOutcome };
+/**
+ * A failed nix call: why, in nix's (or git's) words. `location` is set when
+ * nix blamed a place in the flake (an evaluation error: syntax error,
+ * missing attribute, stack overflow where nix names one).
+ */
+export type Outcome<T> =
+  | { ok: true; value: T }
+  | { ok: false; error: string; outcome: RunOutcome; evalError?: boolean; location?: SourceLocation };
+
+/** Every nix call logs as JSON on stderr: one error extraction (NixLogState) for all of them. */
+const LOG_JSON = ["--log-format", "internal-json"] as const;
 
 export interface FlakeLock {
   /** The locked URL every host of a job is built from, pinned to one revision. */
@@ -179,8 +189,8 @@ export class NixRunner {
   /** `nix flake metadata --refresh`: fetch the latest commit of the repo (or of `ref`) and lock it. */
   async resolveFlake(url: string, ref: string | null, options: RunOptions): Promise<Outcome<FlakeLock>> {
     const target = flakeUrlWithRef(url, ref);
-    const run = await this.run(["flake", "metadata", "--json", "--refresh", target], options);
-    const failure = this.failure(run, `resolving ${target}`);
+    const run = await this.run(["flake", "metadata", ...LOG_JSON, "--json", "--refresh", target], options);
+    const failure = this.failure(run, `fetching ${target}`, ref);
     if (failure) return failure;
     const metadata = parseJsonAs(run.stdout, FlakeMetadataSchema);
     if (!metadata) return { ok: false, error: `nix flake metadata printed unexpected output for ${target}`, outcome: "exited" };
@@ -196,7 +206,7 @@ export class NixRunner {
   /** The names under `nixosConfigurations`, without evaluating any of them. */
   async listHosts(lockedUrl: string, options: RunOptions): Promise<Outcome<string[]>> {
     const run = await this.run(
-      ["eval", "--json", `${lockedUrl}#nixosConfigurations`, "--apply", "builtins.attrNames"],
+      ["eval", ...LOG_JSON, "--json", `${lockedUrl}#nixosConfigurations`, "--apply", "builtins.attrNames"],
       options,
     );
     const failure = this.failure(run, "listing nixosConfigurations");
@@ -215,7 +225,7 @@ export class NixRunner {
 
   /** Every host's toplevel .drv from one evaluation (see TOPLEVEL_DRVS_EXPR). */
   async evaluateToplevels(lockedUrl: string, options: RunOptions): Promise<Outcome<ToplevelDrvs>> {
-    const run = await this.run(["eval", "--json", `${lockedUrl}#nixosConfigurations`, "--apply", TOPLEVEL_DRVS_EXPR], options);
+    const run = await this.run(["eval", ...LOG_JSON, "--json", `${lockedUrl}#nixosConfigurations`, "--apply", TOPLEVEL_DRVS_EXPR], options);
     const failure = this.failure(run, "evaluating nixosConfigurations");
     if (failure) return failure;
     const drvs = parseJsonAs(run.stdout, ToplevelDrvsSchema);
@@ -225,7 +235,7 @@ export class NixRunner {
 
   /** Evaluates and builds one host: `nix build` (uses nix's own eval cache). */
   async buildHost(lockedUrl: string, host: string, options: RunOptions): Promise<HostBuild> {
-    const args = ["build", "-L", "--log-format", "internal-json", "--no-link", "--json"];
+    const args = ["build", "-L", ...LOG_JSON, "--no-link", "--json"];
     if (this.options.keepGoing) args.push("--keep-going");
     args.push(toplevelInstallable(lockedUrl, host));
     const run = await this.run(args, options);
@@ -237,7 +247,7 @@ export class NixRunner {
    * Nix 2.8 and current Nix alike (`nix build <drv>^*` does not exist in 2.8).
    */
   async realise(drvPath: string, options: RunOptions): Promise<HostBuild> {
-    const args = ["--log-format", "internal-json", "--realise", drvPath];
+    const args = [...LOG_JSON, "--realise", drvPath];
     if (this.options.keepGoing) args.push("--keep-going");
     const run = await this.run(args, options, this.nixStoreBin);
     if (run.outcome === "exited" && run.exitCode === 0) {
@@ -247,10 +257,28 @@ export class NixRunner {
     return hostBuildFrom(run, this.nixStoreBin);
   }
 
-  private failure(run: RunResult, what: string): Outcome<never> | undefined {
+  private failure(run: RunResult, what: string, ref: string | null = null): Outcome<never> | undefined {
     if (run.outcome === "exited" && run.exitCode === 0) return undefined;
-    return { ok: false, error: `${what}: ${describeFailure(run, this.options.nixBin)}`, outcome: run.outcome };
+    const why = describeFailure(run, this.options.nixBin);
+    const missingRef = ref !== null && !isCommitId(ref) && MISSING_REF.test(why);
+    const error = missingRef ? `${what}: no branch or tag ${ref}: ${why}` : `${what}: ${why}`;
+    const nixError = run.outcome === "exited" ? run.log.mainError() : undefined;
+    const location = nixError ? sourceLocation(nixError) : undefined;
+    const evalError = nixError !== undefined && isEvalError(nixError);
+    return { ok: false, error, outcome: run.outcome, ...(evalError ? { evalError } : {}), ...(location ? { location } : {}) };
   }
+}
+
+/** git's words for a branch or tag that is not there (local repo, remote repo). */
+const MISSING_REF = /unknown revision|couldn't find remote ref|not a valid (?:object name|ref)/i;
+
+/**
+ * An error of the Nix language rather than of fetching or building: nix
+ * blamed a place in a file, or ran out of stack (possible infinite
+ * recursion; Nix 2.8 names no place for that one).
+ */
+export function isEvalError(error: NixError): boolean {
+  return error.file !== undefined || /stack overflow|infinite recursion|max-call-depth/.test(error.message);
 }
 
 /** One line saying why nix did not succeed, in the words an operator needs. */

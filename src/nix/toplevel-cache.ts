@@ -9,7 +9,7 @@
  * evaluation either; a missing or unusable file just means a cold start.
  */
 import { existsSync } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { readRegularFile } from "../util/regular-file.js";
 import { join } from "node:path";
 import { z } from "zod";
 import { writeFileAtomic } from "../util/atomic-file.js";
@@ -40,6 +40,8 @@ export interface ToplevelCacheOptions {
   /** `nix --version` of the nix that evaluates. */
   nixVersion: string;
   logger: Logger;
+  /** Told after every write: undefined when it worked, else why it failed. */
+  onSaved?: (error: string | undefined) => void;
 }
 
 export class ToplevelCache {
@@ -55,8 +57,11 @@ export class ToplevelCache {
     if (!this.file) return;
     let text: string;
     try {
-      text = await readFile(this.file, "utf8");
-    } catch {
+      text = await readRegularFile(this.file);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") {
+        this.options.logger.warn({ file: this.file, err: errorMessage(err) }, "toplevel .drv cache not loaded; starting cold");
+      }
       return;
     }
     const parsed = parseJsonAs(text, FileSchema);
@@ -97,7 +102,9 @@ export class ToplevelCache {
     const body = { version: 1, nix: this.options.nixVersion, entries: this.entries.entries() };
     try {
       await writeFileAtomic(this.file, `${JSON.stringify(body)}\n`);
+      this.options.onSaved?.(undefined);
     } catch (err) {
+      this.options.onSaved?.(errorMessage(err));
       this.options.logger.warn({ file: this.file, err: errorMessage(err) }, "cannot save the toplevel .drv cache; a restart will evaluate again");
     }
   }

@@ -22,6 +22,12 @@ export interface BuildMetricsOptions {
   /** The configured repos: their build counters exist (at 0) from the start. */
   repos: readonly string[];
   version: string;
+  /**
+   * The builder's name (nats.name), on every series as the `builder` label:
+   * several builders in one queue group report into one Prometheus, and
+   * the dashboard selects by it.
+   */
+  builder?: string;
   /** Milliseconds since the epoch; tests may pin it. */
   now?: () => number;
 }
@@ -47,6 +53,9 @@ export class BuildMetrics {
   private readonly queueWait: Histogram<"repo">;
   private readonly rejected: Counter<"code">;
   private readonly natsState: Gauge<"state">;
+  private readonly copies: Counter<"repo" | "result">;
+  private readonly stateWriteFailures: Counter<"file">;
+  private readonly stateWritable: Gauge<"file">;
   private readonly resumed: Counter;
 
   constructor(options: BuildMetricsOptions) {
@@ -130,6 +139,24 @@ export class BuildMetrics {
       labelNames: ["state"],
       registers,
     });
+    this.copies = new Counter({
+      name: "homelab_deploy_copy_total",
+      help: "Built hosts whose closure was copied to build.copyTo, by repo and result (success, failure); a failed copy does not fail the host.",
+      labelNames: ["repo", "result"],
+      registers,
+    });
+    this.stateWriteFailures = new Counter({
+      name: "homelab_deploy_state_write_failures_total",
+      help: "Failed writes of a state file under stateDir (metrics.json, toplevels.json, history.json, gcroots.json), by file.",
+      labelNames: ["file"],
+      registers,
+    });
+    this.stateWritable = new Gauge({
+      name: "homelab_deploy_state_writable",
+      help: "1 while the last write (or start-up check) of a state file under stateDir worked, 0 while it fails.",
+      labelNames: ["file"],
+      registers,
+    });
     new Gauge({
       name: "homelab_deploy_info",
       help: "Always 1; the version label says which homelab-deploy is running.",
@@ -137,6 +164,7 @@ export class BuildMetrics {
       registers,
     }).set({ version: options.version }, 1);
     collectDefaultMetrics({ register: this.registry });
+    if (options.builder !== undefined) this.registry.setDefaultLabels({ builder: options.builder });
 
     this.queueDepth.set(0);
     this.running.set(0);
@@ -167,6 +195,19 @@ export class BuildMetrics {
         return;
     }
   };
+
+  /** Every state file's series exist from the start: failures at 0, writable at 1. */
+  initStateFiles(files: readonly string[]): void {
+    for (const file of files) {
+      this.stateWriteFailures.inc({ file }, 0);
+      this.stateWritable.set({ file }, 1);
+    }
+  }
+
+  recordStateWrite(file: string, error: string | undefined): void {
+    if (error !== undefined) this.stateWriteFailures.inc({ file });
+    this.stateWritable.set({ file }, error === undefined ? 1 : 0);
+  }
 
   setNatsState(state: ConnectionState): void {
     for (const each of CONNECTION_STATES) this.natsState.set({ state: each }, each === state ? 1 : 0);
@@ -243,6 +284,10 @@ export class BuildMetrics {
         if (status === "success") {
           this.lastSuccess.set({ repo }, this.nowSeconds());
           this.setHostSuccess(repo, host, this.nowSeconds());
+        }
+        if (message.copy) {
+          for (const result of ["success", "failure"]) this.copies.inc({ repo, result }, 0);
+          this.copies.inc({ repo, result: message.copy.ok ? "success" : "failure" });
         }
         this.changed();
         return;

@@ -13,7 +13,11 @@ import type { Logger } from "../logger.js";
 import { BuildMetrics } from "./metrics.js";
 import type { NixRunner, Outcome } from "../nix/runner.js";
 import { Readiness } from "./readiness.js";
-import { StatePersister, StateStore } from "./state.js";
+import { STATE_FILE_NAME, StatePersister, StateStore } from "./state.js";
+import type { StateHealth } from "./state-health.js";
+import { assertReplaceable } from "../util/regular-file.js";
+import { errorMessage } from "../errors.js";
+import { TOPLEVEL_CACHE_FILE } from "../nix/toplevel-cache.js";
 import type { NatsTransport } from "../nats/transport.js";
 import { VERSION } from "../version.js";
 
@@ -30,25 +34,46 @@ export interface ObservedParts {
   nix: NixRunner;
   /** `nix --version` as the daemon ran it at start-up. */
   nixVersion?: Outcome<string>;
+  /** The `builder` label on every metric. */
+  builderName?: string;
+  /** Outcomes of state file writes (metrics.json here, toplevels.json from the daemon). */
+  stateHealth: StateHealth;
 }
 
 export async function startObservability(config: Config, logger: Logger, parts: ObservedParts): Promise<Observability> {
-  const { events, transport, nix } = parts;
-  const metrics = new BuildMetrics({ repos: Object.keys(config.repos), version: VERSION });
+  const { events, transport, nix, stateHealth } = parts;
+  const metrics = new BuildMetrics({ repos: Object.keys(config.repos), version: VERSION, builder: parts.builderName });
+  // history.json and gcroots.json belong to src/builder/keep, which this layer may not import.
+  metrics.initStateFiles([STATE_FILE_NAME, TOPLEVEL_CACHE_FILE, "history.json", "gcroots.json"]);
+  for (const problem of stateHealth.problems()) metrics.recordStateWrite(problem.file, problem.error);
+  stateHealth.onRecord((file, error) => metrics.recordStateWrite(file, error));
   const stateLogger = logger.child({ component: "state" });
   const store = new StateStore({ dir: config.stateDir, logger: stateLogger });
+  // A FIFO (or directory, …) where the file belongs cannot be replaced:
+  // say so from the start, not only after the first build.
+  await assertReplaceable(store.file).catch((err: unknown) => stateHealth.record(STATE_FILE_NAME, errorMessage(err)));
   const saved = await store.load();
   if (saved) {
     const dropped = metrics.restore(saved);
     if (dropped.length > 0) stateLogger.info({ dropped }, "saved metrics of repos that are no longer configured were dropped");
   }
-  const persister = new StatePersister({ store, snapshot: () => metrics.snapshot(), logger: stateLogger });
+  const persister = new StatePersister({
+    store,
+    snapshot: () => metrics.snapshot(),
+    logger: stateLogger,
+    onSaved: (error) => stateHealth.record(STATE_FILE_NAME, error),
+  });
   metrics.onPersistentChange(() => persister.request());
   const unsubscribe = events.on(metrics.onEvent);
   metrics.setNatsState(transport.state);
   transport.onStateChange((state) => metrics.setNatsState(state));
 
-  const readiness = new Readiness({ natsState: () => transport.state, nix, initialNix: parts.nixVersion });
+  const readiness = new Readiness({
+    natsState: () => transport.state,
+    nix,
+    initialNix: parts.nixVersion,
+    stateProblems: () => stateHealth.problems(),
+  });
   const http = new HttpServer({
     listen: config.metrics.listen,
     registry: metrics.registry,

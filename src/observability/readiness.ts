@@ -5,9 +5,13 @@
  *   - nix:     `nix --version` ran and exited 0 (re-checked at most once a
  *              minute, so a probe every few seconds never forks a nix each time);
  *   - builder: the daemon is not shutting down.
+ * And one that does not decide readiness: `state` (the state files under
+ * stateDir can be written). A builder that cannot save them still builds,
+ * so it stays ready, but reports itself `degraded` with the reason.
  */
 import type { NixRunner, Outcome } from "../nix/runner.js";
 import type { ConnectionState } from "../nats/transport.js";
+import type { StateProblem } from "./state-health.js";
 
 export interface Check {
   ok: boolean;
@@ -16,7 +20,9 @@ export interface Check {
 
 export interface ReadinessReport {
   ready: boolean;
-  checks: { nats: Check; nix: Check; builder: Check };
+  /** Ready, but something an operator must fix: see the checks that are not ok. */
+  degraded: boolean;
+  checks: { nats: Check; nix: Check; builder: Check; state: Check };
 }
 
 export interface ReadinessOptions {
@@ -27,6 +33,8 @@ export interface ReadinessOptions {
   /** How long a nix probe result is trusted. */
   nixProbeTtlMs?: number;
   nixProbeTimeoutMs?: number;
+  /** State files whose last write failed. */
+  stateProblems?: () => StateProblem[];
 }
 
 const DEFAULT_TTL_MS = 60_000;
@@ -58,7 +66,12 @@ export class Readiness {
     const nats = { ok: state === "connected", detail: state };
     const nix = await this.nixCheck();
     const builder = this.stopping ? { ok: false, detail: "shutting down" } : { ok: true, detail: "accepting builds" };
-    return { ready: nats.ok && nix.ok && builder.ok, checks: { nats, nix, builder } };
+    const problems = this.options.stateProblems?.() ?? [];
+    const files =
+      problems.length === 0
+        ? { ok: true, detail: "state files writable" }
+        : { ok: false, detail: problems.map((p) => `cannot save ${p.file}: ${p.error}`).join("; ") };
+    return { ready: nats.ok && nix.ok && builder.ok, degraded: !files.ok, checks: { nats, nix, builder, state: files } };
   }
 
   private nixCheck(): Promise<Check> {

@@ -7,7 +7,7 @@
  * leaves either the old or the new file, never half of one. A missing or
  * unreadable file is one warning and an empty start, never a stopped daemon.
  */
-import { readFile } from "node:fs/promises";
+import { readRegularFile } from "../util/regular-file.js";
 import { join } from "node:path";
 import { z } from "zod";
 import { writeFileAtomic } from "../util/atomic-file.js";
@@ -61,7 +61,7 @@ export class StateStore {
     const { logger } = this.options;
     let text: string;
     try {
-      text = await readFile(this.file, "utf8");
+      text = await readRegularFile(this.file);
     } catch (err) {
       const missing = (err as NodeJS.ErrnoException).code === "ENOENT";
       const why = missing ? "it does not exist yet (first start?)" : `it cannot be read: ${errorMessage(err)}`;
@@ -109,6 +109,8 @@ export interface StatePersisterOptions {
   store: StateStore;
   snapshot: () => Promise<MetricsState>;
   logger: Logger;
+  /** Told after every write: undefined when it worked, else why it failed. */
+  onSaved?: (error: string | undefined) => void;
 }
 
 /**
@@ -148,7 +150,9 @@ export class StatePersister {
     const { store, snapshot, logger } = this.options;
     try {
       await store.save(await snapshot());
+      this.options.onSaved?.(undefined);
     } catch (err) {
+      this.options.onSaved?.(errorMessage(err));
       // The daemon keeps building; the metrics only lose their memory.
       logger.warn({ file: store.file, err: errorMessage(err) }, "cannot save the metrics state file; metrics will not survive a restart");
     }

@@ -5,13 +5,17 @@
 import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import { mkdir, open, rename, unlink } from "node:fs/promises";
 import { dirname } from "node:path";
+import { assertReplaceable } from "./regular-file.js";
 
 export async function writeFileAtomic(file: string, body: string, mode = 0o640): Promise<void> {
   const dir = dirname(file);
   await mkdir(dir, { recursive: true, mode: 0o750 });
+  await assertReplaceable(file);
   const temp = `${file}.${process.pid}.tmp`;
   try {
-    const handle = await open(temp, "w", mode);
+    // "wx" on a fresh name: never opens (and blocks on) a FIFO left at the temp path.
+    await unlink(temp).catch(() => undefined);
+    const handle = await open(temp, "wx", mode);
     try {
       await handle.writeFile(body, "utf8");
       await handle.sync();

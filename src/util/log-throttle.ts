@@ -6,7 +6,7 @@ import type { Logger } from "../logger.js";
  * reported when the window ends.
  */
 export class LogThrottle {
-  private readonly windows = new Map<string, { logged: number; suppressed: number; message: string }>();
+  private readonly windows = new Map<string, { logged: number; suppressed: number; message: string; level: "info" | "warn" }>();
 
   constructor(
     private readonly logger: Logger,
@@ -15,15 +15,23 @@ export class LogThrottle {
   ) {}
 
   warn(key: string, fields: Record<string, unknown>, message: string): void {
+    this.log("warn", key, fields, message);
+  }
+
+  info(key: string, fields: Record<string, unknown>, message: string): void {
+    this.log("info", key, fields, message);
+  }
+
+  private log(level: "info" | "warn", key: string, fields: Record<string, unknown>, message: string): void {
     let window = this.windows.get(key);
     if (!window) {
-      window = { logged: 0, suppressed: 0, message };
+      window = { logged: 0, suppressed: 0, message, level };
       this.windows.set(key, window);
       setTimeout(() => this.close(key), this.windowMs).unref();
     }
     if (window.logged < this.limit) {
       window.logged++;
-      this.logger.warn(fields, message);
+      this.logger[level](fields, message);
     } else {
       window.suppressed++;
     }
@@ -34,6 +42,6 @@ export class LogThrottle {
     this.windows.delete(key);
     if (!window || window.suppressed === 0) return;
     const seconds = Math.round(this.windowMs / 1000);
-    this.logger.warn({ suppressed: window.suppressed }, `${window.message} (and ${window.suppressed} more like it in the last ${seconds}s)`);
+    this.logger[window.level]({ suppressed: window.suppressed }, `${window.message} (and ${window.suppressed} more like it in the last ${seconds}s)`);
   }
 }

@@ -84,6 +84,7 @@ describe("homelab-deploy", () => {
     expect(stdout).toBe("");
     expect(stderr).toContain(`invalid config ${file}`);
     expect(stderr).toContain("nats.colour: unknown key");
+    expect(stderr).toContain("nats.url: required: the NATS server URL");
     expect(stderr).toMatch(/repos\.nixos-servers\.url: expected a flake URL/);
     expect(stderr).toContain('build.timeout: expected a duration like 30s, 10m or 1h, got "soon"');
   });
@@ -93,7 +94,10 @@ describe("homelab-deploy", () => {
     const seed = join(dir, "seed");
     await writeFile(seed, "SAAGNSECRETNOTAUSERSEED\n");
     const file = join(dir, "config.json");
-    await writeFile(file, JSON.stringify({ nats: { nkeySeedFile: seed }, repos: { r: { url: "git+file:///nonexistent" } } }));
+    await writeFile(
+      file,
+      JSON.stringify({ nats: { url: "nats://127.0.0.1:1", nkeySeedFile: seed }, repos: { r: { url: "git+file:///nonexistent" } }, stateDir: join(dir, "state") }),
+    );
     const { exitCode, stderr, stdout } = await runCli(["builder", "--config", file]);
     expect(exitCode).toBe(2);
     expect(stderr).toContain(`seed file ${seed} holds an NKey seed, but not a user seed`);

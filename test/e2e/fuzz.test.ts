@@ -81,7 +81,8 @@ function expected(subject: string, payload: Uint8Array): Expected {
   if (Object.keys(rest).length > 0) return { answer: "rejected", code: "malformed_payload" };
   if (ref !== undefined && typeof ref !== "string") return { answer: "rejected", code: "malformed_payload" };
   if (typeof ref === "string" && !validRef(ref)) return { answer: "rejected", code: "invalid_name" };
-  if (target !== "all" && !HOSTS.includes(target)) return { answer: "rejected", code: "unknown_host" };
+  // With a ref the host may exist only on that branch: it is not checked against the default branch's hosts.
+  if (target !== "all" && ref === undefined && !HOSTS.includes(target)) return { answer: "rejected", code: "unknown_host" };
   return { answer: "accepted_or_queue_full" };
 }
 

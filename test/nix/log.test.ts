@@ -99,3 +99,83 @@ describe("NixLogState memory", () => {
     expect(state.logTail().at(-1)).toBe("flood> line 99999");
   });
 });
+
+describe("NixLogState with remote builders", () => {
+  it("says which machine builds a derivation (the Build activity's second field), and nothing for a local one", () => {
+    const state = new NixLogState(50);
+    state.push('@nix {"action":"start","id":1,"type":105,"fields":["/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-unbound.conf.drv","ssh-ng://builder@nix-build01?ssh-key=/etc/nix/id&remote-program=nix-daemon",1,1]}');
+    expect(state.progress.building).toEqual({ drv: "unbound.conf", phase: null, machine: "ssh-ng://builder@nix-build01" });
+    state.push('@nix {"action":"result","id":1,"type":104,"fields":["buildPhase"]}');
+    expect(state.progress.building).toEqual({ drv: "unbound.conf", phase: "buildPhase", machine: "ssh-ng://builder@nix-build01" });
+    // The remote builder's own log, relayed: the same derivation, no machine named, still remote.
+    state.push('@nix {"action":"start","id":3,"type":105,"fields":["/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-unbound.conf.drv","",1,1]}');
+    expect(state.progress.building).toEqual({ drv: "unbound.conf", phase: null, machine: "ssh-ng://builder@nix-build01" });
+    state.push('@nix {"action":"stop","id":3}');
+    state.push('@nix {"action":"start","id":2,"type":105,"fields":["/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-ns1.drv","",1,1]}');
+    expect(state.progress.building).toEqual({ drv: "nixos-system-ns1", phase: null });
+    state.push('@nix {"action":"stop","id":2}');
+    expect(state.progress.building).toEqual({ drv: "unbound.conf", phase: "buildPhase", machine: "ssh-ng://builder@nix-build01" });
+  });
+
+  it("blames the unreachable remote builder first, before nix's generic 'unable to start any build'", () => {
+    const state = new NixLogState(50);
+    // Recorded from Nix 2.8 with --builders 'ssh-ng://127.0.0.1 x86_64-linux' --max-jobs 0 and nothing listening.
+    state.push(
+      '@nix {"action":"msg","level":0,"msg":"cannot build on \'ssh-ng://127.0.0.1\': \\u001b[31;1merror:\\u001b[0m cannot open connection to remote store \'\\u001b[35;1mssh-ng://127.0.0.1\\u001b[0m\': \\u001b[35;1m\\u001b[31;1merror:\\u001b[0m unexpected end-of-file\\u001b[0m"}',
+    );
+    state.push(
+      '@nix {"action":"msg","column":null,"file":null,"level":0,"line":null,"msg":"\\u001b[31;1merror:\\u001b[0m unable to start any build; remote machines may not have all required system features.","raw_msg":"unable to start any build; remote machines may not have all required system features."}',
+    );
+    expect(state.mainError()?.message).toBe(
+      "cannot build on 'ssh-ng://127.0.0.1': error: cannot open connection to remote store 'ssh-ng://127.0.0.1': error: unexpected end-of-file",
+    );
+  });
+});
+
+describe("NixLogState on recorded fetch and evaluation failures", () => {
+  const NIXBLD_WARNING = "warning: the group 'nixbld' specified in 'build-users-group' does not exist";
+  const NIXBLD_WARNING_JSON = `@nix ${JSON.stringify({ action: "msg", level: 1, msg: `\u001b[35;1mwarning:\u001b[0m ${NIXBLD_WARNING.slice(9)}` })}`;
+
+  async function lines(file: string) {
+    return (await readFile(join(ROOT, "test", "fixtures", "nix-log", file), "utf8")).split("\n");
+  }
+
+  /** The recorded stream, after the warnings a fresh machine adds to every nix call. */
+  async function errorOf(file: string) {
+    const state = new NixLogState(50);
+    for (const line of [NIXBLD_WARNING, NIXBLD_WARNING_JSON, ...(await lines(file))]) state.push(line);
+    return state.mainError();
+  }
+
+  it("names git's reason for a refused connection, not nix's 'program git failed'", async () => {
+    const error = await errorOf("connection-refused.jsonl");
+    expect(error?.message).toMatch(/^fatal: unable to access 'http:\/\/127\.0\.0\.1:\d+\/x\/': .*Couldn't connect to server \(program 'git' failed with exit code 128\)$/);
+  });
+
+  it("names a failed DNS lookup (recorded once; the tests make no DNS queries)", async () => {
+    const error = await errorOf("dns-failure.jsonl");
+    expect(error?.message).toMatch(/^fatal: unable to access 'http:\/\/no-such-host\.invalid\/x\/': Could not resolve host: no-such-host\.invalid/);
+  });
+
+  it("names a missing branch and a missing commit", async () => {
+    expect((await errorOf("missing-branch.jsonl"))?.message).toMatch(/^fatal: ambiguous argument 'no-such-branch': unknown revision/);
+    expect((await errorOf("missing-commit.jsonl"))?.message).toMatch(/^error: Cannot find Git revision '0123456789{1}/);
+  });
+
+  it("keeps a syntax error's message and location", async () => {
+    const error = await errorOf("syntax-error.jsonl");
+    expect(error).toMatchObject({ message: expect.stringMatching(/^error: syntax error, unexpected end of file/), line: 22, column: 7 });
+    expect(error?.file).toMatch(/-source\/flake\.nix$/);
+  });
+
+  it("takes nix's plain-text stack overflow as the error", async () => {
+    expect(await errorOf("stack-overflow.jsonl")).toEqual({ message: "error: stack overflow (possible infinite recursion)" });
+  });
+
+  it("never takes a warning for the error", async () => {
+    const state = new NixLogState(50);
+    state.push(NIXBLD_WARNING);
+    state.push(NIXBLD_WARNING_JSON);
+    expect(state.mainError()).toBeUndefined();
+  });
+});

@@ -93,9 +93,9 @@ export function publicKeyPlaceholder(role: Role): string {
   return `<${role} public key>`;
 }
 
-export function natsServerConfig(port: number | "-1", users: AccountUser[], accounts = deployAccountConfig(users)): string {
+export function natsServerConfig(port: number | "-1", users: AccountUser[], accounts = deployAccountConfig(users), maxPayload = 1048576): string {
   return `listen: "127.0.0.1:${port}"
-max_payload: 1048576
+max_payload: ${maxPayload}
 ${accounts}`;
 }
 
@@ -162,6 +162,8 @@ export interface NatsServerOptions {
    * docs/nats-permissions.md shows; `{role}` public keys are filled in by the caller.
    */
   accounts?: (identities: Record<Role, Identity>) => string;
+  /** The server's max_payload in bytes (default 1 MiB, nats-server's own default). */
+  maxPayload?: number;
 }
 
 export async function startNatsServer(options: NatsServerOptions = {}): Promise<NatsServer> {
@@ -173,7 +175,8 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
   let port: number | "-1" = "-1";
   const writeConfig = async () => {
     const users = Object.values(identities).map((id) => ({ role: id.role, publicKey: id.publicKey, permissions: PLAN_PERMISSIONS[id.role] }));
-    await writeFile(configFile, natsServerConfig(port, users, options.accounts?.(identities)));
+    const accounts = options.accounts?.(identities) ?? deployAccountConfig(users);
+    await writeFile(configFile, natsServerConfig(port, users, accounts, options.maxPayload));
   };
   const launch = async () => {
     await writeConfig();

@@ -18,10 +18,11 @@
  * before an old one is released, and nothing is released when the new
  * root could not be written.
  */
-import { lstat, mkdir, readdir, readFile, readlink, rmdir, unlink } from "node:fs/promises";
+import { lstat, mkdir, readdir, readlink, rmdir, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { writeFileAtomic } from "../../util/atomic-file.js";
+import { readRegularFile } from "../../util/regular-file.js";
 import { errorMessage } from "../../errors.js";
 import { parseJsonAs } from "../../util/json.js";
 import type { Logger } from "../../logger.js";
@@ -56,6 +57,8 @@ export interface GcRootsOptions {
   logger: Logger;
   /** Repos in the config: roots of any other repo are a repo gone from the config. */
   repos: string[];
+  /** Told after every write of gcroots.json: undefined when it worked, else why it failed. */
+  onSaved?: (error: string | undefined) => void;
   now?: () => number;
 }
 
@@ -87,7 +90,11 @@ export class GcRoots {
   /** Reads the links (the truth) and the bookkeeping, then releases what has expired. */
   async load(): Promise<void> {
     const booked = new Map<string, GcRoot>();
-    const text = await readFile(this.file, "utf8").catch(() => undefined);
+    const text = await readRegularFile(this.file).catch((err: NodeJS.ErrnoException) => {
+      // A FIFO here would block start-up forever if read; say what it is instead.
+      if (err.code !== "ENOENT") this.options.logger.warn({ file: this.file, err: errorMessage(err) }, "the GC root bookkeeping was not loaded");
+      return undefined;
+    });
     if (text !== undefined) {
       const parsed = parseJsonAs(text, FileSchema);
       if (parsed) for (const root of parsed.roots) booked.set(root.link, root);
@@ -254,7 +261,9 @@ export class GcRoots {
   private async save(): Promise<void> {
     try {
       await writeFileAtomic(this.file, `${JSON.stringify({ version: 1, roots: this.roots })}\n`);
+      this.options.onSaved?.(undefined);
     } catch (err) {
+      this.options.onSaved?.(errorMessage(err));
       this.options.logger.warn({ file: this.file, err: errorMessage(err) }, "cannot save the GC root bookkeeping (the root links are unaffected)");
     }
   }

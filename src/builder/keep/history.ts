@@ -6,10 +6,10 @@
  * faster than the disk); a missing file is a fresh start, a corrupt one is
  * one warning and a fresh start — never a stopped daemon.
  */
-import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { writeFileAtomic } from "../../util/atomic-file.js";
+import { readRegularFile } from "../../util/regular-file.js";
 import { errorMessage } from "../../errors.js";
 import { parseJsonAs } from "../../util/json.js";
 import type { Logger } from "../../logger.js";
@@ -31,6 +31,8 @@ export interface HistoryOptions {
   stateDir?: string;
   size: number;
   logger: Logger;
+  /** Told after every write of history.json: undefined when it worked, else why it failed. */
+  onSaved?: (error: string | undefined) => void;
 }
 
 export class BuildHistory {
@@ -48,8 +50,12 @@ export class BuildHistory {
     if (!this.file) return;
     let text: string;
     try {
-      text = await readFile(this.file, "utf8");
-    } catch {
+      text = await readRegularFile(this.file);
+    } catch (err) {
+      // A FIFO here would block start-up forever if read; say what it is instead.
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") {
+        this.options.logger.warn({ file: this.file, err: errorMessage(err) }, "the build history file was not loaded; starting a fresh history");
+      }
       return;
     }
     const parsed = parseJsonAs(text, FileSchema);
@@ -125,7 +131,9 @@ export class BuildHistory {
     const file = this.file as string;
     try {
       await writeFileAtomic(file, `${JSON.stringify({ version: 1, repos: this.repos })}\n`);
+      this.options.onSaved?.(undefined);
     } catch (err) {
+      this.options.onSaved?.(errorMessage(err));
       this.options.logger.warn({ file, err: errorMessage(err) }, "cannot save the build history");
     }
   }

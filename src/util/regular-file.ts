@@ -1,0 +1,47 @@
+/**
+ * State files are only ever regular files. Opening a FIFO for reading
+ * blocks until a writer comes (at start-up: forever), so a path is opened
+ * non-blocking and checked before a byte is read, and a write never
+ * replaces something that is not a regular file: whatever put it there
+ * wants an operator to look.
+ */
+import { constants } from "node:fs";
+import { lstat, open } from "node:fs/promises";
+import { StateFileError } from "../errors.js";
+
+function kind(stats: { isFIFO(): boolean; isDirectory(): boolean; isSymbolicLink(): boolean; isSocket(): boolean }): string {
+  if (stats.isFIFO()) return "a FIFO";
+  if (stats.isDirectory()) return "a directory";
+  if (stats.isSymbolicLink()) return "a symbolic link";
+  if (stats.isSocket()) return "a socket";
+  return "a device";
+}
+
+function refused(file: string, what: string): StateFileError {
+  return new StateFileError(`${file} is ${what}, not a regular file; remove it (the builder writes a fresh one)`);
+}
+
+/** The file's text; ENOENT and other read errors are thrown as they are, a non-regular file as StateFileError. */
+export async function readRegularFile(file: string): Promise<string> {
+  const handle = await open(file, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW).catch(async (err: NodeJS.ErrnoException) => {
+    // O_NOFOLLOW on a symlink fails with ELOOP: say what is there.
+    if (err.code === "ELOOP") throw refused(file, "a symbolic link");
+    throw err;
+  });
+  try {
+    const stats = await handle.stat();
+    if (!stats.isFile()) throw refused(file, kind(stats));
+    return await handle.readFile("utf8");
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Throws StateFileError when something other than a regular file (or nothing) is at `file`. */
+export async function assertReplaceable(file: string): Promise<void> {
+  const stats = await lstat(file).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === "ENOENT") return undefined;
+    throw err;
+  });
+  if (stats && !stats.isFile()) throw refused(file, kind(stats));
+}
