@@ -103,5 +103,6 @@ function runningJob(job: Job): RunningJob {
     totalHosts: job.totalHosts,
     hostStartedAt: job.currentHost ? iso(job.hostStartedAt) : null,
     progress: job.currentHost ? job.progress : null,
+    ...(job.evaluation ? { evaluation: { ...job.evaluation } } : {}),
   };
 }
