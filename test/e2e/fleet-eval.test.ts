@@ -171,6 +171,10 @@ describe("target all: evaluation by a pool of workers", () => {
     const first = (await builder.waitForLog(evaluatingHost("host00a"), 60_000)) as LogLine & { pid: number };
     const second = (await builder.waitForLog(evaluatingHost("host00b"), 60_000)) as LogLine & { pid: number };
     const started = builder.logs.find((l) => l.msg === "evaluating hosts") as LogLine & { jobId: string };
+    // Both workers are stuck on their first host: nothing is evaluated yet, nothing building.
+    const status = await runCli(["status", "--json"], env);
+    expect(JSON.parse(status.stdout).running).toMatchObject({ jobId: started.jobId, currentHost: null, evaluation: { evaluated: 0, total: 7, failed: 0 } });
+    expect((await runCli(["status"], env)).stdout).toContain("  0/7 hosts evaluated");
     expect((await runCli(["cancel", started.jobId], env)).exitCode).toBe(0);
     const result = await building;
     const final = jsonLines(String(result.stdout)).at(-1) as unknown as Final;
