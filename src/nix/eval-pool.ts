@@ -135,6 +135,16 @@ export async function treeRssBytes(root: number): Promise<number> {
   return total;
 }
 
+/** Sends `sig`; false when the process is gone. */
+function signal(pid: number, sig: NodeJS.Signals): boolean {
+  try {
+    process.kill(pid, sig);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export class EvalPool {
   private readonly results = new Map<string, Deferred<HostEvaluation>>();
   private readonly settled = new Map<string, HostEvaluation>();
@@ -245,10 +255,15 @@ export class EvalPool {
     let current: { host: string; startedAt: number } | undefined;
     let ending: "replace" | "timeout" | "cancelled" | undefined;
     let killing: Promise<void> | undefined;
+    let paused = false;
     const kill = (why: "replace" | "timeout" | "cancelled") => {
       if (killing || pid === undefined) return;
       ending = why;
-      killing = killProcessTree(pid, killGraceMs, exited);
+      // A worker being replaced is discarded as it is (paused between two
+      // hosts): no grace. Otherwise SIGTERM first, and a paused worker must
+      // run again to act on it.
+      killing = killProcessTree(pid, why === "replace" ? 0 : killGraceMs, exited);
+      if (paused) signal(pid, "SIGCONT");
     };
     let timer = setTimeout(() => kill("timeout"), hostTimeoutMs);
     const onAbort = () => kill("cancelled");
@@ -274,26 +289,32 @@ export class EvalPool {
     // check, whatever the timing.
     let handled: Promise<void> = Promise.resolve();
     const handle = async (line: string) => {
-          const marker = parseMarker(line, nonce);
-          if (marker === "trace") return;
-          if (marker === undefined) {
-            log.push(line);
-            return;
-          }
-          if (ending === "replace") return;
-          if (marker.kind === "start") {
-            current = { host: marker.host, startedAt: performance.now() };
-            clearTimeout(timer);
-            timer = setTimeout(() => kill("timeout"), hostTimeoutMs);
-            logger.debug({ worker: slot, pid, host: marker.host }, "evaluating host");
-            return;
-          }
-          if (marker.host !== queue[0]) return;
-          queue.shift();
-          const durationMs = Math.round(performance.now() - (current?.startedAt ?? spawnedAt));
-          current = undefined;
-          this.settle({ host: marker.host, ok: true, drvPath: marker.drvPath, durationMs });
-          if (queue.length > 0) await checkMemory(marker.host);
+      const marker = parseMarker(line, nonce);
+      if (marker === "trace") return;
+      if (marker === undefined) {
+        log.push(line);
+        return;
+      }
+      if (ending === "replace") return;
+      if (marker.kind === "start") {
+        current = { host: marker.host, startedAt: performance.now() };
+        clearTimeout(timer);
+        timer = setTimeout(() => kill("timeout"), hostTimeoutMs);
+        logger.debug({ worker: slot, pid, host: marker.host }, "evaluating host");
+        return;
+      }
+      if (marker.host !== queue[0]) return;
+      queue.shift();
+      const durationMs = Math.round(performance.now() - (current?.startedAt ?? spawnedAt));
+      current = undefined;
+      this.settle({ host: marker.host, ok: true, drvPath: marker.drvPath, durationMs });
+      if (queue.length === 0 || pid === undefined) return;
+      // Paused while its RSS is read: a worker left running would be well
+      // into the next host (and its memory) by the time it is replaced.
+      paused = signal(pid, "SIGSTOP");
+      await checkMemory(marker.host);
+      if (paused && !killing) signal(pid, "SIGCONT");
+      paused = false;
     };
     const stderrDone = subprocess.stderr
       ? forEachLine(subprocess.stderr, (line) => {

@@ -164,6 +164,32 @@ describe("target all: evaluation by a pool of workers", () => {
     expect(lines.filter((l) => l.type === "evaluating").at(-1)).toMatchObject({ evaluated: 7, total: 7, failed: 2 });
   });
 
+  it("build.timeout bounds a host's evaluation: that host times out, the others build", async () => {
+    const { flake, builder, buildAll } = await setup({ evalWorkers: 2, timeout: "6s" });
+    await addHosts(flake, stuckHost("host02b", await silentServer()));
+    const { exitCode, final } = await buildAll();
+    expect(exitCode).toBe(1);
+    const byHost = Object.fromEntries(final.results.map((r) => [r.host, r]));
+    expect(byHost["host02b"]).toMatchObject({ status: "timeout", error: "evaluation timed out after 6s; the nix process tree was killed" });
+    for (const host of HOSTS) expect(byHost[host]).toMatchObject({ status: "success" });
+    const [timedOut] = logged(builder, "evaluation worker timed out; a fresh one goes on with the rest") as Array<LogLine & { pid: number }>;
+    expect(timedOut).toMatchObject({ host: "host02b" });
+    expect(isRunning(timedOut?.pid as number)).toBe(false);
+  });
+
+  it("SIGTERM during evaluation ends every worker's process tree before the daemon exits", async () => {
+    const { flake, builder, env } = await setup({ evalWorkers: 2 });
+    await addHosts(flake, [stuckHost("host00a", await silentServer()), stuckHost("host00b", await silentServer())].join("\n"));
+    const building = spawnCli(["build", "fleet", "all", "--json"], env);
+    const first = (await builder.waitForLog(evaluatingHost("host00a"), 60_000)) as LogLine & { pid: number };
+    const second = (await builder.waitForLog(evaluatingHost("host00b"), 60_000)) as LogLine & { pid: number };
+    expect((await builder.stop("SIGTERM")).code).toBe(0);
+    expect(isRunning(first.pid)).toBe(false);
+    expect(isRunning(second.pid)).toBe(false);
+    const final = jsonLines(String((await building).stdout)).at(-1) as unknown as Final;
+    expect(final).toMatchObject({ type: "completed", status: "cancelled" });
+  });
+
   it("cancel during evaluation ends every worker's process tree", async () => {
     const { flake, builder, env } = await setup({ evalWorkers: 2 });
     await addHosts(flake, [stuckHost("host00a", await silentServer()), stuckHost("host00b", await silentServer())].join("\n"));
