@@ -150,7 +150,8 @@ describe("target all: evaluation by a pool of workers", () => {
       flake,
       [
         '        asserted.config.system.build.toplevel = throw "Failed assertions:\\n- services.nginx needs a virtual host";',
-        "        broken.config.system.build.toplevel = derivation { name = \"broken\"; inherit system; builder = \"/bin/sh\"; x = ({ }).services.missing; };",
+        // A NixOS-style warning (a trace) before the error must not be taken for it.
+        '        broken.config.system.build.toplevel = derivation { name = "broken"; inherit system; builder = "/bin/sh"; x = builtins.trace "warning: the option `foo` is deprecated" ({ }).services.missing; };',
       ].join("\n"),
     );
     const { exitCode, lines, final } = await buildAll();
