@@ -253,6 +253,7 @@ export class EvalPool {
     logger.debug({ worker: slot, pid, hosts: queue.length }, "evaluation worker started");
     const exited = subprocess.then(() => undefined);
     let current: { host: string; startedAt: number } | undefined;
+    let announced = false;
     let ending: "replace" | "timeout" | "cancelled" | undefined;
     let killing: Promise<void> | undefined;
     let paused = false;
@@ -298,6 +299,7 @@ export class EvalPool {
       if (ending === "replace") return;
       if (marker.kind === "start") {
         current = { host: marker.host, startedAt: performance.now() };
+        announced = true;
         clearTimeout(timer);
         timer = setTimeout(() => kill("timeout"), hostTimeoutMs);
         logger.debug({ worker: slot, pid, host: marker.host }, "evaluating host");
@@ -358,7 +360,7 @@ export class EvalPool {
     if (nixError && !result.signal) {
       const error = nixError.message.replace(/^error:\s*/, "");
       const location = sourceLocation(nixError);
-      if (current === undefined) {
+      if (!announced) {
         // Before the first host: the flake itself does not load; every host would say the same.
         for (const host of queue.splice(0)) this.fail(host, { status: "eval_error", durationMs, error, ...(location ? { location } : {}) }, true);
         return;
