@@ -9,6 +9,7 @@ import { registerBuilder } from "./commands/builder.js";
 import { registerCancel } from "./commands/cancel.js";
 import { registerMcp } from "./commands/mcp.js";
 import { registerStatus } from "./commands/status.js";
+import { registerHistory } from "./commands/history.js";
 import { ExitCode, errorMessage, exitCodeOf } from "./errors.js";
 import { VERSION } from "./version.js";
 
@@ -22,6 +23,7 @@ function program(): Command {
   registerBuild(root);
   registerStatus(root);
   registerCancel(root);
+  registerHistory(root);
   registerMcp(root);
   return root;
 }

@@ -117,6 +117,12 @@ const BuildSchema = z.strictObject({
   evalWorkers: z.number().int().min(1).max(64).default(defaultEvalWorkers),
   /** `all`: a worker past this RSS is replaced by a fresh process after the host it is on (bytes). */
   evalMaxMemory: SizeSchema.default(2 * 1024 ** 3),
+  /** Distinct successful default-branch toplevels per host kept as GC roots. */
+  keepGenerations: z.number().int().min(1).max(100).default(2),
+  /** How long a ref build (and a host gone from the flake) stays a GC root after it was built. */
+  keepRefBuilds: DurationSchema.default(7 * 86_400_000),
+  /** Results kept per repo and host in `<stateDir>/history.json`. */
+  historySize: z.number().int().min(1).max(1_000).default(50),
 });
 
 // host:port for the metrics HTTP server: an IPv4 address or host name, or

@@ -26,6 +26,8 @@ export class Job {
   progress: BuildProgress | null = null;
   /** `all`: how far evaluating the hosts has got, while it runs (null: no evaluation). */
   evaluation: EvaluationCounts | null = null;
+  /** How long the current host is expected to take, from its history. */
+  expectedMs: number | null = null;
 
   constructor(readonly spec: JobSpec) {}
 

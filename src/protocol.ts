@@ -10,7 +10,7 @@ export const RESPONSE_PREFIX = "build.responses.";
 /** `build.<repo>.<target>` with target `all` builds every host of the repo. */
 export const ALL_HOSTS = "all";
 /** `build.<name>` requests that are not builds. */
-export const CONTROL_NAMES = ["discover", "status", "cancel"] as const;
+export const CONTROL_NAMES = ["discover", "status", "cancel", "history"] as const;
 export type ControlName = (typeof CONTROL_NAMES)[number];
 /** Second tokens that are not repos: they carry other traffic under `build.>`. */
 export const RESERVED_TOKENS = ["responses", ...CONTROL_NAMES] as const;
@@ -72,6 +72,37 @@ export const SourceLocationSchema = z.object({
 });
 export type SourceLocation = z.infer<typeof SourceLocationSchema>;
 
+/** One package of a closure whose versions or size changed (`nix store diff-closures`). */
+export const PackageChangeSchema = z.object({
+  name: z.string(),
+  /** Versions only in the old closure ([] when the package is new; "" is an unversioned path). */
+  before: z.array(z.string()),
+  /** Versions only in the new closure ([] when the package is gone). */
+  after: z.array(z.string()),
+  /** 0 when nix showed no size change (it hides changes under 8 KiB). */
+  sizeDeltaBytes: z.number().int(),
+});
+export type PackageChange = z.infer<typeof PackageChangeSchema>;
+
+/** At most this many packages per host go into a message; `omittedPackages` counts the rest. */
+export const MAX_CHANGED_PACKAGES = 50;
+
+/** What changed in a host's closure against its last good default-branch build. */
+export const ChangesSchema = z.object({
+  /** The toplevel compared with. */
+  against: z.string(),
+  againstRevision: z.string().nullable(),
+  packages: z.array(PackageChangeSchema),
+  /** Packages left out of `packages` to keep the message small. */
+  omittedPackages: z.number().int().nonnegative().optional(),
+  /** Change of the whole closure's size. */
+  sizeDeltaBytes: z.number().int(),
+});
+export type Changes = z.infer<typeof ChangesSchema>;
+
+/** Milliseconds a build is expected to take, from earlier builds; null without history. */
+const ExpectedMsSchema = z.number().int().nonnegative().nullable().optional();
+
 export const HostResultSchema = z.object({
   host: z.string(),
   status: HostStatusSchema,
@@ -81,6 +112,10 @@ export const HostResultSchema = z.object({
   /** For eval_error: the file and line nix blamed. */
   location: SourceLocationSchema.optional(),
   logTail: z.array(z.string()).optional(),
+  /** On success: null when there is nothing to compare with (first build, or the comparison failed). */
+  changes: ChangesSchema.nullable().optional(),
+  /** On success: false when the builder could not register the toplevel as a GC root (see its log). */
+  gcRoot: z.boolean().optional(),
 });
 export type HostResult = z.infer<typeof HostResultSchema>;
 
@@ -112,6 +147,8 @@ export const JobStartedSchema = z.object({
   revision: z.string().nullable(),
   lockedUrl: z.string(),
   hosts: z.array(z.string()),
+  /** The whole job, when every host has successful builds to go by. */
+  expectedMs: ExpectedMsSchema,
 });
 
 export const HostStartedSchema = z.object({
@@ -122,6 +159,8 @@ export const HostStartedSchema = z.object({
   index: z.number().int().positive(),
   total: z.number().int().positive(),
   startedAt: z.string(),
+  /** Median of the host's last successful build durations. */
+  expectedMs: ExpectedMsSchema,
 });
 
 export const HostFinishedSchema = z.object({
@@ -157,6 +196,7 @@ export const ProgressSchema = z.object({
   total: z.number().int().positive(),
   /** Time since host_started, when this snapshot was taken. */
   elapsedMs: z.number().int().nonnegative(),
+  expectedMs: ExpectedMsSchema,
   ...BuildProgressSchema.shape,
 });
 
@@ -322,6 +362,8 @@ export const RunningJobSchema = z.object({
   progress: BuildProgressSchema.nullable(),
   /** `all`: how far evaluating the hosts has got; absent for a single host or when every .drv was already known. */
   evaluation: EvaluationCountsSchema.optional(),
+  /** The current host's expected duration (see host_started). */
+  expectedMs: ExpectedMsSchema,
 });
 
 export const QueuedJobSchema = z.object({
@@ -358,10 +400,36 @@ export const CancelResponseSchema = z.object({
   outcome: z.enum(["removed", "stopping"]),
 });
 
+export const HistoryRequestSchema = z.strictObject({ repo: RepoNameSchema, host: HostNameSchema.optional() });
+export type HistoryRequest = z.infer<typeof HistoryRequestSchema>;
+
+export const HistoryEntrySchema = z.object({
+  host: z.string(),
+  jobId: z.string(),
+  revision: z.string().nullable(),
+  ref: z.string().nullable(),
+  status: HostStatusSchema,
+  durationMs: z.number().int().nonnegative(),
+  storePath: z.string().optional(),
+  finishedAt: z.string(),
+  error: z.string().optional(),
+});
+export type HistoryEntry = z.infer<typeof HistoryEntrySchema>;
+
+export const HistoryResponseSchema = z.object({
+  type: z.literal("history"),
+  repo: z.string(),
+  host: z.string().nullable(),
+  /** Newest first. */
+  entries: z.array(HistoryEntrySchema),
+});
+export type HistoryResponse = z.infer<typeof HistoryResponseSchema>;
+
 export const ControlResponseSchema = z.discriminatedUnion("type", [
   DiscoverResponseSchema,
   StatusResponseSchema,
   CancelResponseSchema,
+  HistoryResponseSchema,
   RejectedSchema,
 ]);
 
@@ -375,6 +443,7 @@ interface ControlAnswers {
   discover: DiscoverResponse;
   status: StatusResponse;
   cancel: CancelResponse;
+  history: HistoryResponse;
 }
 /** The answer a control request calls for (besides `rejected`). */
 export type AnswerTo<N extends ControlName> = ControlAnswers[N];

@@ -36,7 +36,7 @@ describe("config", () => {
     const config = await loadConfig(join(ROOT, "config.example.yaml"));
     expect(Object.keys(config.repos)).toEqual(["nixos-servers", "nixos"]);
     expect(config.repos["nixos-servers"]?.url).toBe("git+https://git.t-juice.club/torjus/nixos-servers.git");
-    expect(config.build).toMatchObject({ timeout: 3_600_000, maxQueue: 32, logTailLines: 50 });
+    expect(config.build).toMatchObject({ timeout: 3_600_000, maxQueue: 32, logTailLines: 50, keepGenerations: 2, keepRefBuilds: 604_800_000, historySize: 50 });
     expect(config.metrics.listen).toEqual({ host: "0.0.0.0", port: 9973 });
     expect(config.stateDir).toBe("/var/lib/homelab-deploy");
     // Production takes the seed from Vault, and the example spells out the defaults.
@@ -57,6 +57,9 @@ describe("config", () => {
       nixBin: "nix",
       evalWorkers: defaultEvalWorkers(),
       evalMaxMemory: 2 * 1024 ** 3,
+      keepGenerations: 2,
+      keepRefBuilds: 7 * 86_400_000,
+      historySize: 50,
     });
     expect(config.log.level).toBe("info");
     expect(config.nats.queueGroup).toBeUndefined();

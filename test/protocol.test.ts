@@ -31,7 +31,7 @@ describe("names", () => {
 
   it("reserves the control tokens as repo names", () => {
     expect(isValidRepoName("nixos-servers")).toBe(true);
-    for (const reserved of ["responses", "discover", "status", "cancel"]) expect(isValidRepoName(reserved)).toBe(false);
+    for (const reserved of ["responses", "discover", "status", "cancel", "history"]) expect(isValidRepoName(reserved)).toBe(false);
   });
 });
 
@@ -78,6 +78,6 @@ describe("docs/protocol.md", () => {
       expect(parsed.success, `${block}\n${parsed.error?.message}`).toBe(true);
       return (JSON.parse(block) as { type: string }).type;
     });
-    expect(new Set(types)).toEqual(new Set(["discover", "status", "cancel", "rejected"]));
+    expect(new Set(types)).toEqual(new Set(["discover", "status", "cancel", "history", "rejected"]));
   });
 });

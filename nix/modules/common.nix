@@ -18,7 +18,7 @@ rec {
 
   # The protocol's repo names (src/protocol.ts): letters, digits, "-" and
   # "_", at most 63, not starting with "-" or "_", not a reserved subject token.
-  reservedRepoNames = [ "responses" "discover" "status" "cancel" ];
+  reservedRepoNames = [ "responses" "discover" "status" "cancel" "history" ];
   isValidRepoName = name:
     builtins.match "[A-Za-z0-9][A-Za-z0-9_-]{0,62}" name != null && !(builtins.elem name reservedRepoNames);
   repoNameRule = ''letters, digits, "-" and "_" (at most 63, not starting with "-" or "_"), not one of ${lib.concatStringsSep ", " reservedRepoNames}'';

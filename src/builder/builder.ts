@@ -30,6 +30,8 @@ import { parseBody, rejection, type ParsedBody } from "./request-body.js";
 import { Responder } from "./responder.js";
 import type { ToplevelCache } from "../nix/toplevel-cache.js";
 import type { NatsTransport } from "../nats/transport.js";
+import type { Keeper } from "./keep/keeper.js";
+import type { BuildHistory } from "./keep/history.js";
 
 export interface BuilderOptions {
   config: Config;
@@ -41,6 +43,8 @@ export interface BuilderOptions {
   version: string;
   builderName: string;
   toplevels: ToplevelCache;
+  keeper: Keeper;
+  history: BuildHistory;
 }
 
 type Validated = { ok: true; repo: string; target: string; ref: string | null } | { ok: false; rejection: Rejected };
@@ -71,10 +75,10 @@ export class Builder {
   private stopping = false;
 
   constructor(private readonly options: BuilderOptions) {
-    const { config, transport, events, logger, nix, catalog, toplevels } = options;
+    const { config, transport, events, logger, nix, catalog, toplevels, keeper } = options;
     this.queue = new JobQueue(config.build.maxQueue);
     this.responder = new Responder(transport, events, logger);
-    this.runner = new JobRunner({ config, nix, catalog, responder: this.responder, logger, toplevels });
+    this.runner = new JobRunner({ config, nix, catalog, responder: this.responder, logger, toplevels, keeper });
     this.control = new Control({
       config,
       catalog,
@@ -82,6 +86,7 @@ export class Builder {
       builderName: options.builderName,
       jobs: () => ({ running: this.queue.running, queued: this.queue.queued, positionOf: (i) => this.queue.positionOf(i) }),
       cancel: (jobId) => this.cancel(jobId),
+      history: (repo, host) => options.history.entries(repo, host),
     });
     this.dropLog = new LogThrottle(logger, 60_000, 10);
   }
@@ -108,7 +113,7 @@ export class Builder {
     this.options.catalog.stop();
     await this.loop;
     this.responder.stop();
-    await this.options.toplevels.flush();
+    await Promise.all([this.options.toplevels.flush(), this.options.keeper.flush()]);
   }
 
   /** Entry point for every message under `build.>`. Never throws. */

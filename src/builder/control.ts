@@ -8,6 +8,9 @@ import type { Job } from "./queue.js";
 import {
   CancelRequestSchema,
   DiscoverRequestSchema,
+  HistoryRequestSchema,
+  type HistoryEntry,
+  type HistoryResponse,
   StatusRequestSchema,
   type CancelResponse,
   type ControlName,
@@ -29,9 +32,11 @@ export interface ControlOptions {
   jobs: () => { running: Job | null; queued: readonly Job[]; positionOf: (index: number) => number };
   /** Cancels a job; undefined when no job has that id. */
   cancel: (jobId: string) => CancelResponse["outcome"] | undefined;
+  /** Newest first: one host's results, or the whole repo's. */
+  history: (repo: string, host?: string) => HistoryEntry[];
 }
 
-export type ControlAnswer = DiscoverResponse | StatusResponse | CancelResponse | Rejected;
+export type ControlAnswer = DiscoverResponse | StatusResponse | CancelResponse | HistoryResponse | Rejected;
 
 const iso = (ms: number | undefined) => (ms === undefined ? null : new Date(ms).toISOString());
 
@@ -46,6 +51,8 @@ export class Control {
         return this.status(data);
       case "cancel":
         return this.cancel(data);
+      case "history":
+        return this.history(data);
     }
   }
 
@@ -80,6 +87,20 @@ export class Control {
     return { type: "status", version, builder: builderName, running: jobs.running ? runningJob(jobs.running) : null, queued };
   }
 
+  private history(data: Uint8Array): ControlAnswer {
+    const request = parseBody(data, HistoryRequestSchema, '{"repo": "<repo>", "host": "<host>"} (host optional)', (issue) =>
+      issue.code === "custom" ? "invalid_name" : undefined,
+    );
+    if (!request.ok) return request.rejection;
+    const { repo, host } = request.value;
+    const { config } = this.options;
+    if (!repoNamed(config.repos, repo)) {
+      const known = Object.keys(config.repos);
+      return { type: "rejected", code: "unknown_repo", error: `unknown repo ${repo}; this builder builds ${known.join(", ")}`, known };
+    }
+    return { type: "history", repo, host: host ?? null, entries: this.options.history(repo, host) };
+  }
+
   private cancel(data: Uint8Array): ControlAnswer {
     const request = parseBody(data, CancelRequestSchema, '{"jobId": "<id from accepted or status>"}');
     if (!request.ok) return request.rejection;
@@ -104,5 +125,6 @@ function runningJob(job: Job): RunningJob {
     hostStartedAt: job.currentHost ? iso(job.hostStartedAt) : null,
     progress: job.currentHost ? job.progress : null,
     ...(job.evaluation ? { evaluation: { ...job.evaluation } } : {}),
+    expectedMs: job.currentHost ? job.expectedMs : null,
   };
 }

@@ -19,6 +19,7 @@ import { ProgressThrottle } from "../nix/progress.js";
 import { ALL_HOSTS, type Completed, type HostResult, type JobStatus } from "../protocol.js";
 import type { Job } from "./queue.js";
 import type { Responder } from "./responder.js";
+import type { Keeper } from "./keep/keeper.js";
 
 export interface JobRunnerOptions {
   config: Config;
@@ -28,6 +29,8 @@ export interface JobRunnerOptions {
   logger: Logger;
   /** Toplevel .drv paths per locked URL: a re-run of an unchanged revision evaluates nothing. */
   toplevels: ToplevelCache;
+  /** GC roots, history, closure changes and expected durations (src/builder/keep). */
+  keeper: Keeper;
   /** Shortest time between two progress messages of one build. */
   progressIntervalMs?: number;
 }
@@ -90,7 +93,8 @@ export class JobRunner {
 
     const hosts = plan.value.hosts.map((p) => p.host);
     job.totalHosts = hosts.length;
-    this.options.responder.toJob(job, { type: "job_started", jobId: job.id, ...job.spec, revision, lockedUrl, hosts });
+    const expectedMs = this.options.keeper.expectedJobMs(repo, hosts);
+    this.options.responder.toJob(job, { type: "job_started", jobId: job.id, ...job.spec, revision, lockedUrl, hosts, expectedMs });
     // Hosts are evaluated side by side while they are built one at a time, in order.
     const pool = plan.value.evaluate ? startEvaluation({ ...this.options, job, lockedUrl, hosts }) : undefined;
     const results: HostResult[] = [];
@@ -102,7 +106,7 @@ export class JobRunner {
           continue;
         }
         const next = evaluated?.ok ? { host: planned.host, drv: evaluated.drvPath } : planned;
-        results.push(await this.buildHost(job, lockedUrl, next, i + 1, hosts.length, evaluated && !evaluated.ok ? evaluated.build : undefined));
+        results.push(await this.buildHost(job, lockedUrl, revision, next, i + 1, hosts.length, evaluated && !evaluated.ok ? evaluated.build : undefined));
       }
       if (pool) this.remember(pool, lockedUrl);
     } finally {
@@ -139,7 +143,10 @@ export class JobRunner {
     const names: Outcome<string[]> = drvs ? { ok: true, value: Object.keys(drvs) } : await nix.listHosts(lockedUrl, run);
     if (!names.ok) return names;
     const valid = catalog.requestable(repo, names.value);
-    if (ref === null) catalog.record(repo, { hosts: valid, revision, fetchedAt: Date.now() });
+    if (ref === null) {
+      catalog.record(repo, { hosts: valid, revision, fetchedAt: Date.now() });
+      await this.options.keeper.hostsListed(repo, valid);
+    }
     if (valid.length === 0) return { ok: false, error: `repo ${repo} has no nixosConfigurations to build`, outcome: "exited" };
     return { ok: true, value: { hosts: valid.map((host) => ({ host, drv: drvs?.[host] ?? null })), evaluate: !drvs } };
   }
@@ -151,16 +158,25 @@ export class JobRunner {
   }
 
   /** `failedEvaluation`: the host did not evaluate; it is reported as such without running nix again. */
-  private async buildHost(job: Job, lockedUrl: string, planned: PlannedHost, index: number, total: number, failedEvaluation?: HostBuild): Promise<HostResult> {
-    const { config, nix, logger, responder } = this.options;
+  private async buildHost(
+    job: Job,
+    lockedUrl: string,
+    revision: string | null,
+    planned: PlannedHost,
+    index: number,
+    total: number,
+    failedEvaluation?: HostBuild,
+  ): Promise<HostResult> {
+    const { config, nix, logger, responder, keeper } = this.options;
     const { host, drv } = planned;
     const startedAt = Date.now();
-    Object.assign(job, { currentHost: host, hostIndex: index, hostStartedAt: startedAt, progress: null });
-    responder.toJob(job, { type: "host_started", jobId: job.id, host, index, total, startedAt: new Date(startedAt).toISOString() });
+    const expectedMs = keeper.expectedMs(job.spec.repo, host);
+    Object.assign(job, { currentHost: host, hostIndex: index, hostStartedAt: startedAt, progress: null, expectedMs });
+    responder.toJob(job, { type: "host_started", jobId: job.id, host, index, total, startedAt: new Date(startedAt).toISOString(), expectedMs });
     logger.info({ jobId: job.id, repo: job.spec.repo, host, index, total }, "building host");
     const throttle = new ProgressThrottle(this.progressIntervalMs, (progress) => {
       job.progress = progress;
-      responder.toJob(job, { type: "progress", jobId: job.id, host, index, total, elapsedMs: Date.now() - startedAt, ...progress });
+      responder.toJob(job, { type: "progress", jobId: job.id, host, index, total, elapsedMs: Date.now() - startedAt, expectedMs, ...progress });
     });
     const run = { timeoutMs: config.build.timeout, signal: job.abort.signal, onProgress: (progress: NixProgress) => throttle.update(progress) };
     // A cached .drv may have been garbage-collected since: then evaluate again.
@@ -170,6 +186,7 @@ export class JobRunner {
     if (build.storePath) result.storePath = build.storePath;
     if (build.error) result.error = boundedText(build.error);
     if (build.location) result.location = build.location;
+    Object.assign(result, await keeper.finished({ repo: job.spec.repo, ref: job.spec.ref, revision, jobId: job.id, result }));
     // An eval error's message already is the useful part; the log would repeat it.
     const withTail = build.status !== "success" && build.status !== "eval_error" && build.logTail;
     responder.toJob(job, {

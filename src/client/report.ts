@@ -9,6 +9,9 @@ import { formatDuration } from "../util/duration.js";
 import type {
   BuildResponse,
   CancelResponse,
+  Changes,
+  HistoryResponse,
+  PackageChange,
   Completed,
   DiscoverResponse,
   EvaluationCounts,
@@ -73,6 +76,52 @@ function bytes(n: number): string {
   return `${(n / 1024 ** 3).toFixed(2)} GiB`;
 }
 
+/** "+1.2 MiB", "-340 KiB". */
+export function signedBytes(n: number): string {
+  return `${n < 0 ? "-" : "+"}${bytes(Math.abs(n))}`;
+}
+
+function versionsText(versions: string[]): string {
+  return versions.length === 0 ? "∅" : versions.map((v) => v || "ε").join(", ");
+}
+
+/** "linux 6.6.1 → 6.6.2", "grows +74 KiB". */
+export function packageText(p: PackageChange): string {
+  const versions = p.before.length === 0 && p.after.length === 0 ? "" : ` ${versionsText(p.before)} → ${versionsText(p.after)}`;
+  const size = p.sizeDeltaBytes !== 0 ? `${versions ? "," : ""} ${signedBytes(p.sizeDeltaBytes)}` : "";
+  return `${p.name}${versions}${size}`;
+}
+
+function changedCount(changes: Changes): number {
+  return changes.packages.length + (changes.omittedPackages ?? 0);
+}
+
+/** "3 packages changed (linux 6.6.1 → 6.6.2, …), +1.2 MiB", or undefined when there is nothing to compare with. */
+export function changesText(changes: Changes | null | undefined, shown = 2): string | undefined {
+  if (!changes) return undefined;
+  const count = changedCount(changes);
+  const size = changes.sizeDeltaBytes !== 0 ? `, ${signedBytes(changes.sizeDeltaBytes)}` : "";
+  if (count === 0) return `no package changes${size}`;
+  const names = changes.packages.slice(0, shown).map(packageText);
+  const more = count > names.length ? ", …" : "";
+  return `${plural(count, "package")} changed (${names.join(", ")}${more})${size}`;
+}
+
+/** The CHANGES cell: "3 packages, +1.2 MiB", "none", "-" without a comparison. */
+function changesCell(changes: Changes | null | undefined): string {
+  if (!changes) return "-";
+  const count = changedCount(changes);
+  const size = changes.sizeDeltaBytes !== 0 ? `, ${signedBytes(changes.sizeDeltaBytes)}` : "";
+  return count === 0 ? `none${size}` : `${plural(count, "package")}${size}`;
+}
+
+/** "~16s left", "~4s over" — from the expected duration and the time so far. */
+export function timeLeftText(expectedMs: number | null | undefined, elapsedMs: number): string | undefined {
+  if (expectedMs === null || expectedMs === undefined) return undefined;
+  const left = expectedMs - elapsedMs;
+  return left >= 0 ? `~${formatDuration(left)} left` : `${formatDuration(-left)} over the usual ${formatDuration(expectedMs)}`;
+}
+
 /** "12/48 derivations, 3/10 paths, 12.0 MiB, building foo (buildPhase)". */
 export function progressText(progress: Pick<Progress, "derivations" | "substitutions" | "downloadedBytes" | "building">): string {
   const parts = [`${progress.derivations.done}/${progress.derivations.expected} derivations`];
@@ -88,24 +137,35 @@ export function evaluationText(counts: EvaluationCounts): string {
   return `${counts.evaluated}/${counts.total} hosts evaluated${counts.failed > 0 ? `, ${counts.failed} failed` : ""}`;
 }
 
-export function describeMessage(message: BuildResponse, paint: Paint = (_c, t) => t): string[] {
+export interface DescribeOptions {
+  /** Every changed package of a host, not just the first few. */
+  allChanges?: boolean;
+}
+
+export function describeMessage(message: BuildResponse, paint: Paint = (_c, t) => t, options: DescribeOptions = {}): string[] {
   switch (message.type) {
     case "accepted":
       return [`accepted: job ${message.jobId}, ${positionText(message.position)}${message.joined ? " (joined an identical queued request)" : ""}`];
     case "queued":
       return [`queued: ${positionText(message.position)}`];
     case "job_started":
-      return [`started: ${message.repo} at ${shortRev(message.revision)}, ${plural(message.hosts.length, "host")}`];
+      return [
+        `started: ${message.repo} at ${shortRev(message.revision)}, ${plural(message.hosts.length, "host")}${typeof message.expectedMs === "number" ? `, usually ${formatDuration(message.expectedMs)}` : ""}`,
+      ];
     case "evaluating":
       return [`evaluating: ${evaluationText(message)}`];
     case "host_started":
-      return [`[${message.index}/${message.total}] ${message.host}: building`];
+      return [`[${message.index}/${message.total}] ${message.host}: building${typeof message.expectedMs === "number" ? ` (usually ${formatDuration(message.expectedMs)})` : ""}`];
     case "progress":
-      return [`[${message.index}/${message.total}] ${message.host}: ${progressText(message)}, ${formatDuration(message.elapsedMs)}`];
+      return [
+        `[${message.index}/${message.total}] ${message.host}: ${progressText(message)}, ${formatDuration(message.elapsedMs)}${
+          timeLeftText(message.expectedMs, message.elapsedMs) ? ` (${timeLeftText(message.expectedMs, message.elapsedMs)})` : ""
+        }`,
+      ];
     case "heartbeat":
       return [];
     case "host_finished":
-      return hostFinishedLines(message, paint);
+      return hostFinishedLines(message, paint, options);
     case "completed":
       return [completedLine(message, paint)];
     case "rejected":
@@ -113,10 +173,23 @@ export function describeMessage(message: BuildResponse, paint: Paint = (_c, t) =
   }
 }
 
-function hostFinishedLines(message: Extract<BuildResponse, { type: "host_finished" }>, paint: Paint): string[] {
+function hostFinishedLines(message: Extract<BuildResponse, { type: "host_finished" }>, paint: Paint, options: DescribeOptions): string[] {
   const status = paint(STATUS_COLOR[message.status], message.status);
   const head = `[${message.index}/${message.total}] ${message.host}: ${status} in ${formatDuration(message.durationMs)}`;
-  if (message.status === "success") return [`${head} → ${message.storePath ?? ""}`];
+  if (message.status === "success") {
+    const lines = [`${head} → ${message.storePath ?? ""}`];
+    if (message.gcRoot === false) lines.push(paint("yellow", "    warning: not registered as a GC root (see the builder's log); garbage collection may delete it"));
+    const changes = changesText(message.changes);
+    if (changes) {
+      const against = message.changes?.againstRevision ? ` since ${shortRev(message.changes.againstRevision)}` : "";
+      lines.push(`    ${changes}${against}`);
+      if (options.allChanges && message.changes) {
+        for (const p of message.changes.packages) lines.push(`      ${packageText(p)}`);
+        if (message.changes.omittedPackages) lines.push(`      … and ${plural(message.changes.omittedPackages, "more package")} (the builder sends at most ${message.changes.packages.length})`);
+      }
+    }
+    return lines;
+  }
   if (message.status === "eval_error") {
     const where = message.location ? ` (${message.location.file}${message.location.line ? `:${message.location.line}` : ""})` : "";
     const [first = "", ...rest] = (message.error ?? "").split("\n");
@@ -140,22 +213,35 @@ function resultDetail(result: HostResult): string {
   return firstLine(result.error ?? "");
 }
 
-/** A fixed-width table of per-host results. */
-export function summaryTable(final: FinalResponse, paint: Paint = (_c, t) => t): string[] {
+/**
+ * A fixed-width table of per-host results. With `width` (a terminal),
+ * each line is cut to it instead of wrapping.
+ */
+export function summaryTable(final: FinalResponse, paint: Paint = (_c, t) => t, width?: number): string[] {
   if (final.type !== "completed" || final.results.length === 0) return [];
-  const rows = final.results.map((r) => [r.host, r.status, formatDuration(r.durationMs), resultDetail(r)]);
-  const header = ["HOST", "STATUS", "DURATION", "RESULT"];
+  const rows = final.results.map((r) => [r.host, r.status, formatDuration(r.durationMs), r.status === "success" ? changesCell(r.changes) : "", resultDetail(r)]);
+  const header = ["HOST", "STATUS", "DURATION", "CHANGES", "RESULT"];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] as string).length)));
-  const format = (cells: string[], colorize: boolean) =>
-    cells
-      .map((cell, i) => {
-        if (i === cells.length - 1) return cell;
-        const padded = cell.padEnd(widths[i] as number);
-        return colorize && i === 1 ? paint(STATUS_COLOR[cell as HostStatus] ?? "dim", padded) : padded;
-      })
-      .join("  ")
-      .trimEnd();
+  const cut = (line: string) => (width !== undefined && line.length > width - 1 ? `${line.slice(0, Math.max(0, width - 2))}…` : line);
+  const format = (cells: string[], colorize: boolean) => {
+    const line = cut(
+      cells
+        .map((cell, i) => (i === cells.length - 1 ? cell : cell.padEnd(widths[i] as number)))
+        .join("  ")
+        .trimEnd(),
+    );
+    // Colour the status after cutting, so the cut counts visible characters only.
+    const statusAt = (widths[0] as number) + 2;
+    const status = cells[1] as string;
+    if (!colorize || line.length < statusAt + status.length) return line;
+    return `${line.slice(0, statusAt)}${paint(STATUS_COLOR[status as HostStatus] ?? "dim", status)}${line.slice(statusAt + status.length)}`;
+  };
   return [format(header, false), ...rows.map((row) => format(row, true))];
+}
+
+/** The terminal width a table is cut to, on a terminal only. */
+function tableWidth(out: Output): number | undefined {
+  return out.isTTY ? (out.columns ?? 120) : undefined;
 }
 
 class JsonReporter implements Reporter {
@@ -177,6 +263,7 @@ class PlainReporter implements Reporter {
   constructor(
     private readonly out: Output,
     private readonly paint: Paint,
+    private readonly describe: DescribeOptions,
   ) {}
 
   message(message: BuildResponse): void {
@@ -191,7 +278,7 @@ class PlainReporter implements Reporter {
       if (!edge && Date.now() - this.lastEvaluatingAt < PLAIN_PROGRESS_EVERY_MS) return;
       this.lastEvaluatingAt = Date.now();
     }
-    for (const line of describeMessage(message, this.paint)) this.out.write(`${line}\n`);
+    for (const line of describeMessage(message, this.paint, this.describe)) this.out.write(`${line}\n`);
   }
 
   finish(final: FinalResponse): void {
@@ -204,7 +291,7 @@ class PlainReporter implements Reporter {
 
 /** A terminal: event lines scroll, one live line shows the host being built. */
 class LiveReporter implements Reporter {
-  private current: { index: number; total: number; host: string; startedAt: number; progress?: Progress } | undefined;
+  private current: { index: number; total: number; host: string; startedAt: number; expectedMs: number | null; progress?: Progress } | undefined;
   /** `all`: evaluation counts while hosts are still being evaluated, and since when. */
   private evaluation: { counts: EvaluationCounts; since: number } | undefined;
   private readonly ticker: NodeJS.Timeout;
@@ -213,6 +300,7 @@ class LiveReporter implements Reporter {
   constructor(
     private readonly out: Output,
     private readonly paint: Paint,
+    private readonly describe: DescribeOptions,
   ) {
     // Elapsed time moves even when nix reports nothing new.
     this.ticker = setInterval(() => this.draw(), 1000);
@@ -222,7 +310,7 @@ class LiveReporter implements Reporter {
   message(message: BuildResponse): void {
     switch (message.type) {
       case "host_started":
-        this.current = { index: message.index, total: message.total, host: message.host, startedAt: Date.now() };
+        this.current = { index: message.index, total: message.total, host: message.host, startedAt: Date.now(), expectedMs: message.expectedMs ?? null };
         this.draw();
         return;
       case "progress":
@@ -240,7 +328,7 @@ class LiveReporter implements Reporter {
         break;
     }
     this.clear();
-    for (const line of describeMessage(message, this.paint)) this.out.write(`${line}\n`);
+    for (const line of describeMessage(message, this.paint, this.describe)) this.out.write(`${line}\n`);
     this.draw();
   }
 
@@ -249,14 +337,16 @@ class LiveReporter implements Reporter {
     const current = this.current;
     const evaluating = this.evaluation ? evaluationText(this.evaluation.counts) : undefined;
     if (!current) return this.evaluation && evaluating ? `evaluating: ${evaluating} · ${formatDuration(now - this.evaluation.since)}` : undefined;
-    const elapsed = formatDuration(now - current.startedAt);
+    const elapsedMs = now - current.startedAt;
+    const left = timeLeftText(current.expectedMs, elapsedMs);
+    const elapsed = `${formatDuration(elapsedMs)}${left ? `, ${left}` : ""}`;
     const detail = current.progress ? progressText(current.progress) : "evaluating";
     return `[${current.index}/${current.total}] ${current.host}: ${detail} · ${elapsed}${evaluating ? ` · ${evaluating}` : ""}`;
   }
 
   finish(final: FinalResponse): void {
     this.close();
-    const table = summaryTable(final, this.paint);
+    const table = summaryTable(final, this.paint, tableWidth(this.out));
     if (table.length > 0) this.out.write(`\n${table.join("\n")}\n`);
   }
 
@@ -282,10 +372,11 @@ class LiveReporter implements Reporter {
   }
 }
 
-export function createReporter(options: { json: boolean; out: Output; env?: NodeJS.ProcessEnv }): Reporter {
+export function createReporter(options: { json: boolean; out: Output; env?: NodeJS.ProcessEnv; allChanges?: boolean }): Reporter {
   if (options.json) return new JsonReporter(options.out);
   const paint = painter(options.out, options.env);
-  return options.out.isTTY ? new LiveReporter(options.out, paint) : new PlainReporter(options.out, paint);
+  const describe = { allChanges: options.allChanges === true };
+  return options.out.isTTY ? new LiveReporter(options.out, paint, describe) : new PlainReporter(options.out, paint, describe);
 }
 
 export function describeDiscover(discover: DiscoverResponse, repo?: string): string[] {
@@ -310,7 +401,8 @@ export function describeStatus(status: StatusResponse, now = Date.now()): string
     if (running.currentHost) {
       const hostSince = running.hostStartedAt ? formatDuration(now - Date.parse(running.hostStartedAt)) : "?";
       const progress = running.progress ? `: ${progressText(running.progress)}` : "";
-      lines.push(`  [${running.hostIndex}/${running.totalHosts}] ${running.currentHost} for ${hostSince}${progress}`);
+      const left = running.hostStartedAt ? timeLeftText(running.expectedMs, now - Date.parse(running.hostStartedAt)) : undefined;
+      lines.push(`  [${running.hostIndex}/${running.totalHosts}] ${running.currentHost} for ${hostSince}${left ? ` (${left})` : ""}${progress}`);
     } else if (!running.evaluation) lines.push("  fetching the flake and listing its hosts");
     if (running.evaluation) lines.push(`  ${evaluationText(running.evaluation)}`);
   }
@@ -328,4 +420,23 @@ export function describeStatus(status: StatusResponse, now = Date.now()): string
 export function describeCancel(answer: CancelResponse): string {
   const what = answer.outcome === "removed" ? "removed from the queue" : "stopping: its nix process tree is being killed";
   return `job ${answer.jobId}: ${what}`;
+}
+
+/** The builder's history as a table, newest first. */
+export function describeHistory(history: HistoryResponse, now = Date.now()): string[] {
+  const what = history.host ? `${history.repo} ${history.host}` : history.repo;
+  if (history.entries.length === 0) return [`no builds of ${what} recorded yet`];
+  const rows = history.entries.map((e) => [
+    e.host,
+    e.status,
+    formatDuration(e.durationMs),
+    e.revision ? e.revision.slice(0, 12) : "-",
+    e.ref ?? "-",
+    `${formatDuration(Math.max(0, now - Date.parse(e.finishedAt)))} ago`,
+    e.status === "success" ? (e.storePath ?? "") : firstLine(e.error ?? ""),
+  ]);
+  const header = ["HOST", "STATUS", "DURATION", "REVISION", "REF", "FINISHED", "RESULT"];
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] as string).length)));
+  const format = (cells: string[]) => cells.map((cell, i) => (i === cells.length - 1 ? cell : cell.padEnd(widths[i] as number))).join("  ").trimEnd();
+  return [format(header), ...rows.map(format)];
 }

@@ -22,6 +22,7 @@ import {
 interface BuildFlags extends ConnectionFlags {
   ref?: string;
   json?: boolean;
+  changes?: boolean;
   list?: boolean;
   refresh?: boolean;
   ackTimeout: string;
@@ -37,6 +38,7 @@ export function registerBuild(program: Command): void {
     .option("--ref <ref>", "build this branch, tag or full commit id instead of the default branch")
     .option("--list", "list the builder's repos and their hosts (of [repo] only, if given) instead of building")
     .option("--refresh", "with --list: fetch the repos again instead of using the builder's cached host lists")
+    .option("--changes", "list every package that changed in each host's closure, not just the first few")
     .option("--json", "print every message from the builder as one JSON line");
   addAckTimeoutOption(command, "give up when no builder accepts the request within this long");
   addIdleTimeoutOption(command);
@@ -57,7 +59,7 @@ export async function runBuild(repoArg: string | undefined, targetArg: string | 
   const { repo, target } = checkTarget(repoArg, targetArg, flags);
   const ackTimeoutMs = durationFlag("--ack-timeout", flags.ackTimeout);
   const idleTimeoutMs = durationFlag("--idle-timeout", flags.idleTimeout, true);
-  const reporter = createReporter({ json: flags.json === true, out: process.stdout });
+  const reporter = createReporter({ json: flags.json === true, out: process.stdout, allChanges: flags.changes === true });
   return withClient(flags, async (nc, signal, logger) => {
     try {
       const final = await requestBuild(nc, { repo, target, ref: flags.ref }, {

@@ -17,6 +17,10 @@ import { ToplevelCache } from "../nix/toplevel-cache.js";
 import { NatsTransport } from "../nats/transport.js";
 import { CONFIG_KEY_NAMES, vaultSeedSource } from "../nats/vault.js";
 import { VERSION } from "../version.js";
+import { NixStore } from "../nix/store.js";
+import { BuildHistory } from "../builder/keep/history.js";
+import { GcRoots } from "../builder/keep/gc-roots.js";
+import { Keeper } from "../builder/keep/keeper.js";
 
 export interface Daemon {
   /** Graceful stop: answer every requester, end nix, drain NATS. */
@@ -56,7 +60,19 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
     logger: logger.child({ component: "toplevels" }),
   });
   await toplevels.load();
-  const builder = new Builder({ config, transport, nix, catalog, events, logger, version: VERSION, builderName, toplevels });
+  const store = new NixStore(nix, config.build.nixBin);
+  const history = new BuildHistory({ stateDir: config.stateDir, size: config.build.historySize, logger: logger.child({ component: "history" }) });
+  const roots = new GcRoots({
+    stateDir: config.stateDir,
+    store,
+    keepGenerations: config.build.keepGenerations,
+    keepRefBuildsMs: config.build.keepRefBuilds,
+    repos: Object.keys(config.repos),
+    logger: logger.child({ component: "gcroots" }),
+  });
+  await Promise.all([history.load(), roots.load()]);
+  const keeper = new Keeper({ history, roots, store, logger: logger.child({ component: "keep" }) });
+  const builder = new Builder({ config, transport, nix, catalog, events, logger, version: VERSION, builderName, toplevels, keeper, history });
   const observability = await startObservability(config, logger, { events, transport, nix, nixVersion });
 
   try {

@@ -15,7 +15,7 @@ import {
   type HostResult,
   type Rejected,
 } from "../protocol.js";
-import { describeMessage, summaryTable } from "../client/report.js";
+import { changesText, describeMessage, packageText, summaryTable } from "../client/report.js";
 import type { BuildTarget } from "../client/client.js";
 
 /**
@@ -36,7 +36,7 @@ export const BuildToolOutputSchema = z.object({
   jobId: z.string().nullable().describe("the builder's job id (for build_status and cancel_build); null when rejected"),
   revision: z.string().nullable().describe("the git revision every host was built from"),
   durationMs: z.number().int().nonnegative().nullable(),
-  hosts: z.array(HostResultSchema).describe("one entry per host: status, duration, storePath on success, error (and location for eval_error) and the last lines of the nix log on failure"),
+  hosts: z.array(HostResultSchema).describe("one entry per host: status, duration, storePath and changes (packages changed since the last good default-branch build) on success, error (and location for eval_error) and the last lines of the nix log on failure"),
   error: z.string().optional().describe("why the job as a whole failed, or why it was rejected"),
   rejection: z
     .object({ code: RejectCodeSchema, known: z.array(z.string()).optional().describe("the names that would have worked") })
@@ -100,10 +100,17 @@ function trimText(text: string): string {
   return text.length > MCP_ERROR_CHARS ? `${text.slice(0, MCP_ERROR_CHARS)}… (${text.length - MCP_ERROR_CHARS} more characters)` : text;
 }
 
-/** The summary line, the per-host table, then what went wrong on each host that did not build. */
+/** The summary line, the per-host table, each host's closure changes, then what went wrong on each host that did not build. */
 function completedLines(final: Completed): string[] {
   const table = summaryTable(final);
   const lines = [...describeMessage(final), ...(table.length > 0 ? ["", ...table] : [])];
+  for (const result of final.results) {
+    const changes = changesText(result.changes);
+    if (!changes || !result.changes) continue;
+    const since = result.changes.againstRevision ? ` since ${result.changes.againstRevision.slice(0, 12)}` : "";
+    lines.push("", `${result.host}: ${changes}${since}`, ...result.changes.packages.map((p) => `  ${packageText(p)}`));
+    if (result.changes.omittedPackages) lines.push(`  … and ${result.changes.omittedPackages} more`);
+  }
   final.results.forEach((result, i) => {
     if (result.status === "success") return;
     const asMessage: HostFinished = { type: "host_finished", jobId: final.jobId, index: i + 1, total: final.results.length, ...result };

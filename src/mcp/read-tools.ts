@@ -1,11 +1,11 @@
 /**
- * The read-only tools, always offered: `list_build_targets` (build.discover)
- * and `build_status` (build.status).
+ * The read-only tools, always offered: `list_build_targets` (build.discover),
+ * `build_status` (build.status) and `build_history` (build.history).
  */
 import type { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import { z } from "zod";
-import { DiscoverResponseSchema, RepoNameSchema, StatusResponseSchema } from "../protocol.js";
-import { describeDiscover, describeStatus } from "../client/report.js";
+import { DiscoverResponseSchema, HistoryResponseSchema, HostNameSchema, RepoNameSchema, StatusResponseSchema } from "../protocol.js";
+import { describeDiscover, describeHistory, describeStatus } from "../client/report.js";
 import { askBuilder, type ToolContext } from "./context.js";
 import { guarded, toolError, toolResult } from "./tool-result.js";
 
@@ -22,6 +22,12 @@ const ListInputSchema = z.strictObject({
 const ListOutputSchema = DiscoverResponseSchema.omit({ type: true });
 
 const StatusOutputSchema = StatusResponseSchema.omit({ type: true });
+
+const HistoryInputSchema = z.strictObject({
+  repo: RepoNameSchema.describe("a repo from list_build_targets, e.g. nixos-servers"),
+  host: HostNameSchema.optional().describe("only this host; without it, the repo's newest results across hosts"),
+});
+const HistoryOutputSchema = HistoryResponseSchema.omit({ type: true });
 
 export function registerReadTools(server: McpServer, context: ToolContext): void {
   server.registerTool(
@@ -64,6 +70,24 @@ export function registerReadTools(server: McpServer, context: ToolContext): void
         const answer = await askBuilder(context, "status", undefined, { signal: extra.signal });
         const { type: _type, ...status } = answer;
         return toolResult(describeStatus(answer), status);
+      }),
+  );
+
+  server.registerTool(
+    "build_history",
+    {
+      title: "Build history",
+      description:
+        "The homelab builder's last results for a repo or one host, newest first: status, duration, git revision, ref, store path on success, error on failure, finish time. Use it to see when a host last built, or whether a failure is new.",
+      inputSchema: HistoryInputSchema,
+      outputSchema: HistoryOutputSchema,
+      annotations: { readOnlyHint: true, openWorldHint: false },
+    },
+    ({ repo, host }, extra) =>
+      guarded("build_history", context.logger, async () => {
+        const answer = await askBuilder(context, "history", host === undefined ? { repo } : { repo, host }, { signal: extra.signal });
+        const { type: _type, ...history } = answer;
+        return toolResult(describeHistory(answer), history);
       }),
   );
 }

@@ -34,6 +34,7 @@ import { NixLogState, parseNixLine } from "./log.js";
 import { killProcessTree, processTree } from "./process-tree.js";
 import { sourceLocation, type HostBuild } from "./runner.js";
 import type { ToplevelDrvs } from "./toplevel-cache.js";
+import { DrvPathSchema } from "./store-path.js";
 
 export interface EvalPoolOptions {
   nixBin: string;
@@ -121,7 +122,7 @@ function parseMarker(line: string, nonce: string): Marker | "trace" | undefined 
   if (!event.msg.startsWith(prefix)) return "trace";
   const [kind, host, drvPath] = event.msg.slice(prefix.length).split(" ");
   if (kind === "start" && host) return { kind, host };
-  if (kind === "done" && host && drvPath && /^\/\S+\.drv$/.test(drvPath)) return { kind, host, drvPath };
+  if (kind === "done" && host && drvPath && DrvPathSchema.safeParse(drvPath).success) return { kind, host, drvPath };
   return "trace";
 }
 

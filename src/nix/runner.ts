@@ -19,6 +19,7 @@ import { killProcessTree } from "./process-tree.js";
 import { formatSetting } from "../util/duration.js";
 import { isCommitId, type HostStatus, type SourceLocation } from "../protocol.js";
 import type { NixError } from "./log.js";
+import { isStorePath, pathInSource } from "./store-path.js";
 
 export interface NixRunnerOptions {
   nixBin: string;
@@ -216,7 +217,7 @@ export class NixRunner {
     if (this.options.keepGoing) args.push("--keep-going");
     const run = await this.run(args, options, this.nixStoreBin);
     if (run.outcome === "exited" && run.exitCode === 0) {
-      const storePath = run.stdout.split("\n").find((line) => line.startsWith("/nix/store/"));
+      const storePath = run.stdout.split("\n").find((line) => isStorePath(line.trim()));
       if (storePath) return { status: "success", durationMs: run.durationMs, storePath: storePath.trim() };
     }
     return hostBuildFrom(run, this.nixStoreBin);
@@ -270,7 +271,7 @@ export function hostBuildFrom(run: RunResult, nixBin: string): HostBuild {
 /** nix names files by their store path; the part after "-source/" is the path in the repo. */
 export function sourceLocation(error: NixError): SourceLocation | undefined {
   if (!error.file) return undefined;
-  const file = error.file.replace(/^\/nix\/store\/[a-z0-9]{32}-source\//, "");
+  const file = pathInSource(error.file);
   const location: SourceLocation = { file };
   if (error.line !== undefined) location.line = error.line;
   if (error.column !== undefined) location.column = error.column;

@@ -8,6 +8,7 @@
  * memory and in `<stateDir>/toplevels.json`, so a restart does not cost an
  * evaluation either; a missing or unusable file just means a cold start.
  */
+import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
@@ -16,12 +17,13 @@ import { errorMessage } from "../errors.js";
 import { parseJsonAs } from "../util/json.js";
 import type { Logger } from "../logger.js";
 import { LruMap } from "../util/lru.js";
+import { DrvPathSchema } from "./store-path.js";
 
 export const TOPLEVEL_CACHE_FILE = "toplevels.json";
 const CAPACITY = 8;
 
-/** Only a store derivation may reach `nix-store --realise`, whether from nix eval or from the file. */
-const DrvPathSchema = z.string().regex(/^\/nix\/store\/[0-9a-z]{32}-[^/\s]+\.drv$/);
+// Only a store derivation may reach `nix-store --realise`, whether from nix
+// eval or from the file (any store dir: tests use a private one).
 /** Host → its toplevel's .drv path, or null when evaluating it threw. */
 export const ToplevelDrvsSchema = z.record(z.string(), DrvPathSchema.nullable());
 export type ToplevelDrvs = z.infer<typeof ToplevelDrvsSchema>;
@@ -65,8 +67,19 @@ export class ToplevelCache {
     for (const [url, drvs] of parsed.entries) this.entries.set(url, drvs);
   }
 
+  /**
+   * The cached .drvs, unless garbage collection deleted one of them since:
+   * then the entry is dropped and the caller evaluates again (one
+   * evaluation of all hosts is cheaper than each host on its own).
+   */
   get(lockedUrl: string): ToplevelDrvs | undefined {
-    return this.entries.get(lockedUrl);
+    const drvs = this.entries.get(lockedUrl);
+    if (!drvs) return undefined;
+    const missing = Object.values(drvs).find((drv) => drv !== null && !existsSync(drv));
+    if (missing === undefined) return drvs;
+    this.options.logger.info({ lockedUrl, missing }, "a cached toplevel .drv was garbage-collected; evaluating again");
+    this.entries.delete(lockedUrl);
+    return undefined;
   }
 
   set(lockedUrl: string, drvs: ToplevelDrvs): void {

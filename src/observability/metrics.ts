@@ -38,6 +38,9 @@ export class BuildMetrics {
   private readonly duration: Histogram<"repo" | "host">;
   private readonly lastBuild: Gauge<"repo">;
   private readonly lastSuccess: Gauge<"repo">;
+  private readonly hostLastSuccess: Gauge<"repo" | "host">;
+  /** Per repo, the hosts that have a hostLastSuccess series. */
+  private readonly hostsWithSuccess = new Map<string, Set<string>>();
   private readonly queueDepth: Gauge;
   private readonly running: Gauge;
   private readonly runningSince: Gauge<"repo" | "target">;
@@ -78,6 +81,12 @@ export class BuildMetrics {
       name: "homelab_deploy_build_last_success_timestamp",
       help: "Unix time a host of the repo was last built successfully.",
       labelNames: ["repo"],
+      registers,
+    });
+    this.hostLastSuccess = new Gauge({
+      name: "homelab_deploy_build_host_last_success_timestamp",
+      help: "Unix time of the last successful build of each host (kept across restarts; a host gone from the flake is dropped at its repo's next build of all hosts).",
+      labelNames: ["repo", "host"],
       registers,
     });
     this.queueDepth = new Gauge({
@@ -164,11 +173,12 @@ export class BuildMetrics {
 
   /** The values the state file keeps. */
   async snapshot(): Promise<MetricsState> {
-    const [builds, hostBuilds, lastBuild, lastSuccess] = await Promise.all([
+    const [builds, hostBuilds, lastBuild, lastSuccess, hostLastSuccess] = await Promise.all([
       this.builds.get(),
       this.hostBuilds.get(),
       this.lastBuild.get(),
       this.lastSuccess.get(),
+      this.hostLastSuccess.get(),
     ]);
     return {
       builds: builds.values.map((v) => ({
@@ -184,6 +194,7 @@ export class BuildMetrics {
       })),
       lastBuild: Object.fromEntries(lastBuild.values.map((v) => [String(v.labels.repo), v.value])),
       lastSuccess: Object.fromEntries(lastSuccess.values.map((v) => [String(v.labels.repo), v.value])),
+      hostLastSuccess: hostLastSuccess.values.map((v) => ({ repo: String(v.labels.repo), host: String(v.labels.host), value: v.value })),
     };
   }
 
@@ -205,6 +216,7 @@ export class BuildMetrics {
     }
     for (const [repo, at] of Object.entries(state.lastBuild)) if (keep(repo)) this.lastBuild.set({ repo }, at);
     for (const [repo, at] of Object.entries(state.lastSuccess)) if (keep(repo)) this.lastSuccess.set({ repo }, at);
+    for (const { repo, host, value } of state.hostLastSuccess) if (keep(repo)) this.setHostSuccess(repo, host, value);
     return [...dropped].sort();
   }
 
@@ -213,6 +225,8 @@ export class BuildMetrics {
     switch (message.type) {
       case "job_started":
         for (const host of message.hosts) this.ensureHostSeries(repo, host);
+        // The default branch's full host list: a host no longer in it has no last success to alert on.
+        if (job.spec.target === "all" && job.spec.ref === null) this.dropHostsExcept(repo, message.hosts);
         return;
       case "host_finished": {
         const { host, status } = message;
@@ -220,7 +234,10 @@ export class BuildMetrics {
         this.hostBuilds.inc({ repo, host, status });
         if (status !== "cancelled") this.duration.observe({ repo, host }, message.durationMs / 1000);
         this.lastBuild.set({ repo }, this.nowSeconds());
-        if (status === "success") this.lastSuccess.set({ repo }, this.nowSeconds());
+        if (status === "success") {
+          this.lastSuccess.set({ repo }, this.nowSeconds());
+          this.setHostSuccess(repo, host, this.nowSeconds());
+        }
         this.changed();
         return;
       }
@@ -245,6 +262,26 @@ export class BuildMetrics {
     const { repo, target } = running.spec;
     this.runningSince.set({ repo, target }, startedAt / 1000);
     this.queueWait.observe({ repo }, Math.max(0, startedAt - running.enqueuedAt) / 1000);
+  }
+
+  private setHostSuccess(repo: string, host: string, at: number): void {
+    this.hostLastSuccess.set({ repo, host }, at);
+    const hosts = this.hostsWithSuccess.get(repo) ?? new Set<string>();
+    hosts.add(host);
+    this.hostsWithSuccess.set(repo, hosts);
+  }
+
+  private dropHostsExcept(repo: string, keep: readonly string[]): void {
+    const hosts = this.hostsWithSuccess.get(repo);
+    if (!hosts) return;
+    let dropped = false;
+    for (const host of [...hosts]) {
+      if (keep.includes(host)) continue;
+      this.hostLastSuccess.remove({ repo, host });
+      hosts.delete(host);
+      dropped = true;
+    }
+    if (dropped) this.changed();
   }
 
   private ensureHostSeries(repo: string, host: string): void {

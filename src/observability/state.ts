@@ -33,6 +33,8 @@ export const MetricsStateSchema = z.strictObject({
   lastBuild: z.record(RepoNameSchema, TimestampSchema),
   /** Unix seconds per repo: homelab_deploy_build_last_success_timestamp. */
   lastSuccess: z.record(RepoNameSchema, TimestampSchema),
+  /** Unix seconds per repo and host: homelab_deploy_build_host_last_success_timestamp (absent in files from before it existed). */
+  hostLastSuccess: z.array(z.strictObject({ repo: RepoNameSchema, host: HostNameSchema, value: TimestampSchema })).default([]),
 });
 export type MetricsState = z.infer<typeof MetricsStateSchema>;
 

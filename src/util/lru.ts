@@ -21,6 +21,10 @@ export class LruMap<K, V> {
     }
   }
 
+  delete(key: K): boolean {
+    return this.map.delete(key);
+  }
+
   /** Oldest first. */
   entries(): Array<[K, V]> {
     return [...this.map.entries()];

@@ -1,7 +1,7 @@
 /** What a person sees: the live terminal line, plain lines, colours and NO_COLOR. */
 import { describe, expect, it } from "vitest";
 import type { BuildResponse } from "../../src/protocol.js";
-import { createReporter, describeStatus, summaryTable } from "../../src/client/report.js";
+import { changesText, createReporter, describeHistory, describeMessage, describeStatus, summaryTable, timeLeftText } from "../../src/client/report.js";
 
 function terminal(isTTY: boolean) {
   const chunks: string[] = [];
@@ -124,9 +124,85 @@ describe("summaries", () => {
       ],
     });
     expect(lines).toEqual([
-      "HOST      STATUS   DURATION  RESULT",
-      "ns1       success  28.4s     /nix/store/a-ns1",
-      "testvm01  timeout  1h00m     timed out",
+      "HOST      STATUS   DURATION  CHANGES  RESULT",
+      "ns1       success  28.4s     -        /nix/store/a-ns1",
+      "testvm01  timeout  1h00m              timed out",
+    ]);
+  });
+
+  const changes = {
+    against: "/nix/store/00000000000000000000000000000000-nixos-system-ns1",
+    againstRevision: "9b0c7f6e2a51ffffffffffffffffffffffffffff",
+    packages: [
+      { name: "linux", before: ["6.6.1"], after: ["6.6.2"], sizeDeltaBytes: 60_000 },
+      { name: "openssl", before: ["3.0.1"], after: ["3.0.2"], sizeDeltaBytes: 0 },
+      { name: "hello", before: [], after: ["2.12"], sizeDeltaBytes: 0 },
+    ],
+    sizeDeltaBytes: 1_258_291,
+  };
+
+  it("says what changed in a host's closure on its line, every package with --changes, and nothing without a comparison", () => {
+    const finished = { type: "host_finished" as const, jobId: "j0123456789", index: 1, total: 2, host: "ns1", status: "success" as const, durationMs: 28_400, storePath: "/nix/store/a-ns1", changes };
+    expect(describeMessage(finished)).toEqual([
+      "[1/2] ns1: success in 28.4s → /nix/store/a-ns1",
+      "    3 packages changed (linux 6.6.1 → 6.6.2, +59 KiB, openssl 3.0.1 → 3.0.2, …), +1.2 MiB since 9b0c7f6e2a51",
+    ]);
+    expect(describeMessage(finished, undefined, { allChanges: true }).slice(2)).toEqual([
+      "      linux 6.6.1 → 6.6.2, +59 KiB",
+      "      openssl 3.0.1 → 3.0.2",
+      "      hello ∅ → 2.12",
+    ]);
+    expect(changesText({ ...changes, packages: [], sizeDeltaBytes: 0 })).toBe("no package changes");
+    expect(describeMessage({ ...finished, changes: null })).toEqual(["[1/2] ns1: success in 28.4s → /nix/store/a-ns1"]);
+    expect(describeMessage({ ...finished, changes: null, gcRoot: false })[1]).toMatch(/not registered as a GC root/);
+  });
+
+  it("adds a CHANGES column and cuts each line to the terminal width", () => {
+    const final = {
+      type: "completed" as const,
+      jobId: "j0123456789",
+      repo: "r",
+      target: "all",
+      ref: null,
+      status: "success" as const,
+      revision: null,
+      durationMs: 1,
+      results: [{ host: "ns1", status: "success" as const, durationMs: 28_400, storePath: `/nix/store/${"a".repeat(32)}-nixos-system-ns1-25.05`, changes }],
+    };
+    const wide = summaryTable(final);
+    expect(wide[1]).toBe(`ns1   success  28.4s     3 packages, +1.2 MiB  /nix/store/${"a".repeat(32)}-nixos-system-ns1-25.05`);
+    const cut = summaryTable(final, undefined, 60);
+    expect(cut.every((line) => line.length <= 59)).toBe(true);
+    expect(cut[1]).toMatch(/^ns1   success  28\.4s     3 packages, \+1\.2 MiB  \/nix\/store\/…$/);
+    expect(cut[1]).toHaveLength(59);
+  });
+
+  it("shows the time left from the expected duration", () => {
+    expect(timeLeftText(30_000, 12_000)).toBe("~18.0s left");
+    expect(timeLeftText(30_000, 40_000)).toBe("10.0s over the usual 30.0s");
+    expect(timeLeftText(null, 1)).toBeUndefined();
+    expect(describeMessage({ type: "host_started", jobId: "j0123456789", host: "ns1", index: 1, total: 1, startedAt: "2026-11-24T10:00:00.000Z", expectedMs: 28_000 })).toEqual([
+      "[1/1] ns1: building (usually 28.0s)",
+    ]);
+  });
+
+  it("lists the history newest first", () => {
+    const lines = describeHistory(
+      {
+        type: "history",
+        repo: "nixos-servers",
+        host: null,
+        entries: [
+          { host: "ns1", jobId: "j0123456789", revision: "9b0c7f6e2a51ffffffffffffffffffffffffffff", ref: null, status: "success", durationMs: 28_400, storePath: "/nix/store/a-ns1", finishedAt: "2026-11-24T10:00:00.000Z" },
+          { host: "ns2", jobId: "j0123456789", revision: null, ref: "flake-update", status: "failure", durationMs: 4_100, finishedAt: "2026-11-24T09:00:00.000Z", error: "builder failed\nmore" },
+        ],
+      },
+      Date.parse("2026-11-24T10:05:00.000Z"),
+    );
+    expect(lines).toEqual([
+      "HOST  STATUS   DURATION  REVISION      REF           FINISHED   RESULT",
+      "ns1   success  28.4s     9b0c7f6e2a51  -             5m00s ago  /nix/store/a-ns1",
+      "ns2   failure  4.1s      -             flake-update  1h05m ago  builder failed",
     ]);
   });
 
@@ -148,6 +224,7 @@ describe("summaries", () => {
           totalHosts: 16,
           hostStartedAt: "2026-11-24T10:01:00.000Z",
           progress: null,
+          expectedMs: 150_000,
           evaluation: { evaluated: 5, total: 16, failed: 0 },
         },
         queued: [{ jobId: "jabcdefabcd", repo: "nixos", target: "gunter", ref: "flake-update", position: 1, requesters: 2, enqueuedAt: "2026-11-24T10:02:00.000Z" }],
@@ -157,7 +234,7 @@ describe("summaries", () => {
     expect(lines).toEqual([
       "builder b (homelab-deploy 0.1.0)",
       "running: job j0123456789 nixos-servers all, started 3m00s ago",
-      "  [2/16] ns2 for 2m00s",
+      "  [2/16] ns2 for 2m00s (~30.0s left)",
       "  5/16 hosts evaluated",
       "queued: 1 job",
       "  1. job jabcdefabcd nixos gunter --ref flake-update (2 requesters)",

@@ -77,8 +77,8 @@ describe("a single host", () => {
     expect(exitCode).toBe(0);
     expect(stdout).toMatch(/^accepted: job j[0-9a-f]+, starting now$/m);
     expect(stdout).toMatch(/^\[1\/1\] beta: success in .* → \/nix\/store\/.*-beta$/m);
-    expect(stdout).toMatch(/^HOST\s+STATUS\s+DURATION\s+RESULT$/m);
-    expect(stdout).toMatch(/^beta\s+success\s+\S+\s+\/nix\/store\/.*-beta$/m);
+    expect(stdout).toMatch(/^HOST\s+STATUS\s+DURATION\s+CHANGES\s+RESULT$/m);
+    expect(stdout).toMatch(/^beta\s+success\s+\S+\s+(-|none|\d+ packages?.*)\s+\/nix\/store\/.*-beta$/m);
   });
 
   it("kills the whole nix process tree when a host outlives build.timeout", async () => {

@@ -48,9 +48,12 @@ async function createForge(): Promise<Forge> {
   const origin = join(dir, "origin.git");
   await mkdir(dep);
   await run("git", ["init", "-q", "-b", "main", dep]);
+  let toolVersion = 0;
   const setDep = async (mode: string) => {
     // A nonce, so every mode really builds instead of coming from the store.
     await writeFile(join(dep, "mode"), `${mode} ${randomBytes(6).toString("hex")}\n`);
+    // And a new version of the package every host depends on: tool-1.0, tool-1.1, …
+    await writeFile(join(dep, "tool-version"), `1.${toolVersion++}\n`);
     await git(dep, "add", "-A");
     await git(dep, "commit", "-q", "-m", mode);
   };
@@ -125,6 +128,12 @@ describe("examples/flake-update-safe.yaml", () => {
 
   it("builds every host from the update branch, then fast-forwards master to exactly that commit", async () => {
     const before = await forge.head(BASE);
+    // The scheduled build of master, which the update's changes are compared with.
+    const master = await runCli(["build", "nixos-servers", "all"], {
+      HOMELAB_DEPLOY_NATS_URL: nats.url,
+      HOMELAB_DEPLOY_NKEY_SEED_FILE: nats.identities.scheduler.seedFile,
+    });
+    expect(master.exitCode, master.stdout + master.stderr).toBe(0);
     await forge.setDep("good");
     const job = await runWorkflow();
     expect(job.status, explain(job)).toBe("success");
@@ -138,6 +147,9 @@ describe("examples/flake-update-safe.yaml", () => {
     expect(job.summary).toMatch(/^\| alpha \| success \| \d+s \| \/nix\/store\/[a-z0-9]{32}-alpha \|$/m);
     expect(job.summary).toMatch(/^\| beta \| success \| \d+s \| \/nix\/store\/[a-z0-9]{32}-beta \|$/m);
     expect(job.summary).toContain(`Every host built; master is now at \`${sha}\`.`);
+    for (const host of ["alpha", "beta"]) {
+      expect(job.summary).toContain(`<details><summary>${host}: 1 package changed since \`${before}\`</summary>\n\n- tool: 1.0 → 1.1\n</details>`);
+    }
   });
 
   it("does nothing when flake.lock is already up to date", async () => {

@@ -21,9 +21,9 @@ const HOSTS = ["a", "b"];
 const HOST_RE = /^[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$/;
 const REPO_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
 const REF_RE = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$/;
-const RESERVED = ["responses", "discover", "status", "cancel"];
+const RESERVED = ["responses", "discover", "status", "cancel", "history"];
 
-type Expected = { answer: "ignored" } | { answer: "rejected"; code: string } | { answer: "accepted_or_queue_full" } | { answer: "control"; type: string[] };
+type Expected = { answer: "ignored" } | { answer: "rejected"; code: string | string[] } | { answer: "accepted_or_queue_full" } | { answer: "control"; type: string[] };
 
 function validRef(ref: string): boolean {
   return REF_RE.test(ref) && !ref.includes("..") && !ref.includes("//") && !ref.includes("/.") && !ref.endsWith(".lock") && !/[/.]$/.test(ref);
@@ -48,12 +48,23 @@ function expected(subject: string, payload: Uint8Array): Expected {
   const parsed = body(payload);
   if (tokens.length === 2) {
     const name = tokens[1] as string;
-    if (!["discover", "status", "cancel"].includes(name)) return { answer: "rejected", code: "invalid_name" };
+    if (!["discover", "status", "cancel", "history"].includes(name)) return { answer: "rejected", code: "invalid_name" };
     if ("invalid" in parsed || !isObject(parsed.json)) return { answer: "rejected", code: "malformed_payload" };
     const keys = Object.keys(parsed.json);
     if (name === "discover") {
       const ok = keys.every((k) => k === "refresh") && (parsed.json.refresh === undefined || typeof parsed.json.refresh === "boolean");
       return ok ? { answer: "control", type: ["discover"] } : { answer: "rejected", code: "malformed_payload" };
+    }
+    if (name === "history") {
+      const { repo, host } = parsed.json;
+      const structural = !keys.every((k) => k === "repo" || k === "host") || typeof repo !== "string" || (host !== undefined && typeof host !== "string");
+      const badName = (typeof repo === "string" && (!REPO_RE.test(repo) || RESERVED.includes(repo))) || (typeof host === "string" && !HOST_RE.test(host));
+      // With both kinds of problem, the first one zod reports decides.
+      if (structural && badName) return { answer: "rejected", code: ["malformed_payload", "invalid_name"] };
+      if (structural) return { answer: "rejected", code: "malformed_payload" };
+      if (badName) return { answer: "rejected", code: "invalid_name" };
+      if (!REPOS.includes(repo as string)) return { answer: "rejected", code: "unknown_repo" };
+      return { answer: "control", type: ["history"] };
     }
     if (name === "status") return keys.length === 0 ? { answer: "control", type: ["status"] } : { answer: "rejected", code: "malformed_payload" };
     const jobId = parsed.json.jobId;
@@ -88,7 +99,7 @@ const subject = fc.oneof(
   { weight: 2, arbitrary: token.map((t) => `build.${t}`) },
   { weight: 1, arbitrary: fc.array(token, { minLength: 3, maxLength: 5 }).map((ts) => `build.${ts.join(".")}`) },
   { weight: 1, arbitrary: token.map((t) => `build.responses.${t}`) },
-  { weight: 1, arbitrary: fc.constantFrom("build.fixture.a", "build.fixture.b", "build.fixture.all", "build.status", "build.discover", "build.cancel") },
+  { weight: 1, arbitrary: fc.constantFrom("build.fixture.a", "build.fixture.b", "build.fixture.all", "build.status", "build.discover", "build.cancel", "build.history") },
 );
 const refLike = fc.oneof(fc.constantFrom("main", "no-such-branch", "feature/x", "a..b", "-x", "v1.0", "x.lock"), fc.string({ maxLength: 30 }));
 const encoder = new TextEncoder();
@@ -97,6 +108,7 @@ const payload = fc.oneof(
   { weight: 2, arbitrary: refLike.map((ref) => encoder.encode(JSON.stringify({ ref }))) },
   { weight: 1, arbitrary: fc.record({ refresh: fc.oneof(fc.boolean(), fc.integer()) }).map((o) => encoder.encode(JSON.stringify(o))) },
   { weight: 1, arbitrary: fc.oneof(fc.stringMatching(/^j[0-9a-f]{10}$/), fc.string()).map((jobId) => encoder.encode(JSON.stringify({ jobId }))) },
+  { weight: 1, arbitrary: fc.record({ repo: fc.oneof(fc.constantFrom("fixture", "nope", "history"), fc.string(), fc.integer()), host: fc.oneof(token, fc.integer()) }, { requiredKeys: [] }).map((o) => encoder.encode(JSON.stringify(o))) },
   { weight: 2, arbitrary: fc.jsonValue({ maxDepth: 3 }).map((v) => encoder.encode(JSON.stringify(v))) },
   { weight: 1, arbitrary: fc.uint8Array({ maxLength: 64 }) },
   { weight: 1, arbitrary: fc.string({ maxLength: 40 }).map((s) => encoder.encode(s)) },
@@ -166,7 +178,7 @@ async function fuzzRound(round: number, count: number): Promise<void> {
         if (first !== undefined) wrong.push(describe);
         break;
       case "rejected":
-        if (first?.type !== "rejected" || first.code !== e.expect.code) wrong.push(describe);
+        if (first?.type !== "rejected" || ![e.expect.code].flat().includes(String(first.code))) wrong.push(describe);
         break;
       case "control":
         if (!e.expect.type.includes(String(first?.type))) wrong.push(describe);

@@ -77,7 +77,7 @@ describe("the tools offered", () => {
   it("offers only the read-only tools without --enable-builds, and refuses a call to build", async () => {
     const mcp = await startMcp([]);
     const { tools } = await mcp.client.listTools();
-    expect(tools.map((t) => t.name).sort()).toEqual(["build_status", "list_build_targets"]);
+    expect(tools.map((t) => t.name).sort()).toEqual(["build_history", "build_status", "list_build_targets"]);
     expect(tools.every((t) => t.annotations?.readOnlyHint === true)).toBe(true);
     const refused = await call(mcp, "build", { repo: "fixture", target: "alpha" });
     expect(refused.isError).toBe(true);
@@ -88,7 +88,7 @@ describe("the tools offered", () => {
   it("adds build and cancel_build with --enable-builds, with input and output schemas", async () => {
     const mcp = await startMcp(["--enable-builds"]);
     const { tools } = await mcp.client.listTools();
-    expect(tools.map((t) => t.name).sort()).toEqual(["build", "build_status", "cancel_build", "list_build_targets"]);
+    expect(tools.map((t) => t.name).sort()).toEqual(["build", "build_history", "build_status", "cancel_build", "list_build_targets"]);
     const build = tools.find((t) => t.name === "build");
     expect(build?.inputSchema).toMatchObject({ required: ["repo", "target"], properties: { ref: { type: "string" } } });
     expect(build?.outputSchema?.required).toEqual(expect.arrayContaining(["outcome", "hosts", "jobId"]));
@@ -109,7 +109,9 @@ describe("build", () => {
     const output = BuildToolOutputSchema.parse(result.structuredContent);
     expect(output).toMatchObject({ outcome: "success", repo: "progress", target: "multi", ref: null, jobId: expect.stringMatching(/^j[0-9a-f]{10}$/) });
     expect(output.revision).toBe(await progressFlake.head());
-    expect(output.hosts).toEqual([{ host: "multi", status: "success", durationMs: expect.any(Number), storePath: expect.stringMatching(/^\/nix\/store\/[a-z0-9]{32}-multi-system$/) }]);
+    expect(output.hosts).toEqual([
+      { host: "multi", status: "success", durationMs: expect.any(Number), storePath: expect.stringMatching(/^\/nix\/store\/[a-z0-9]{32}-multi-system$/), gcRoot: true, changes: null },
+    ]);
     expect(text(result)).toMatch(/^completed: success, 1 of 1 host built/);
     expect(text(result)).toContain(output.hosts[0]?.storePath);
 
@@ -120,6 +122,28 @@ describe("build", () => {
     expect(notes.every((n) => n.total === 1 && n.progress <= 1)).toBe(true);
     expect(notes.some((n) => /^\[1\/1\] multi: \d\/5 derivations/.test(String(n.message)))).toBe(true);
     expect(notes.at(-1)).toMatchObject({ progress: 1, message: expect.stringMatching(/^\[1\/1\] multi: success in /) });
+  });
+
+  it("answers a host's next build with what changed since the last good one, and lists both in build_history", async () => {
+    const before = (await call(mcp, "build_history", { repo: "progress", host: "multi" })).structuredContent as { entries: Array<{ storePath?: string; revision: string }> };
+    const previous = before.entries.find((e) => e.storePath);
+    expect(previous).toBeDefined();
+    await progressFlake.bump();
+    const result = await call(mcp, "build", { repo: "progress", target: "multi" });
+    const output = BuildToolOutputSchema.parse(result.structuredContent);
+    const changes = output.hosts[0]?.changes;
+    expect(changes).toMatchObject({ against: previous?.storePath, againstRevision: previous?.revision });
+    expect(text(result)).toMatch(/^multi: (no package changes|\d+ packages? changed)/m);
+
+    const history = await call(mcp, "build_history", { repo: "progress", host: "multi" });
+    expect(history.isError).toBeFalsy();
+    const entries = (history.structuredContent as { entries: Array<{ jobId: string; status: string; storePath?: string }> }).entries;
+    expect(entries[0]).toMatchObject({ jobId: output.jobId, status: "success", storePath: output.hosts[0]?.storePath });
+    expect(entries[1]?.storePath).toBe(previous?.storePath);
+    expect(text(history).split("\n")[0]).toMatch(/^HOST\s+STATUS\s+DURATION\s+REVISION/);
+    const unknown = await call(mcp, "build_history", { repo: "nope" });
+    expect(unknown.isError).toBe(true);
+    expect(text(unknown)).toContain("unknown repo nope");
   });
 
   it("reports a failed host with the end of its nix log", async () => {
@@ -285,7 +309,7 @@ describe("when NATS or the builder is down", () => {
       const list = await call(mcp, "list_build_targets");
       expect(list.isError).toBe(true);
       expect(text(list)).toMatch(/^no builder is listening on build\.discover/);
-      expect((await mcp.client.listTools()).tools).toHaveLength(4);
+      expect((await mcp.client.listTools()).tools).toHaveLength(5);
       expect(isRunning(mcp.pid)).toBe(true);
     } finally {
       await lonely.stop();
@@ -300,7 +324,7 @@ describe("when NATS or the builder is down", () => {
     expect(down.isError).toBe(true);
     expect(text(down)).toMatch(new RegExp(`^cannot reach NATS at ${later.url}`));
     expect(isRunning(mcp.pid)).toBe(true);
-    expect((await mcp.client.listTools()).tools).toHaveLength(4);
+    expect((await mcp.client.listTools()).tools).toHaveLength(5);
 
     // NATS comes up: the next call connects (and finds no builder there).
     await later.start();

@@ -60,6 +60,7 @@ function persisted(metrics: Exposition) {
     hosts: pick("homelab_deploy_build_host_total"),
     last: pick("homelab_deploy_build_last_timestamp"),
     lastSuccess: pick("homelab_deploy_build_last_success_timestamp"),
+    hostLastSuccess: pick("homelab_deploy_build_host_last_success_timestamp"),
   };
 }
 
@@ -207,6 +208,7 @@ describe("the state file", () => {
   it("keeps counters and timestamps across a restart", async () => {
     const before = persisted(await scrape(baseUrl));
     expect(before.lastSuccess).toHaveLength(1);
+    expect(before.hostLastSuccess.length).toBeGreaterThan(0);
     await restart();
     const after = await scrape(baseUrl);
     expect(persisted(after)).toEqual(before);

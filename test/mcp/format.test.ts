@@ -100,7 +100,7 @@ describe("buildToolResult", () => {
     expect(output.hosts[2]?.location).toEqual({ file: "flake.nix", line: 12, column: 5 });
 
     expect(lines[0]).toBe("completed: failure, 1 of 3 hosts built, 9b0c7f6e2a51, in 1m01s");
-    expect(lines).toContain("ns1   success     28.4s     /nix/store/8f3k-nixos-system-ns1");
+    expect(lines).toContain("ns1   success     28.4s     -        /nix/store/8f3k-nixos-system-ns1");
     expect(lines).toContain("[2/3] ns2: failure in 4.1s: builder for '/nix/store/0dzd-unbound.conf.drv' failed with exit code 1");
     expect(lines.filter((l) => l.startsWith("    │ line "))).toHaveLength(MCP_TAIL_LINES);
     expect(lines).toContain("[3/3] ns3: eval_error in 900ms (flake.nix:12): attribute 'services' missing");

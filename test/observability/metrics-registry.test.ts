@@ -29,6 +29,10 @@ describe("BuildMetrics", () => {
       hostBuilds: [{ repo: "nixos-servers", host: "ns1", status: "failure", value: 2 }],
       lastBuild: { "nixos-servers": 1_760_000_100, retired: 1_700_000_000 },
       lastSuccess: { "nixos-servers": 1_760_000_000, retired: 1_700_000_000 },
+      hostLastSuccess: [
+        { repo: "nixos-servers", host: "ns1", value: 1_759_000_000 },
+        { repo: "retired", host: "old", value: 1_700_000_000 },
+      ],
     });
     expect(dropped).toEqual(["retired"]);
     const text = await exposition(metrics);
@@ -42,6 +46,30 @@ describe("BuildMetrics", () => {
     const snapshot = await metrics.snapshot();
     expect(snapshot.builds).toContainEqual({ repo: "nixos-servers", status: "success", value: 7 });
     expect(snapshot.lastSuccess).toEqual({ "nixos-servers": 1_760_000_000 });
+    expect(snapshot.hostLastSuccess).toEqual([{ repo: "nixos-servers", host: "ns1", value: 1_759_000_000 }]);
+    expect(valueOf(text, "homelab_deploy_build_host_last_success_timestamp", { repo: "nixos-servers", host: "ns1" })).toBe(1_759_000_000);
+  });
+
+  it("sets a host's last success when it builds, and drops a host gone from its repo's next build of all hosts", async () => {
+    const metrics = new BuildMetrics({ repos: ["nixos-servers"], version: "9.9.9", now: () => 1_760_000_000_000 });
+    const finished = (job: Job, host: string, status: "success" | "failure") =>
+      metrics.onEvent({ type: "response", job, message: { type: "host_finished", jobId: job.id, index: 1, total: 1, host, status, durationMs: 1 } });
+    const all = new Job({ repo: "nixos-servers", target: "all", ref: null });
+    finished(all, "ns1", "success");
+    finished(all, "ns2", "success");
+    finished(all, "ns3", "failure");
+    let text = await exposition(metrics);
+    expect(valueOf(text, "homelab_deploy_build_host_last_success_timestamp", { repo: "nixos-servers", host: "ns1" })).toBe(1_760_000_000);
+    expect(valueOf(text, "homelab_deploy_build_host_last_success_timestamp", { repo: "nixos-servers", host: "ns3" })).toBeUndefined();
+    // A ref build's host list says nothing about the default branch.
+    const ref = new Job({ repo: "nixos-servers", target: "all", ref: "flake-update" });
+    metrics.onEvent({ type: "response", job: ref, message: { type: "job_started", jobId: ref.id, repo: "nixos-servers", target: "all", ref: "flake-update", revision: null, lockedUrl: "x", hosts: ["ns1"] } });
+    expect(valueOf(await exposition(metrics), "homelab_deploy_build_host_last_success_timestamp", { repo: "nixos-servers", host: "ns2" })).toBe(1_760_000_000);
+    const next = new Job({ repo: "nixos-servers", target: "all", ref: null });
+    metrics.onEvent({ type: "response", job: next, message: { type: "job_started", jobId: next.id, repo: "nixos-servers", target: "all", ref: null, revision: null, lockedUrl: "x", hosts: ["ns1", "ns3"] } });
+    text = await exposition(metrics);
+    expect(valueOf(text, "homelab_deploy_build_host_last_success_timestamp", { repo: "nixos-servers", host: "ns2" })).toBeUndefined();
+    expect(valueOf(text, "homelab_deploy_build_host_last_success_timestamp", { repo: "nixos-servers", host: "ns1" })).toBe(1_760_000_000);
   });
 
   it("ignores event and message types it does not know, and keeps counting the ones it does", async () => {

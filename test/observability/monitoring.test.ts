@@ -125,6 +125,7 @@ describe("the Grafana dashboard", () => {
       "homelab_deploy_build_duration_seconds_bucket",
       "homelab_deploy_build_duration_seconds_sum",
       "homelab_deploy_build_last_success_timestamp",
+      "homelab_deploy_build_host_last_success_timestamp",
       "homelab_deploy_queue_depth",
       "homelab_deploy_build_running_since_timestamp",
       "homelab_deploy_queue_wait_seconds_bucket",

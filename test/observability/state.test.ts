@@ -14,6 +14,7 @@ const state: MetricsState = {
   hostBuilds: [{ repo: "nixos-servers", host: "ns1", status: "timeout", value: 1 }],
   lastBuild: { "nixos-servers": 1_760_000_100.25 },
   lastSuccess: { "nixos-servers": 1_760_000_000.5 },
+  hostLastSuccess: [{ repo: "nixos-servers", host: "ns1", value: 1_760_000_000.5 }],
 };
 
 async function store() {
@@ -23,6 +24,13 @@ async function store() {
 }
 
 describe("StateStore", () => {
+  it("loads a file written before per-host last-success times existed", async () => {
+    const { dir, store: s } = await store();
+    const { hostLastSuccess: _, ...older } = state;
+    await writeFile(join(dir, "metrics.json"), JSON.stringify({ version: 1, savedAt: "2026-11-01T00:00:00.000Z", metrics: older }));
+    expect(await s.load()).toEqual({ ...older, hostLastSuccess: [] });
+  });
+
   it("saves and loads the same metrics, leaving only metrics.json behind", async () => {
     const { dir, store: s, lines } = await store();
     await s.save(state);

@@ -1,0 +1,132 @@
+/**
+ * The last `build.historySize` results per repo and host, newest first, in
+ * `<stateDir>/history.json`: what `build.history` answers, what closure
+ * changes are compared against, and where expected durations come from.
+ * Written atomically after each host (writes coalesce when hosts finish
+ * faster than the disk); a missing file is a fresh start, a corrupt one is
+ * one warning and a fresh start — never a stopped daemon.
+ */
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { z } from "zod";
+import { writeFileAtomic } from "../../util/atomic-file.js";
+import { errorMessage } from "../../errors.js";
+import { parseJsonAs } from "../../util/json.js";
+import type { Logger } from "../../logger.js";
+import { HistoryEntrySchema, isValidHostName, isValidRepoName, type HistoryEntry } from "../../protocol.js";
+
+export const HISTORY_FILE = "history.json";
+/** Successful builds the expected duration is the median of. */
+const ETA_SAMPLES = 5;
+/** A `build.history` answer for a whole repo carries at most this many entries (NATS payloads are small). */
+export const MAX_HISTORY_ANSWER = 500;
+
+const FileSchema = z.strictObject({
+  version: z.literal(1),
+  repos: z.record(z.string(), z.record(z.string(), z.array(HistoryEntrySchema))),
+});
+
+export interface HistoryOptions {
+  /** Memory only when undefined. */
+  stateDir?: string;
+  size: number;
+  logger: Logger;
+}
+
+export class BuildHistory {
+  private repos: Record<string, Record<string, HistoryEntry[]>> = {};
+  private readonly file: string | undefined;
+  private saving: Promise<void> = Promise.resolve();
+  private dirty = false;
+  private writing = false;
+
+  constructor(private readonly options: HistoryOptions) {
+    this.file = options.stateDir ? join(options.stateDir, HISTORY_FILE) : undefined;
+  }
+
+  async load(): Promise<void> {
+    if (!this.file) return;
+    let text: string;
+    try {
+      text = await readFile(this.file, "utf8");
+    } catch {
+      return;
+    }
+    const parsed = parseJsonAs(text, FileSchema);
+    if (!parsed) {
+      this.options.logger.warn({ file: this.file }, "the build history file is unreadable; starting a fresh history");
+      return;
+    }
+    const repos: Record<string, Record<string, HistoryEntry[]>> = {};
+    // Names are checked again: a hand-edited "__proto__" must not become a prototype.
+    for (const [repo, hosts] of Object.entries(parsed.repos)) {
+      if (!isValidRepoName(repo)) continue;
+      const kept: Record<string, HistoryEntry[]> = {};
+      for (const [host, entries] of Object.entries(hosts)) if (isValidHostName(host)) kept[host] = entries.slice(0, this.options.size);
+      repos[repo] = kept;
+    }
+    this.repos = repos;
+  }
+
+  record(repo: string, entry: HistoryEntry): void {
+    const hosts = (this.repos[repo] ??= {});
+    const entries = [entry, ...(Object.hasOwn(hosts, entry.host) ? (hosts[entry.host] as HistoryEntry[]) : [])];
+    hosts[entry.host] = entries.slice(0, this.options.size);
+    this.scheduleSave();
+  }
+
+  /** Newest first: one host's entries, or the whole repo's (at most MAX_HISTORY_ANSWER). */
+  entries(repo: string, host?: string): HistoryEntry[] {
+    const hosts = Object.hasOwn(this.repos, repo) ? (this.repos[repo] as Record<string, HistoryEntry[]>) : {};
+    if (host !== undefined) return [...(Object.hasOwn(hosts, host) ? (hosts[host] as HistoryEntry[]) : [])];
+    return Object.values(hosts)
+      .flat()
+      .sort((a, b) => b.finishedAt.localeCompare(a.finishedAt))
+      .slice(0, MAX_HISTORY_ANSWER);
+  }
+
+  /** The host's newest successful default-branch build: what its next build is compared with. */
+  lastDefaultSuccess(repo: string, host: string): HistoryEntry | undefined {
+    return this.entries(repo, host).find((e) => e.status === "success" && e.ref === null && e.storePath !== undefined);
+  }
+
+  /** Median of the host's last successful durations; null without any. */
+  expectedMs(repo: string, host: string): number | null {
+    const durations = this.entries(repo, host)
+      .filter((e) => e.status === "success")
+      .slice(0, ETA_SAMPLES)
+      .map((e) => e.durationMs)
+      .sort((a, b) => a - b);
+    if (durations.length === 0) return null;
+    const mid = Math.floor(durations.length / 2);
+    return durations.length % 2 === 1 ? (durations[mid] as number) : Math.round(((durations[mid - 1] as number) + (durations[mid] as number)) / 2);
+  }
+
+  /** Resolves when what was recorded so far is on disk (or its write failed and was logged). */
+  async flush(): Promise<void> {
+    while (this.dirty || this.writing) await this.saving;
+  }
+
+  private scheduleSave(): void {
+    if (!this.file) return;
+    this.dirty = true;
+    if (this.writing) return;
+    this.writing = true;
+    this.saving = (async () => {
+      while (this.dirty) {
+        this.dirty = false;
+        await this.save();
+      }
+      this.writing = false;
+    })();
+  }
+
+  private async save(): Promise<void> {
+    const file = this.file as string;
+    try {
+      await writeFileAtomic(file, `${JSON.stringify({ version: 1, repos: this.repos })}\n`);
+    } catch (err) {
+      this.options.logger.warn({ file, err: errorMessage(err) }, "cannot save the build history");
+    }
+  }
+}
