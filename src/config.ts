@@ -56,6 +56,16 @@ const FlakeUrlSchema = z.string().refine((url) => FLAKE_URL_RE.test(url) && !url
   message: "expected a flake URL such as git+https://example.org/repo.git or github:owner/repo (no #fragment)",
 });
 
+// Nix store URLs build.copyTo may name: a local binary cache (file://),
+// another machine's store (ssh://, ssh-ng://), an S3 or HTTP binary cache,
+// or a local store (local, daemon, /path), each with optional ?settings. No
+// whitespace, no "#", no leading "-" (nix would read a flag).
+const STORE_URL_RE = /^(?:(?:file|ssh|ssh-ng|s3|https?):\/\/[^\s#]+|(?:local|daemon)(?:\?[^\s#]*)?|\/[^\s#]*)$/;
+
+export function isValidStoreUrl(url: string): boolean {
+  return STORE_URL_RE.test(url);
+}
+
 const SubjectTokenSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, {
   message: 'expected letters, digits, "-" or "_"',
 });
@@ -123,6 +133,12 @@ const BuildSchema = z.strictObject({
   keepRefBuilds: DurationSchema.default(7 * 86_400_000),
   /** Results kept per repo and host in `<stateDir>/history.json`. */
   historySize: z.number().int().min(1).max(1_000).default(50),
+  /** A Nix store URL every built host's closure is copied to (`nix copy --to`); see src/nix/copy.ts. */
+  copyTo: z
+    .string()
+    .refine(isValidStoreUrl, { message: "expected a Nix store URL such as file:///var/cache/nix, ssh-ng://cache01 or s3://bucket" })
+    .optional(),
+  copyTimeout: DurationSchema.default(1_800_000),
 });
 
 // host:port for the metrics HTTP server: an IPv4 address or host name, or

@@ -102,6 +102,13 @@ export type Changes = z.infer<typeof ChangesSchema>;
 
 /** Milliseconds a build is expected to take, from earlier builds; null without history. */
 const ExpectedMsSchema = z.number().int().nonnegative().nullable().optional();
+/** With build.copyTo: how copying the built closure to that store went. A failed copy does not fail the host. */
+export const HostCopySchema = z.object({
+  ok: z.boolean(),
+  durationMs: z.number().int().nonnegative(),
+  error: z.string().optional(),
+});
+export type HostCopy = z.infer<typeof HostCopySchema>;
 
 export const HostResultSchema = z.object({
   host: z.string(),
@@ -116,6 +123,7 @@ export const HostResultSchema = z.object({
   changes: ChangesSchema.nullable().optional(),
   /** On success: false when the builder could not register the toplevel as a GC root (see its log). */
   gcRoot: z.boolean().optional(),
+  copy: HostCopySchema.optional(),
 });
 export type HostResult = z.infer<typeof HostResultSchema>;
 
@@ -184,7 +192,8 @@ export const BuildProgressSchema = z.object({
   substitutions: CountsSchema,
   downloadedBytes: z.number().nonnegative(),
   expectedDownloadBytes: z.number().nonnegative(),
-  building: z.object({ drv: z.string(), phase: z.string().nullable() }).nullable(),
+  /** machine: the remote builder's store URL when nix builds it elsewhere (`builders`); absent for a local build. */
+  building: z.object({ drv: z.string(), phase: z.string().nullable(), machine: z.string().optional() }).nullable(),
 });
 export type BuildProgress = z.infer<typeof BuildProgressSchema>;
 

@@ -60,6 +60,7 @@ describe("config", () => {
       keepGenerations: 2,
       keepRefBuilds: 7 * 86_400_000,
       historySize: 50,
+      copyTimeout: 1_800_000,
     });
     expect(config.log.level).toBe("info");
     expect(config.nats.queueGroup).toBeUndefined();
@@ -119,6 +120,18 @@ describe("config", () => {
       "nats.nkeySeedFile: required unless a vault block is given: exactly one NKey source (nats.nkeySeedFile, or vault) must be configured",
     ]);
     expect(problems(null)).toEqual(["nats: required (expected object)", "repos: required (expected record)"]);
+  });
+
+  it("takes build.copyTo as a Nix store URL and refuses anything else", () => {
+    const copyTo = (url: string) => parseConfig({ ...base, build: { copyTo: url, copyTimeout: "5m" } }, "test.yaml").build;
+    for (const url of ["file:///var/cache/nix", "ssh-ng://nix-cache01", "s3://cache?region=eu-west-1", "https://cache.example.org", "daemon", "/srv/store"]) {
+      expect(copyTo(url)).toMatchObject({ copyTo: url, copyTimeout: 300_000 });
+    }
+    for (const url of ["--option", "file:///x y", "ftp://cache", "file:///cache#x", ""]) {
+      expect(problems({ ...base, build: { copyTo: url } })).toEqual([
+        "build.copyTo: expected a Nix store URL such as file:///var/cache/nix, ssh-ng://cache01 or s3://bucket",
+      ]);
+    }
   });
 
   it("takes metrics.listen as host:port and stateDir as an absolute path, with defaults", () => {

@@ -16,6 +16,7 @@ import { supportsRef, type NixRunner } from "../nix/runner.js";
 import {
   ALL_HOSTS,
   BuildRequestSchema,
+  CONTROL_NAMES,
   classifySubject,
   isValidHostName,
   isValidRepoName,
@@ -93,7 +94,11 @@ export class Builder {
 
   start(): void {
     const { transport, config } = this.options;
-    transport.subscribe("build.>", (msg) => this.handle(msg), config.nats.queueGroup);
+    // Builds go through the queue group (one builder takes each request);
+    // control requests reach every builder, so that each reports its own
+    // jobs and the one holding a job is the one that cancels it.
+    transport.subscribe("build.>", (msg) => this.handle(msg, "builds"), config.nats.queueGroup);
+    for (const name of CONTROL_NAMES) transport.subscribe(`build.${name}`, (msg) => this.handle(msg, "control"));
     this.loop = this.runLoop();
     this.heartbeat = setInterval(() => this.sendHeartbeats(), config.build.heartbeatInterval);
     this.heartbeat.unref();
@@ -116,10 +121,15 @@ export class Builder {
     await Promise.all([this.options.toplevels.flush(), this.options.keeper.flush()]);
   }
 
-  /** Entry point for every message under `build.>`. Never throws. */
-  handle(msg: Msg): void {
+  /**
+   * Entry point for every message under `build.>`. Never throws. `via`
+   * says which subscription delivered it: the `build.>` one also sees
+   * control subjects, which the control subscriptions answer instead.
+   */
+  handle(msg: Msg, via: "builds" | "control"): void {
     const kind = classifySubject(msg.subject);
     if (kind.kind === "response") return;
+    if (via === "builds" && kind.kind === "control") return;
     if (!isValidReplySubject(msg.reply)) {
       this.dropLog.warn(
         "dropped",

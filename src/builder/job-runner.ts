@@ -20,6 +20,7 @@ import { ALL_HOSTS, type Completed, type HostResult, type JobStatus } from "../p
 import type { Job } from "./queue.js";
 import type { Responder } from "./responder.js";
 import type { Keeper } from "./keep/keeper.js";
+import { copyToCache } from "./copy-to-cache.js";
 
 export interface JobRunnerOptions {
   config: Config;
@@ -187,6 +188,11 @@ export class JobRunner {
     if (build.error) result.error = boundedText(build.error);
     if (build.location) result.location = build.location;
     Object.assign(result, await keeper.finished({ repo: job.spec.repo, ref: job.spec.ref, revision, jobId: job.id, result }));
+    // Rooted first (garbage collection can no longer take it), then shared.
+    if (build.status === "success" && build.storePath) {
+      const copy = await copyToCache(this.options, job, host, build.storePath);
+      if (copy) result.copy = copy;
+    }
     // An eval error's message already is the useful part; the log would repeat it.
     const withTail = build.status !== "success" && build.status !== "eval_error" && build.logTail;
     responder.toJob(job, {

@@ -128,7 +128,10 @@ export function progressText(progress: Pick<Progress, "derivations" | "substitut
   if (progress.derivations.failed > 0) parts.push(`${progress.derivations.failed} failed`);
   if (progress.substitutions.expected > 0) parts.push(`${progress.substitutions.done}/${progress.substitutions.expected} paths substituted`);
   if (progress.downloadedBytes > 0) parts.push(`${bytes(progress.downloadedBytes)} downloaded`);
-  if (progress.building) parts.push(`building ${progress.building.drv}${progress.building.phase ? ` (${progress.building.phase})` : ""}`);
+  if (progress.building) {
+    const { drv, phase, machine } = progress.building;
+    parts.push(`building ${drv}${machine ? ` on ${machine}` : ""}${phase ? ` (${phase})` : ""}`);
+  }
   return parts.join(", ");
 }
 
@@ -178,6 +181,7 @@ function hostFinishedLines(message: Extract<BuildResponse, { type: "host_finishe
   const head = `[${message.index}/${message.total}] ${message.host}: ${status} in ${formatDuration(message.durationMs)}`;
   if (message.status === "success") {
     const lines = [`${head} → ${message.storePath ?? ""}`];
+    if (message.copy && !message.copy.ok) lines.push(paint("yellow", `    warning: not in the shared cache: ${firstLine(message.copy.error ?? "")}`));
     if (message.gcRoot === false) lines.push(paint("yellow", "    warning: not registered as a GC root (see the builder's log); garbage collection may delete it"));
     const changes = changesText(message.changes);
     if (changes) {

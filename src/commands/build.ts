@@ -8,7 +8,9 @@ import type { Command } from "commander";
 import { requestBuild } from "../client/client.js";
 import { ExitCode, UsageError } from "../errors.js";
 import { ALL_HOSTS, isValidHostName, isValidRef, isValidRepoName, type FinalResponse } from "../protocol.js";
-import { createReporter, describeDiscover } from "../client/report.js";
+import { createReporter } from "../client/report.js";
+import { describeDiscovers, reposOf } from "../client/report-builders.js";
+import { REFRESH_GATHER } from "../client/gather.js";
 import {
   addAckTimeoutOption,
   addConnectionOptions,
@@ -83,14 +85,16 @@ async function runList(repo: string | undefined, extra: string | undefined, flag
   // A refresh fetches and evaluates every repo: allow it the time that takes.
   const ackTimeoutMs = durationFlag("--ack-timeout", flags.ackTimeout);
   const wait = flags.refresh ? Math.max(ackTimeoutMs, 600_000) : ackTimeoutMs;
-  return runControl(flags, "discover", flags.refresh ? { refresh: true } : undefined, (discover) => {
-    if (repo !== undefined && !discover.repos.some((r) => r.name === repo)) {
-      if (!flags.json) process.stderr.write(`unknown repo ${repo}; this builder builds ${discover.repos.map((r) => r.name).join(", ")}\n`);
+  return runControl(flags, "discover", flags.refresh ? { refresh: true } : undefined, (discovers) => {
+    const repos = reposOf(discovers);
+    if (repo !== undefined && !repos.includes(repo)) {
+      const who = discovers.length === 1 ? "this builder builds" : "these builders build";
+      if (!flags.json) process.stderr.write(`unknown repo ${repo}; ${who} ${repos.join(", ")}\n`);
       return ExitCode.usage;
     }
-    if (!flags.json) for (const line of describeDiscover(discover, repo)) process.stdout.write(`${line}\n`);
+    if (!flags.json) for (const line of describeDiscovers(discovers, repo)) process.stdout.write(`${line}\n`);
     return ExitCode.ok;
-  }, wait);
+  }, wait, flags.refresh ? REFRESH_GATHER : {});
 }
 
 export function exitCodeFor(final: FinalResponse): number {

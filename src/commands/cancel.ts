@@ -13,8 +13,8 @@ export function registerCancel(program: Command): void {
     .option("--json", "print the builder's answer as JSON");
   addConnectionOptions(addAckTimeoutOption(command)).action(async (jobId: string, flags: ControlFlags) => {
     if (!isValidJobId(jobId)) throw new UsageError(`invalid job id ${JSON.stringify(jobId)}: expected one like j3fa2c1d9e0`);
-    process.exitCode = await runControl(flags, "cancel", { jobId }, (answer) => {
-      if (!flags.json) process.stdout.write(`${describeCancel(answer)}\n`);
+    process.exitCode = await runControl(flags, "cancel", { jobId }, ([answer]) => {
+      if (!flags.json && answer) process.stdout.write(`${describeCancel(answer)}\n`);
       return ExitCode.ok;
     });
   });

@@ -8,7 +8,7 @@ import type { NatsConnection } from "nats";
 import { parseDuration } from "../util/duration.js";
 import { VaultSchema, issueMessage, vaultEnvDefaults, type VaultConfig } from "../config.js";
 import { fileSeedSource, type SeedSource } from "../nats/credentials.js";
-import { requestControl } from "../client/client.js";
+import { askEveryBuilder, type GatherOptions } from "../client/gather.js";
 import { ExitCode, UsageError } from "../errors.js";
 import type { AnswerTo, ControlName, ControlResponse } from "../protocol.js";
 import { createLogger, type Logger } from "../logger.js";
@@ -167,25 +167,29 @@ export interface ControlFlags extends ConnectionFlags {
 }
 
 /**
- * One control request from the command line: connect, ask, print the answer
- * as JSON with --json, report `rejected` (exit 2), else hand the answer to
- * `show`, which prints it for people and says the exit code.
+ * One control request from the command line to every builder: connect,
+ * ask, gather the answers (src/client/gather.ts), print them as JSON lines
+ * with --json (one per builder), report `rejected` (exit 2), else hand the
+ * answers (one per builder, or for cancel the holder's) to `show`, which
+ * prints them for people and says the exit code.
  */
 export async function runControl<N extends ControlName>(
   flags: ControlFlags,
   name: N,
   body: Record<string, unknown> | undefined,
-  show: (answer: AnswerTo<N>) => number,
+  show: (answers: Array<AnswerTo<N>>) => number,
   ackTimeoutMs = durationFlag("--ack-timeout", flags.ackTimeout),
+  gather: Pick<GatherOptions, "quietMs" | "maxAfterFirstMs"> = {},
 ): Promise<number> {
   return withClient(flags, async (nc, signal) => {
-    const answer: ControlResponse = await requestControl(nc, name, body, { ackTimeoutMs, signal });
-    if (flags.json) process.stdout.write(`${JSON.stringify(answer)}\n`);
-    if (answer.type === "rejected") {
-      if (!flags.json) process.stderr.write(`rejected: ${answer.error}\n`);
+    const combined = await askEveryBuilder(nc, name, body, { ackTimeoutMs, signal, ...gather });
+    if (!combined.ok) {
+      if (flags.json) process.stdout.write(`${JSON.stringify(combined.rejected)}\n`);
+      else process.stderr.write(`rejected: ${combined.rejected.error}\n`);
       return ExitCode.usage;
     }
-    return show(answer as AnswerTo<N>);
+    if (flags.json) for (const answer of combined.answers) process.stdout.write(`${JSON.stringify(answer)}\n`);
+    return show(combined.answers);
   });
 }
 

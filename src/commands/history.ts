@@ -15,8 +15,8 @@ export function registerHistory(program: Command): void {
   addConnectionOptions(addAckTimeoutOption(command)).action(async (repo: string, host: string | undefined, flags: ControlFlags) => {
     if (!isValidRepoName(repo)) throw new UsageError(`invalid repo name ${JSON.stringify(repo)}`);
     if (host !== undefined && !isValidHostName(host)) throw new UsageError(`invalid host name ${JSON.stringify(host)}`);
-    process.exitCode = await runControl(flags, "history", host === undefined ? { repo } : { repo, host }, (answer) => {
-      if (!flags.json) for (const line of describeHistory(answer)) process.stdout.write(`${line}\n`);
+    process.exitCode = await runControl(flags, "history", host === undefined ? { repo } : { repo, host }, ([answer]) => {
+      if (!flags.json && answer) for (const line of describeHistory(answer)) process.stdout.write(`${line}\n`);
       return ExitCode.ok;
     });
   });

@@ -73,7 +73,7 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
   await Promise.all([history.load(), roots.load()]);
   const keeper = new Keeper({ history, roots, store, logger: logger.child({ component: "keep" }) });
   const builder = new Builder({ config, transport, nix, catalog, events, logger, version: VERSION, builderName, toplevels, keeper, history });
-  const observability = await startObservability(config, logger, { events, transport, nix, nixVersion });
+  const observability = await startObservability(config, logger, { events, transport, nix, nixVersion, builderName });
 
   try {
     await transport.start();

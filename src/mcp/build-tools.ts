@@ -9,10 +9,10 @@ import type { ServerNotification, ServerRequest } from "@modelcontextprotocol/sd
 import { z } from "zod";
 import { RequestAbortedError, requestBuild, type BuildTarget } from "../client/client.js";
 import { errorMessage } from "../errors.js";
-import { ALL_HOSTS, CancelRequestSchema, CancelResponseSchema, HostNameSchema, RefSchema, RepoNameSchema, type BuildResponse, type HostFinished } from "../protocol.js";
+import { ALL_HOSTS, CancelRequestSchema, CancelResponseSchema, HostNameSchema, RefSchema, RepoNameSchema, type BuildResponse, type CancelResponse, type HostFinished } from "../protocol.js";
 import { describeCancel } from "../client/report.js";
 import { BuildToolOutputSchema, buildToolResult } from "./build-result.js";
-import { askBuilder, type ToolContext } from "./context.js";
+import { askBuilders, type ToolContext } from "./context.js";
 import { BuildProgress } from "./progress.js";
 import { guarded, toolError, toolResult } from "./tool-result.js";
 
@@ -56,7 +56,7 @@ export function registerBuildTools(server: McpServer, context: ToolContext): voi
     },
     ({ jobId }, extra) =>
       guarded("cancel_build", context.logger, async () => {
-        const answer = await askBuilder(context, "cancel", { jobId }, { signal: extra.signal });
+        const [answer] = (await askBuilders(context, "cancel", { jobId }, { signal: extra.signal })) as [CancelResponse];
         const { type: _type, ...outcome } = answer;
         return toolResult([describeCancel(answer)], outcome);
       }),

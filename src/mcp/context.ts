@@ -1,13 +1,13 @@
 /**
  * What every tool works with: the lazily made NATS connection, the
  * client's timeouts, the logger (stderr), a signal that fires when the
- * server shuts down, and one question to the builder on build.discover,
+ * server shuts down, and one question to every builder on build.discover,
  * build.status or build.cancel.
  */
-import { requestControl } from "../client/client.js";
+import { askEveryBuilder, type GatherOptions } from "../client/gather.js";
 import { HomelabDeployError } from "../errors.js";
 import type { Logger } from "../logger.js";
-import type { AnswerTo, ControlName, ControlResponse } from "../protocol.js";
+import type { AnswerTo, ControlName } from "../protocol.js";
 import type { NatsLink } from "./nats-link.js";
 
 export interface ToolContext {
@@ -25,18 +25,23 @@ export interface ToolContext {
 export class BuilderRefusedError extends HomelabDeployError {}
 
 
-/** Asks the builder one question and returns its answer, or throws an error that says why there is none. */
-export async function askBuilder<N extends ControlName>(
+/**
+ * Asks every builder one question (src/client/gather.ts) and returns their
+ * answers, one per builder (for cancel: the holder's), or throws an error
+ * that says why there is none.
+ */
+export async function askBuilders<N extends ControlName>(
   context: ToolContext,
   name: N,
   body: Record<string, unknown> | undefined,
-  options: { signal: AbortSignal; ackTimeoutMs?: number },
-): Promise<AnswerTo<N>> {
+  options: { signal: AbortSignal; ackTimeoutMs?: number; gather?: Pick<GatherOptions, "quietMs" | "maxAfterFirstMs"> },
+): Promise<Array<AnswerTo<N>>> {
   const nc = await context.link.connection();
-  const answer: ControlResponse = await requestControl(nc, name, body, {
+  const combined = await askEveryBuilder(nc, name, body, {
     ackTimeoutMs: options.ackTimeoutMs ?? context.ackTimeoutMs,
     signal: AbortSignal.any([options.signal, context.shutdown]),
+    ...options.gather,
   });
-  if (answer.type === "rejected") throw new BuilderRefusedError(`the builder refused build.${name}: ${answer.error}`);
-  return answer as AnswerTo<N>;
+  if (!combined.ok) throw new BuilderRefusedError(`the builder refused build.${name}: ${combined.rejected.error}`);
+  return combined.answers;
 }

@@ -1,12 +1,16 @@
 /**
+/**
  * The read-only tools, always offered: `list_build_targets` (build.discover),
- * `build_status` (build.status) and `build_history` (build.history).
+ * `build_status` (build.status) and `build_history` (build.history), asked
+ * of every builder.
  */
 import type { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import { z } from "zod";
-import { DiscoverResponseSchema, HistoryResponseSchema, HostNameSchema, RepoNameSchema, StatusResponseSchema } from "../protocol.js";
-import { describeDiscover, describeHistory, describeStatus } from "../client/report.js";
-import { askBuilder, type ToolContext } from "./context.js";
+import { DiscoverResponseSchema, HistoryResponseSchema, type HistoryResponse, HostNameSchema, RepoNameSchema, StatusResponseSchema } from "../protocol.js";
+import { describeHistory } from "../client/report.js";
+import { describeDiscovers, describeStatuses, reposOf } from "../client/report-builders.js";
+import { REFRESH_GATHER } from "../client/gather.js";
+import { askBuilders, type ToolContext } from "./context.js";
 import { guarded, toolError, toolResult } from "./tool-result.js";
 
 /** A refresh fetches and evaluates every repo: allow it the time that takes (as `build --list --refresh` does). */
@@ -19,9 +23,12 @@ const ListInputSchema = z.strictObject({
     .optional()
     .describe("fetch every repo again and re-list its hosts (slow: as long as the fetches) instead of the builder's cached lists"),
 });
-const ListOutputSchema = DiscoverResponseSchema.omit({ type: true });
+const OneListSchema = DiscoverResponseSchema.omit({ type: true });
+/** One builder's answer, as before; with several builders (one queue group) `builders` holds each one's. */
+const ListOutputSchema = OneListSchema.extend({ builders: z.array(OneListSchema).optional() });
 
-const StatusOutputSchema = StatusResponseSchema.omit({ type: true });
+const OneStatusSchema = StatusResponseSchema.omit({ type: true });
+const StatusOutputSchema = OneStatusSchema.extend({ builders: z.array(OneStatusSchema).optional() });
 
 const HistoryInputSchema = z.strictObject({
   repo: RepoNameSchema.describe("a repo from list_build_targets, e.g. nixos-servers"),
@@ -35,23 +42,25 @@ export function registerReadTools(server: McpServer, context: ToolContext): void
     {
       title: "List build targets",
       description:
-        "List the repos the homelab builder can build and each repo's hosts (NixOS configurations), from the builder itself. Use a repo and host from here with the build tool; `all` builds every host of a repo.",
+        "List the repos the homelab builder can build and each repo's hosts (NixOS configurations), from the builder itself (with several builders in one queue group: from each, in `builders`). Use a repo and host from here with the build tool; `all` builds every host of a repo.",
       inputSchema: ListInputSchema,
       outputSchema: ListOutputSchema,
       annotations: { readOnlyHint: true, openWorldHint: false },
     },
     ({ repo, refresh }, extra) =>
       guarded("list_build_targets", context.logger, async () => {
-        const answer = await askBuilder(context, "discover", refresh ? { refresh: true } : undefined, {
+        const answers = await askBuilders(context, "discover", refresh ? { refresh: true } : undefined, {
           signal: extra.signal,
-          ...(refresh ? { ackTimeoutMs: Math.max(context.ackTimeoutMs, REFRESH_TIMEOUT_MS) } : {}),
+          ...(refresh ? { ackTimeoutMs: Math.max(context.ackTimeoutMs, REFRESH_TIMEOUT_MS), gather: REFRESH_GATHER } : {}),
         });
-        const repos = answer.repos.filter((r) => repo === undefined || r.name === repo);
-        if (repo !== undefined && repos.length === 0) {
-          return toolError(`unknown repo ${repo}; this builder builds ${answer.repos.map((r) => r.name).join(", ")}`);
+        const known = reposOf(answers);
+        if (repo !== undefined && !known.includes(repo)) {
+          const who = answers.length === 1 ? "this builder builds" : "these builders build";
+          return toolError(`unknown repo ${repo}; ${who} ${known.join(", ")}`);
         }
-        const { type: _type, ...rest } = answer;
-        return toolResult(describeDiscover(answer, repo), { ...rest, repos });
+        const each = answers.map(({ type: _type, ...rest }) => ({ ...rest, repos: rest.repos.filter((r) => repo === undefined || r.name === repo) }));
+        const [first] = each as [z.infer<typeof OneListSchema>];
+        return toolResult(describeDiscovers(answers, repo), each.length > 1 ? { ...first, builders: each } : first);
       }),
   );
 
@@ -60,16 +69,17 @@ export function registerReadTools(server: McpServer, context: ToolContext): void
     {
       title: "Build status",
       description:
-        "What the homelab builder is doing: the running job (repo, target, current host, nix progress, start time) and the queued jobs with their ids and positions.",
+        "What the homelab builder is doing: the running job (repo, target, current host, nix progress, start time) and the queued jobs with their ids and positions (with several builders in one queue group: each one's, in `builders`).",
       inputSchema: z.strictObject({}),
       outputSchema: StatusOutputSchema,
       annotations: { readOnlyHint: true, openWorldHint: false },
     },
     (_args, extra) =>
       guarded("build_status", context.logger, async () => {
-        const answer = await askBuilder(context, "status", undefined, { signal: extra.signal });
-        const { type: _type, ...status } = answer;
-        return toolResult(describeStatus(answer), status);
+        const answers = await askBuilders(context, "status", undefined, { signal: extra.signal });
+        const each = answers.map(({ type: _type, ...status }) => status);
+        const [first] = each as [z.infer<typeof OneStatusSchema>];
+        return toolResult(describeStatuses(answers), each.length > 1 ? { ...first, builders: each } : first);
       }),
   );
 
@@ -85,7 +95,7 @@ export function registerReadTools(server: McpServer, context: ToolContext): void
     },
     ({ repo, host }, extra) =>
       guarded("build_history", context.logger, async () => {
-        const answer = await askBuilder(context, "history", host === undefined ? { repo } : { repo, host }, { signal: extra.signal });
+        const [answer] = (await askBuilders(context, "history", host === undefined ? { repo } : { repo, host }, { signal: extra.signal })) as [HistoryResponse];
         const { type: _type, ...history } = answer;
         return toolResult(describeHistory(answer), history);
       }),

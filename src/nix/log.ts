@@ -2,7 +2,9 @@
  * nix's `--log-format internal-json` stream: one `@nix {json}` line per
  * event, on stderr. Type numbers are from nix's src/libutil/logging.hh
  * (the same in Nix 2.8 and current Nix); unknown actions, types and extra
- * fields (current Nix adds e.g. "machine") are tolerated and ignored.
+ * fields are tolerated and ignored. A Build activity's fields are
+ * [drvPath, machineName, curRound, nrRounds]: machineName is "" for a
+ * local build and the store URL of the remote builder otherwise.
  * Fixtures recorded from Nix 2.8 live in test/fixtures/nix-log/.
  */
 import { stripVTControlCharacters } from "node:util";
@@ -103,8 +105,12 @@ export interface NixProgress {
   substitutions: Counts;
   downloadedBytes: number;
   expectedDownloadBytes: number;
-  /** The derivation being built now (name without hash), and its phase when nix reports one. */
-  building: { drv: string; phase: string | null } | null;
+  /**
+   * The derivation being built now (name without hash), its phase when nix
+   * reports one, and the remote builder (`builders` / nix.buildMachines)
+   * building it, if not this machine.
+   */
+  building: { drv: string; phase: string | null; machine?: string } | null;
 }
 
 export interface NixError {
@@ -118,6 +124,18 @@ interface Activity {
   type: number;
   name: string;
   phase: string | null;
+  machine?: string;
+}
+
+/** A remote builder's store URL without its ?settings (key files, remote-program): what an operator recognises. */
+function machineName(url: string): string {
+  const plain = stripVTControlCharacters(url);
+  const query = plain.indexOf("?");
+  return query === -1 ? plain : plain.slice(0, query);
+}
+
+function buildingOf(activity: Activity): NonNullable<NixProgress["building"]> {
+  return { drv: activity.name, phase: activity.phase, ...(activity.machine ? { machine: activity.machine } : {}) };
 }
 
 const zero = (): Counts => ({ done: 0, expected: 0, running: 0, failed: 0 });
@@ -200,9 +218,11 @@ export class NixLogState {
     if (event.type === ActivityType.Realise || event.type === ActivityType.Builds) this.realiseStarted = true;
     if (event.type === ActivityType.Build) {
       const drv = typeof fields[0] === "string" ? drvName(fields[0]) : "?";
-      this.activities.set(event.id, { type: event.type, name: drv, phase: null });
+      const machine = typeof fields[1] === "string" && fields[1].length > 0 ? machineName(fields[1]) : this.remoteBuilderOf(drv);
+      const activity: Activity = { type: event.type, name: drv, phase: null, ...(machine ? { machine } : {}) };
+      this.activities.set(event.id, activity);
       this.lastBuildId = event.id;
-      this.progress.building = { drv, phase: null };
+      this.progress.building = buildingOf(activity);
       return true;
     }
     if (event.type === ActivityType.FileTransfer) {
@@ -223,10 +243,21 @@ export class NixLogState {
     if (activity?.type === ActivityType.Build && id === this.lastBuildId) {
       this.lastBuildId = this.latestBuild();
       const current = this.lastBuildId === undefined ? undefined : this.activities.get(this.lastBuildId);
-      this.progress.building = current ? { drv: current.name, phase: current.phase } : null;
+      this.progress.building = current ? buildingOf(current) : null;
       return true;
     }
     return false;
+  }
+
+  /**
+   * nix relays a remote builder's own log, whose Build activity for the
+   * same derivation names no machine: it still runs there.
+   */
+  private remoteBuilderOf(drv: string): string | undefined {
+    for (const activity of this.activities.values()) {
+      if (activity.type === ActivityType.Build && activity.name === drv && activity.machine) return activity.machine;
+    }
+    return undefined;
   }
 
   private latestBuild(): number | undefined {
@@ -248,7 +279,7 @@ export class NixLogState {
       case ResultType.SetPhase: {
         if (!activity || typeof fields[0] !== "string") return false;
         activity.phase = fields[0];
-        if (event.id === this.lastBuildId) this.progress.building = { drv: activity.name, phase: activity.phase };
+        if (event.id === this.lastBuildId) this.progress.building = buildingOf(activity);
         return true;
       }
       case ResultType.Progress:

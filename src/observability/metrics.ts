@@ -22,6 +22,12 @@ export interface BuildMetricsOptions {
   /** The configured repos: their build counters exist (at 0) from the start. */
   repos: readonly string[];
   version: string;
+  /**
+   * The builder's name (nats.name), on every series as the `builder` label:
+   * several builders in one queue group report into one Prometheus, and
+   * the dashboard selects by it.
+   */
+  builder?: string;
   /** Milliseconds since the epoch; tests may pin it. */
   now?: () => number;
 }
@@ -47,6 +53,7 @@ export class BuildMetrics {
   private readonly queueWait: Histogram<"repo">;
   private readonly rejected: Counter<"code">;
   private readonly natsState: Gauge<"state">;
+  private readonly copies: Counter<"repo" | "result">;
 
   constructor(options: BuildMetricsOptions) {
     this.repos = new Set(options.repos);
@@ -124,6 +131,12 @@ export class BuildMetrics {
       labelNames: ["state"],
       registers,
     });
+    this.copies = new Counter({
+      name: "homelab_deploy_copy_total",
+      help: "Built hosts whose closure was copied to build.copyTo, by repo and result (success, failure); a failed copy does not fail the host.",
+      labelNames: ["repo", "result"],
+      registers,
+    });
     new Gauge({
       name: "homelab_deploy_info",
       help: "Always 1; the version label says which homelab-deploy is running.",
@@ -131,6 +144,7 @@ export class BuildMetrics {
       registers,
     }).set({ version: options.version }, 1);
     collectDefaultMetrics({ register: this.registry });
+    if (options.builder !== undefined) this.registry.setDefaultLabels({ builder: options.builder });
 
     this.queueDepth.set(0);
     this.running.set(0);
@@ -237,6 +251,10 @@ export class BuildMetrics {
         if (status === "success") {
           this.lastSuccess.set({ repo }, this.nowSeconds());
           this.setHostSuccess(repo, host, this.nowSeconds());
+        }
+        if (message.copy) {
+          for (const result of ["success", "failure"]) this.copies.inc({ repo, result }, 0);
+          this.copies.inc({ repo, result: message.copy.ok ? "success" : "failure" });
         }
         this.changed();
         return;

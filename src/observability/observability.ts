@@ -30,11 +30,13 @@ export interface ObservedParts {
   nix: NixRunner;
   /** `nix --version` as the daemon ran it at start-up. */
   nixVersion?: Outcome<string>;
+  /** The `builder` label on every metric. */
+  builderName?: string;
 }
 
 export async function startObservability(config: Config, logger: Logger, parts: ObservedParts): Promise<Observability> {
   const { events, transport, nix } = parts;
-  const metrics = new BuildMetrics({ repos: Object.keys(config.repos), version: VERSION });
+  const metrics = new BuildMetrics({ repos: Object.keys(config.repos), version: VERSION, builder: parts.builderName });
   const stateLogger = logger.child({ component: "state" });
   const store = new StateStore({ dir: config.stateDir, logger: stateLogger });
   const saved = await store.load();

@@ -1,7 +1,7 @@
 /** What a person sees: the live terminal line, plain lines, colours and NO_COLOR. */
 import { describe, expect, it } from "vitest";
 import type { BuildResponse } from "../../src/protocol.js";
-import { changesText, createReporter, describeHistory, describeMessage, describeStatus, summaryTable, timeLeftText } from "../../src/client/report.js";
+import { changesText, createReporter, describeHistory, describeMessage, describeStatus, progressText, summaryTable, timeLeftText } from "../../src/client/report.js";
 
 function terminal(isTTY: boolean) {
   const chunks: string[] = [];
@@ -239,5 +239,16 @@ describe("summaries", () => {
       "queued: 1 job",
       "  1. job jabcdefabcd nixos gunter --ref flake-update (2 requesters)",
     ]);
+  });
+});
+
+describe("progressText", () => {
+  it("names the remote builder that builds the derivation", () => {
+    const zero = { done: 0, expected: 0, running: 0, failed: 0 };
+    const progress = { derivations: { ...zero, done: 2, expected: 5 }, substitutions: zero, downloadedBytes: 0 };
+    expect(progressText({ ...progress, building: { drv: "unbound.conf", phase: "buildPhase", machine: "ssh-ng://nix-build01" } })).toBe(
+      "2/5 derivations, building unbound.conf on ssh-ng://nix-build01 (buildPhase)",
+    );
+    expect(progressText({ ...progress, building: { drv: "unbound.conf", phase: null } })).toBe("2/5 derivations, building unbound.conf");
   });
 });

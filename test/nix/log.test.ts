@@ -99,3 +99,35 @@ describe("NixLogState memory", () => {
     expect(state.logTail().at(-1)).toBe("flood> line 99999");
   });
 });
+
+describe("NixLogState with remote builders", () => {
+  it("says which machine builds a derivation (the Build activity's second field), and nothing for a local one", () => {
+    const state = new NixLogState(50);
+    state.push('@nix {"action":"start","id":1,"type":105,"fields":["/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-unbound.conf.drv","ssh-ng://builder@nix-build01?ssh-key=/etc/nix/id&remote-program=nix-daemon",1,1]}');
+    expect(state.progress.building).toEqual({ drv: "unbound.conf", phase: null, machine: "ssh-ng://builder@nix-build01" });
+    state.push('@nix {"action":"result","id":1,"type":104,"fields":["buildPhase"]}');
+    expect(state.progress.building).toEqual({ drv: "unbound.conf", phase: "buildPhase", machine: "ssh-ng://builder@nix-build01" });
+    // The remote builder's own log, relayed: the same derivation, no machine named, still remote.
+    state.push('@nix {"action":"start","id":3,"type":105,"fields":["/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-unbound.conf.drv","",1,1]}');
+    expect(state.progress.building).toEqual({ drv: "unbound.conf", phase: null, machine: "ssh-ng://builder@nix-build01" });
+    state.push('@nix {"action":"stop","id":3}');
+    state.push('@nix {"action":"start","id":2,"type":105,"fields":["/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-ns1.drv","",1,1]}');
+    expect(state.progress.building).toEqual({ drv: "nixos-system-ns1", phase: null });
+    state.push('@nix {"action":"stop","id":2}');
+    expect(state.progress.building).toEqual({ drv: "unbound.conf", phase: "buildPhase", machine: "ssh-ng://builder@nix-build01" });
+  });
+
+  it("blames the unreachable remote builder first, before nix's generic 'unable to start any build'", () => {
+    const state = new NixLogState(50);
+    // Recorded from Nix 2.8 with --builders 'ssh-ng://127.0.0.1 x86_64-linux' --max-jobs 0 and nothing listening.
+    state.push(
+      '@nix {"action":"msg","level":0,"msg":"cannot build on \'ssh-ng://127.0.0.1\': \\u001b[31;1merror:\\u001b[0m cannot open connection to remote store \'\\u001b[35;1mssh-ng://127.0.0.1\\u001b[0m\': \\u001b[35;1m\\u001b[31;1merror:\\u001b[0m unexpected end-of-file\\u001b[0m"}',
+    );
+    state.push(
+      '@nix {"action":"msg","column":null,"file":null,"level":0,"line":null,"msg":"\\u001b[31;1merror:\\u001b[0m unable to start any build; remote machines may not have all required system features.","raw_msg":"unable to start any build; remote machines may not have all required system features."}',
+    );
+    expect(state.mainError()?.message).toBe(
+      "cannot build on 'ssh-ng://127.0.0.1': error: cannot open connection to remote store 'ssh-ng://127.0.0.1': error: unexpected end-of-file",
+    );
+  });
+});

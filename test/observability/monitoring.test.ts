@@ -73,7 +73,8 @@ describe("alert rules", () => {
     const expr = (name: string) => rules.find((r) => r.alert === name)?.expr ?? "";
     expect(expr("HomelabDeployBuildFailed")).toContain("increase(homelab_deploy_build_host_total{");
     expect(expr("HomelabDeployBuildFailed")).toContain("[1h]) > 0");
-    expect(expr("HomelabDeployNoSuccessfulBuild")).toBe("time() - homelab_deploy_build_last_success_timestamp > 86400");
+    // The plan's rule, per repo across every builder of a queue group.
+    expect(expr("HomelabDeployNoSuccessfulBuild")).toBe("time() - max by (job, repo) (homelab_deploy_build_last_success_timestamp) > 86400");
     expect(expr("HomelabDeployBuilderDown")).toBe('up{job="homelab-deploy-builder"} == 0');
     expect(expr("HomelabDeployBuilderAbsent")).toBe('absent(up{job="homelab-deploy-builder"})');
   });

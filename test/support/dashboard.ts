@@ -64,7 +64,7 @@ export function expandGrafanaVariables(expr: string): string {
     .replaceAll("$__rate_interval", "1m")
     .replaceAll("$__interval", "1m")
     .replaceAll("$__range", "1h")
-    .replace(/\$(instance|repo)\b/g, ".*");
+    .replace(/\$(instance|repo|builder)\b/g, ".*");
 }
 
 /** Turns `label_values(selector, label)` (Grafana's variable query) into the selector it reads. */

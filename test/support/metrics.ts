@@ -56,10 +56,15 @@ export function samplesOf(exposition: Exposition, name: string, labels: Record<s
   );
 }
 
-/** The one sample of `name` with exactly these labels (plus none else), or undefined. */
+/**
+ * The one sample of `name` with exactly these labels (plus none else), or
+ * undefined. The `builder` label every series of a daemon carries counts
+ * only when asked for.
+ */
 export function valueOf(exposition: Exposition, name: string, labels: Record<string, string> = {}): number | undefined {
+  const count = (s: Sample) => Object.keys(s.labels).filter((key) => key !== "builder" || "builder" in labels).length;
   const wanted = Object.keys(labels).length;
-  return samplesOf(exposition, name, labels).find((s) => Object.keys(s.labels).length === wanted)?.value;
+  return samplesOf(exposition, name, labels).find((s) => count(s) === wanted)?.value;
 }
 
 export function metricsBaseUrl(builder: BuilderProcess): Promise<string> {

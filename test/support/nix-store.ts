@@ -20,7 +20,6 @@ export interface IsolatedStore {
 
 export async function createIsolatedStore(extraNixConfig: string[] = []): Promise<IsolatedStore> {
   const dir = await mkdtemp(join(tmpdir(), "hd-store-"));
-  // Builds run as nixbld users: they must reach the store under it.
   await chmod(dir, 0o755);
   const storeDir = join(dir, "store");
   const env = {
@@ -29,7 +28,11 @@ export async function createIsolatedStore(extraNixConfig: string[] = []): Promis
     NIX_LOG_DIR: join(dir, "log"),
     // nix's fetcher and eval caches name store paths: keep them apart from the shared store's.
     XDG_CACHE_HOME: join(dir, "cache"),
-    NIX_CONFIG: [process.env["NIX_CONFIG"] ?? "", ...extraNixConfig].join("\n"),
+    // No build users: this store's nix keeps its own user pool, so it could
+    // take nixbld1 while the shared store's nix builds as nixbld1 too, and
+    // nix kills every process of a build user around each build: it would
+    // kill other test files' builds.
+    NIX_CONFIG: [process.env["NIX_CONFIG"] ?? "", "build-users-group =", ...extraNixConfig].join("\n"),
   };
   const nixStore = (args: string[]) => execa("nix-store", args, { env, extendEnv: true, reject: false, stdin: "ignore" });
   return {
