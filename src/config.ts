@@ -7,7 +7,9 @@ import { readFile } from "node:fs/promises";
 import { isAbsolute } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
+import { availableParallelism } from "node:os";
 import { parseDuration } from "./util/duration.js";
+import { parseSize } from "./util/size.js";
 import { ConfigError, errorMessage } from "./errors.js";
 import { RepoNameSchema } from "./protocol.js";
 
@@ -19,6 +21,25 @@ const DurationSchema = z.union([z.string(), z.number()]).transform((value, ctx) 
   }
   return ms;
 });
+
+const SizeSchema = z.union([z.string(), z.number()]).transform((value, ctx) => {
+  const bytes = parseSize(value);
+  if (bytes === undefined || bytes <= 0) {
+    ctx.addIssue({ code: "custom", message: `expected a size like 512MiB or 2GiB, got ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return bytes;
+});
+
+/**
+ * Half the CPUs, 1 to 4: each worker may hold one heavy NixOS host's
+ * evaluation (1–4.5 GB) and keeps a core busy, while builds (one at a time,
+ * but nix runs a derivation's build on many cores) need the rest; on
+ * nix-cache02 (8 cores, 16 GB) that is 4 workers × (2 GiB + one host).
+ */
+export function defaultEvalWorkers(cpus = availableParallelism()): number {
+  return Math.min(4, Math.max(1, Math.floor(cpus / 2)));
+}
 
 const NatsUrlSchema = z
   .string()
@@ -116,6 +137,10 @@ const BuildSchema = z.strictObject({
     message: `must be at most 1m: clients give up after ${CLIENT_IDLE_TIMEOUT_MS / 60_000}m without a message (their default --idle-timeout), so a longer interval makes every quiet build look dead`,
   }),
   nixBin: z.string().min(1).default("nix"),
+  /** `all`: nix eval worker processes evaluating hosts side by side (see defaultEvalWorkers). */
+  evalWorkers: z.number().int().min(1).max(64).default(defaultEvalWorkers),
+  /** `all`: a worker past this RSS is replaced by a fresh process after the host it is on (bytes). */
+  evalMaxMemory: SizeSchema.default(2 * 1024 ** 3),
   /** Distinct successful default-branch toplevels per host kept as GC roots. */
   keepGenerations: z.number().int().min(1).max(100).default(2),
   /** How long a ref build (and a host gone from the flake) stays a GC root after it was built. */

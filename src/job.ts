@@ -4,7 +4,7 @@
  * observes it) can name a job without importing the builder.
  */
 import { randomBytes } from "node:crypto";
-import type { BuildProgress, HostResult } from "./protocol.js";
+import type { BuildProgress, EvaluationCounts, HostResult } from "./protocol.js";
 
 export interface JobSpec {
   repo: string;
@@ -52,6 +52,8 @@ export class Job {
   totalHosts = 0;
   hostStartedAt: number | undefined;
   progress: BuildProgress | null = null;
+  /** `all`: how far evaluating the hosts has got, while it runs (null: no evaluation). */
+  evaluation: EvaluationCounts | null = null;
   /** How long the current host is expected to take, from its history. */
   expectedMs: number | null = null;
 

@@ -221,6 +221,24 @@ export const ProgressSchema = z.object({
   ...BuildProgressSchema.shape,
 });
 
+/** How far the evaluation of an `all` job's hosts has got (they are evaluated side by side, ahead of the builds). */
+export const EvaluationCountsSchema = z.object({
+  /** Hosts whose evaluation ended, successfully or not. */
+  evaluated: z.number().int().nonnegative(),
+  total: z.number().int().nonnegative(),
+  /** Of those, hosts that did not evaluate (each also gets its own eval_error host_finished). */
+  failed: z.number().int().nonnegative(),
+});
+export type EvaluationCounts = z.infer<typeof EvaluationCountsSchema>;
+
+/** `all`: sent when evaluation starts and whenever another host's evaluation ends; the first comes before the first host_started. */
+export const EvaluatingSchema = z.object({
+  type: z.literal("evaluating"),
+  ...seqField,
+  jobId: z.string(),
+  ...EvaluationCountsSchema.shape,
+});
+
 /** Sent every heartbeat interval to requesters of queued and running jobs, so they can tell a silent builder from a slow one. */
 export const HeartbeatSchema = z.object({
   type: z.literal("heartbeat"),
@@ -292,6 +310,7 @@ export const BuildResponseSchema = z.discriminatedUnion("type", [
   AcceptedSchema,
   QueuedSchema,
   JobStartedSchema,
+  EvaluatingSchema,
   HostStartedSchema,
   ProgressSchema,
   HeartbeatSchema,
@@ -309,6 +328,7 @@ export type HostStarted = z.infer<typeof HostStartedSchema>;
 export type HostFinished = z.infer<typeof HostFinishedSchema>;
 export type Completed = z.infer<typeof CompletedSchema>;
 export type Progress = z.infer<typeof ProgressSchema>;
+export type Evaluating = z.infer<typeof EvaluatingSchema>;
 export type Heartbeat = z.infer<typeof HeartbeatSchema>;
 export type Rejected = z.infer<typeof RejectedSchema>;
 export type Interrupted = z.infer<typeof InterruptedSchema>;
@@ -398,6 +418,8 @@ export const RunningJobSchema = z.object({
   totalHosts: z.number().int().nonnegative(),
   hostStartedAt: z.string().nullable(),
   progress: BuildProgressSchema.nullable(),
+  /** `all`: how far evaluating the hosts has got; absent for a single host or when every .drv was already known. */
+  evaluation: EvaluationCountsSchema.optional(),
   /** The current host's expected duration (see host_started). */
   expectedMs: ExpectedMsSchema,
 });

@@ -2,7 +2,7 @@ import { mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { loadConfig, parseConfig } from "../src/config.js";
+import { defaultEvalWorkers, loadConfig, parseConfig } from "../src/config.js";
 import { ConfigError } from "../src/errors.js";
 import { ROOT } from "./support/cli.js";
 
@@ -58,6 +58,8 @@ describe("config", () => {
       killGrace: 3_000,
       heartbeatInterval: 30_000,
       nixBin: "nix",
+      evalWorkers: defaultEvalWorkers(),
+      evalMaxMemory: 2 * 1024 ** 3,
       keepGenerations: 2,
       keepRefBuilds: 7 * 86_400_000,
       historySize: 50,
@@ -66,6 +68,15 @@ describe("config", () => {
     });
     expect(config.log.level).toBe("info");
     expect(config.nats.queueGroup).toBeUndefined();
+  });
+
+  it("takes evalWorkers (default half the CPUs, 1 to 4) and evalMaxMemory as a size", () => {
+    expect([1, 2, 3, 8, 16, 64].map((cpus) => defaultEvalWorkers(cpus))).toEqual([1, 1, 1, 4, 4, 4]);
+    const config = parseConfig({ ...base, build: { evalWorkers: 3, evalMaxMemory: "512MiB" } }, "test.yaml");
+    expect(config.build).toMatchObject({ evalWorkers: 3, evalMaxMemory: 512 * 1024 ** 2 });
+    expect(parseConfig({ ...base, build: { evalMaxMemory: "1.5G" } }, "test.yaml").build.evalMaxMemory).toBe(1.5 * 1024 ** 3);
+    expect(problems({ ...base, build: { evalMaxMemory: "lots" } })).toEqual(['build.evalMaxMemory: expected a size like 512MiB or 2GiB, got "lots"']);
+    expect(problems({ ...base, build: { evalWorkers: 0 } })[0]).toMatch(/^build\.evalWorkers: /);
   });
 
   it("takes a list of NATS URLs and durations with several units", () => {

@@ -65,7 +65,7 @@ describe("docs/protocol.md", () => {
       expect(parsed.success, `${block}\n${parsed.error?.message}`).toBe(true);
     }
     const types = new Set(blocks.map((b) => (JSON.parse(b) as { type: string }).type));
-    for (const type of ["accepted", "queued", "job_started", "host_started", "progress", "heartbeat", "host_finished", "interrupted", "resumed", "completed", "rejected"]) {
+    for (const type of ["accepted", "queued", "job_started", "evaluating", "host_started", "progress", "heartbeat", "host_finished", "interrupted", "resumed", "completed", "rejected"]) {
       expect(types.has(type), type).toBe(true);
     }
   });

@@ -87,6 +87,22 @@ in
       '';
     };
 
+    memoryMax = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "12G";
+      description = ''
+        systemd's `MemoryMax=` for the unit: a ceiling on the daemon and the
+        nix processes it runs itself, i.e. the evaluation workers of an
+        `all` job (builds run in the nix daemon's cgroup, not here). Size it
+        above `build.evalWorkers × (build.evalMaxMemory + your largest host)`
+        plus ~100 MB for the daemon; if it is reached anyway, the kernel
+        kills the largest process, a nix evaluation worker, which costs that
+        one host (`OOMPolicy=continue` keeps the daemon running). See
+        docs/deployment.md. `null`: no ceiling.
+      '';
+    };
+
     openFirewall = mkOption {
       type = types.bool;
       default = false;
@@ -176,12 +192,16 @@ in
         KillMode = "mixed";
         KillSignal = "SIGTERM";
         TimeoutStopSec = "30s";
+        # An OOM-killed nix evaluation worker costs one host, not the
+        # daemon: the daemon reports it and a fresh worker goes on.
+        OOMPolicy = "continue";
         LoadCredential = common.loadCredential cfg;
         CacheDirectory = unit;
         CacheDirectoryMode = "0750";
         # The nix daemon's socket: connecting needs it reachable, nothing else under /nix is written.
         ReadWritePaths = [ "/nix/var/nix/daemon-socket" ] ++ optional (!stateInVarLib) stateDir;
       }
+      // optionalAttrs (cfg.memoryMax != null) { MemoryMax = cfg.memoryMax; }
       // optionalAttrs stateInVarLib {
         StateDirectory = removePrefix "/var/lib/" stateDir;
         StateDirectoryMode = "0750";

@@ -134,6 +134,7 @@ function runningJob(job: Job): RunningJob {
     totalHosts: job.totalHosts,
     hostStartedAt: job.currentHost ? iso(job.hostStartedAt) : null,
     progress: job.currentHost ? job.progress : null,
+    ...(job.evaluation ? { evaluation: { ...job.evaluation } } : {}),
     expectedMs: job.currentHost ? job.expectedMs : null,
   };
 }

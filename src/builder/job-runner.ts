@@ -12,6 +12,9 @@ import { existsSync } from "node:fs";
 import { isLockedUrl, type FlakeLock, type NixRunner, type Outcome } from "../nix/runner.js";
 import type { ToplevelCache, ToplevelDrvs } from "../nix/toplevel-cache.js";
 import type { NixProgress } from "../nix/log.js";
+import type { HostBuild } from "../nix/runner.js";
+import type { EvalPool } from "../nix/eval-pool.js";
+import { startEvaluation } from "./evaluation.js";
 import { ProgressThrottle } from "../nix/progress.js";
 import { ALL_HOSTS, type Completed, type HostResult, type JobStatus, type SourceLocation } from "../protocol.js";
 import type { Job } from "./queue.js";
@@ -66,10 +69,16 @@ export function completedMessage(job: Job, outcome: JobOutcome): Completed {
   return message;
 }
 
-/** A host to build, and its toplevel .drv when one evaluation of all hosts already produced it. */
+/** A host to build, and its toplevel .drv when an earlier evaluation of this revision produced it. */
 interface PlannedHost {
   host: string;
   drv: string | null;
+}
+
+/** The hosts in build order; `evaluate`: their .drv paths are not known yet (an `all` job on a new revision). */
+interface Plan {
+  hosts: PlannedHost[];
+  evaluate: boolean;
 }
 
 export class JobRunner {
@@ -102,30 +111,40 @@ export class JobRunner {
       return;
     }
 
-    const hosts = plan.value.map((p) => p.host);
+    const hosts = plan.value.hosts.map((p) => p.host);
     job.totalHosts = hosts.length;
     job.checkpoint = { lockedUrl, revision, hosts };
     this.options.checkpoint?.(job);
     const expectedMs = this.options.keeper.expectedJobMs(repo, hosts);
     this.options.responder.toJob(job, { type: "job_started", jobId: job.id, ...job.spec, revision, lockedUrl, hosts, expectedMs });
     const earlier = new Map(job.results.map((r) => [r.host, r]));
+    // Hosts are evaluated side by side while they are built one at a time, in order.
+    const pool = plan.value.evaluate ? startEvaluation({ ...this.options, job, lockedUrl, hosts }) : undefined;
     const results: HostResult[] = [];
-    for (const [i, planned] of plan.value.entries()) {
-      const done = earlier.get(planned.host);
-      if (done) {
-        results.push(done);
-        continue;
+    try {
+      for (const [i, planned] of plan.value.hosts.entries()) {
+        const done = earlier.get(planned.host);
+        if (done) {
+          results.push(done);
+          continue;
+        }
+        const evaluated = pool && !job.cancelled ? await pool.result(planned.host) : undefined;
+        if (job.cancelled) {
+          results.push({ host: planned.host, status: "cancelled", durationMs: 0, error: "not started: the job was cancelled" });
+          continue;
+        }
+        const next = evaluated?.ok ? { host: planned.host, drv: evaluated.drvPath } : planned;
+        const result = await this.buildHost(job, lockedUrl, revision, next, i + 1, hosts.length, evaluated && !evaluated.ok ? evaluated.build : undefined);
+        // Stopped for a restart: this host is built again when the job resumes.
+        if (job.interrupted) return;
+        results.push(result);
+        job.results.push(result);
+        this.options.checkpoint?.(job);
       }
-      if (job.cancelled) {
-        results.push({ host: planned.host, status: "cancelled", durationMs: 0, error: "not started: the job was cancelled" });
-        continue;
-      }
-      const result = await this.buildHost(job, lockedUrl, revision, planned, i + 1, hosts.length);
-      // Stopped for a restart: this host is built again when the job resumes.
-      if (job.interrupted) return;
-      results.push(result);
-      job.results.push(result);
-      this.options.checkpoint?.(job);
+      if (pool) this.remember(pool, lockedUrl);
+    } finally {
+      await pool?.stop();
+      job.evaluation = null;
     }
     job.currentHost = null;
     job.progress = null;
@@ -143,32 +162,18 @@ export class JobRunner {
 
   /**
    * Which hosts to build, in order. A single host is left to `nix build`
-   * (nix's eval cache makes its re-runs cheap). For `all`, one evaluation
-   * yields every host's .drv, so hosts share what they have in common
-   * instead of evaluating nixpkgs once each; if that evaluation fails as a
-   * whole, every host is built on its own and reports its own error.
+   * (nix's eval cache makes its re-runs cheap). For `all`, the hosts are
+   * listed (cheap: no host is evaluated) and then evaluated by a pool of
+   * workers (src/nix/eval-pool.ts), unless an earlier evaluation of this
+   * revision already gave every .drv.
    */
-  private async plan(job: Job, lockedUrl: string, revision: string | null): Promise<Outcome<PlannedHost[]>> {
+  private async plan(job: Job, lockedUrl: string, revision: string | null): Promise<Outcome<Plan>> {
     const { repo, target, ref } = job.spec;
-    if (target !== ALL_HOSTS) return { ok: true, value: [{ host: target, drv: null }] };
+    if (target !== ALL_HOSTS) return { ok: true, value: { hosts: [{ host: target, drv: null }], evaluate: false } };
     const { config, nix, catalog, logger, toplevels } = this.options;
     const run = { timeoutMs: config.build.resolveTimeout, signal: job.abort.signal };
-    let drvs: ToplevelDrvs | undefined = toplevels.get(lockedUrl);
+    const drvs: ToplevelDrvs | undefined = toplevels.get(lockedUrl);
     if (drvs) logger.info({ jobId: job.id, repo }, "every host's toplevel .drv is known from an earlier evaluation of this revision");
-    if (!drvs) {
-      const started = Date.now();
-      const evaluated = await nix.evaluateToplevels(lockedUrl, run);
-      if (evaluated.ok) {
-        drvs = evaluated.value;
-        const failed = Object.keys(drvs).filter((host) => drvs?.[host] === null);
-        logger.info({ jobId: job.id, repo, hosts: Object.keys(drvs).length, failed, durationMs: Date.now() - started }, "evaluated every host in one nix evaluation");
-        if (isLockedUrl(lockedUrl)) toplevels.set(lockedUrl, drvs);
-      } else if (job.cancelled) {
-        return evaluated;
-      } else {
-        logger.warn({ jobId: job.id, repo, err: evaluated.error }, "evaluating all hosts at once failed; building them one at a time");
-      }
-    }
     const names: Outcome<string[]> = drvs ? { ok: true, value: Object.keys(drvs) } : await nix.listHosts(lockedUrl, run);
     if (!names.ok) return names;
     const valid = catalog.requestable(repo, names.value);
@@ -177,10 +182,25 @@ export class JobRunner {
       await this.options.keeper.hostsListed(repo, valid);
     }
     if (valid.length === 0) return { ok: false, error: `repo ${repo} has no nixosConfigurations to build`, outcome: "exited" };
-    return { ok: true, value: valid.map((host) => ({ host, drv: drvs?.[host] ?? null })) };
+    return { ok: true, value: { hosts: valid.map((host) => ({ host, drv: drvs?.[host] ?? null })), evaluate: !drvs } };
   }
 
-  private async buildHost(job: Job, lockedUrl: string, revision: string | null, planned: PlannedHost, index: number, total: number): Promise<HostResult> {
+  /** Keeps the .drv paths of a revision whose every host evaluated, or failed in its own code (not killed, not timed out). */
+  private remember(pool: EvalPool, lockedUrl: string): void {
+    const drvs = pool.drvs();
+    if (drvs && isLockedUrl(lockedUrl)) this.options.toplevels.set(lockedUrl, drvs);
+  }
+
+  /** `failedEvaluation`: the host did not evaluate; it is reported as such without running nix again. */
+  private async buildHost(
+    job: Job,
+    lockedUrl: string,
+    revision: string | null,
+    planned: PlannedHost,
+    index: number,
+    total: number,
+    failedEvaluation?: HostBuild,
+  ): Promise<HostResult> {
     const { config, nix, logger, responder, keeper } = this.options;
     const { host, drv } = planned;
     const startedAt = Date.now();
@@ -194,7 +214,7 @@ export class JobRunner {
     });
     const run = { timeoutMs: config.build.timeout, signal: job.abort.signal, onProgress: (progress: NixProgress) => throttle.update(progress) };
     // A cached .drv may have been garbage-collected since: then evaluate again.
-    const build = drv && existsSync(drv) ? await nix.realise(drv, run) : await nix.buildHost(lockedUrl, host, run);
+    const build = failedEvaluation ?? (drv && existsSync(drv) ? await nix.realise(drv, run) : await nix.buildHost(lockedUrl, host, run));
     throttle.flush();
     const result: HostResult = { host, status: build.status, durationMs: build.durationMs };
     if (build.storePath) result.storePath = build.storePath;
@@ -222,10 +242,11 @@ export class JobRunner {
   }
 }
 
-function resumedPlan(checkpoint: JobCheckpoint, toplevels: ToplevelCache): { ok: true; value: FlakeLock & { plan: PlannedHost[] } } {
+function resumedPlan(checkpoint: JobCheckpoint, toplevels: ToplevelCache): { ok: true; value: FlakeLock & { plan: Plan } } {
+  // Known .drv paths are reused; the others are evaluated by their own nix build (no pool for a resumed job).
   const drvs = toplevels.get(checkpoint.lockedUrl);
-  const plan = checkpoint.hosts.map((host) => ({ host, drv: drvs?.[host] ?? null }));
-  return { ok: true, value: { lockedUrl: checkpoint.lockedUrl, revision: checkpoint.revision, plan } };
+  const hosts = checkpoint.hosts.map((host) => ({ host, drv: drvs?.[host] ?? null }));
+  return { ok: true, value: { lockedUrl: checkpoint.lockedUrl, revision: checkpoint.revision, plan: { hosts, evaluate: false } } };
 }
 
 function jobStatus(job: Job, results: HostResult[]): JobStatus {

@@ -38,7 +38,7 @@ const UNSETTLED_AFTER_RECONNECT_MS = 30_000;
 const MAX_RECENT = 2_048;
 
 /** Snapshots: they repeat the job's last seq, and a newer one replaces a lost one. */
-const UNNUMBERED: ReadonlySet<BuildResponse["type"]> = new Set(["progress", "heartbeat"]);
+const UNNUMBERED: ReadonlySet<BuildResponse["type"]> = new Set(["progress", "heartbeat", "evaluating"]);
 
 interface Sent {
   at: number;

@@ -14,6 +14,7 @@ import type {
   PackageChange,
   Completed,
   DiscoverResponse,
+  EvaluationCounts,
   FinalResponse,
   HostResult,
   HostStatus,
@@ -134,6 +135,11 @@ export function progressText(progress: Pick<Progress, "derivations" | "substitut
   return parts.join(", ");
 }
 
+/** "5/12 hosts evaluated, 1 failed". */
+export function evaluationText(counts: EvaluationCounts): string {
+  return `${counts.evaluated}/${counts.total} hosts evaluated${counts.failed > 0 ? `, ${counts.failed} failed` : ""}`;
+}
+
 export interface DescribeOptions {
   /** Every changed package of a host, not just the first few. */
   allChanges?: boolean;
@@ -149,6 +155,8 @@ export function describeMessage(message: BuildResponse, paint: Paint = (_c, t) =
       return [
         `started: ${message.repo} at ${shortRev(message.revision)}, ${plural(message.hosts.length, "host")}${typeof message.expectedMs === "number" ? `, usually ${formatDuration(message.expectedMs)}` : ""}`,
       ];
+    case "evaluating":
+      return [`evaluating: ${evaluationText(message)}`];
     case "host_started":
       return [`[${message.index}/${message.total}] ${message.host}: building${typeof message.expectedMs === "number" ? ` (usually ${formatDuration(message.expectedMs)})` : ""}`];
     case "progress":
@@ -260,6 +268,7 @@ const PLAIN_PROGRESS_EVERY_MS = 30_000;
 /** Lines only; progress at most every 30 s per host. */
 class PlainReporter implements Reporter {
   private lastProgressAt = 0;
+  private lastEvaluatingAt = 0;
 
   constructor(
     private readonly out: Output,
@@ -272,6 +281,12 @@ class PlainReporter implements Reporter {
     if (message.type === "progress") {
       if (Date.now() - this.lastProgressAt < PLAIN_PROGRESS_EVERY_MS) return;
       this.lastProgressAt = Date.now();
+    }
+    // The first and the last, and in between at most every 30 s: one line per host would drown the builds.
+    if (message.type === "evaluating") {
+      const edge = message.evaluated === 0 || message.evaluated === message.total;
+      if (!edge && Date.now() - this.lastEvaluatingAt < PLAIN_PROGRESS_EVERY_MS) return;
+      this.lastEvaluatingAt = Date.now();
     }
     for (const line of describeMessage(message, this.paint, this.describe)) this.out.write(`${line}\n`);
   }
@@ -287,6 +302,8 @@ class PlainReporter implements Reporter {
 /** A terminal: event lines scroll, one live line shows the host being built. */
 class LiveReporter implements Reporter {
   private current: { index: number; total: number; host: string; startedAt: number; expectedMs: number | null; progress?: Progress } | undefined;
+  /** `all`: evaluation counts while hosts are still being evaluated, and since when. */
+  private evaluation: { counts: EvaluationCounts; since: number } | undefined;
   /** Since when the builder has been restarting (between `interrupted` and `resumed`). */
   private restartingSince: number | undefined;
   private readonly ticker: NodeJS.Timeout;
@@ -312,6 +329,10 @@ class LiveReporter implements Reporter {
         if (this.current?.host === message.host) this.current.progress = message;
         this.draw();
         return;
+      case "evaluating":
+        this.evaluation = message.evaluated < message.total ? { counts: message, since: this.evaluation?.since ?? Date.now() } : undefined;
+        this.draw();
+        return;
       case "heartbeat":
         return;
       case "host_finished":
@@ -330,6 +351,18 @@ class LiveReporter implements Reporter {
     this.draw();
   }
 
+  /** The live line's text, or undefined when there is nothing to show. */
+  liveText(now = Date.now()): string | undefined {
+    const current = this.current;
+    const evaluating = this.evaluation ? evaluationText(this.evaluation.counts) : undefined;
+    if (!current) return this.evaluation && evaluating ? `evaluating: ${evaluating} · ${formatDuration(now - this.evaluation.since)}` : undefined;
+    const elapsedMs = now - current.startedAt;
+    const left = timeLeftText(current.expectedMs, elapsedMs);
+    const elapsed = `${formatDuration(elapsedMs)}${left ? `, ${left}` : ""}`;
+    const detail = current.progress ? progressText(current.progress) : "evaluating";
+    return `[${current.index}/${current.total}] ${current.host}: ${detail} · ${elapsed}${evaluating ? ` · ${evaluating}` : ""}`;
+  }
+
   finish(final: FinalResponse): void {
     this.close();
     const table = summaryTable(final, this.paint, tableWidth(this.out));
@@ -339,6 +372,7 @@ class LiveReporter implements Reporter {
   close(): void {
     clearInterval(this.ticker);
     this.current = undefined;
+    this.evaluation = undefined;
     this.clear();
   }
 
@@ -348,18 +382,13 @@ class LiveReporter implements Reporter {
   }
 
   private draw(): void {
-    const current = this.current;
-    let line: string;
+    let line: string | undefined;
     if (this.restartingSince !== undefined) {
+      const current = this.current;
       const where = current ? `[${current.index}/${current.total}] ${current.host}: ` : "";
       line = `${where}the builder is restarting; the job is saved and resumes when it is back · ${formatDuration(Date.now() - this.restartingSince)}`;
-    } else if (current) {
-      const elapsedMs = Date.now() - current.startedAt;
-      const left = timeLeftText(current.expectedMs, elapsedMs);
-      const elapsed = `${formatDuration(elapsedMs)}${left ? `, ${left}` : ""}`;
-      const detail = current.progress ? progressText(current.progress) : "evaluating";
-      line = `[${current.index}/${current.total}] ${current.host}: ${detail} · ${elapsed}`;
-    } else return;
+    } else line = this.liveText();
+    if (line === undefined) return;
     const width = this.out.columns ?? 120;
     if (line.length > width - 1) line = `${line.slice(0, width - 2)}…`;
     this.out.write(`\r\x1b[2K${this.paint("bold", line)}`);
@@ -399,7 +428,8 @@ export function describeStatus(status: StatusResponse, now = Date.now()): string
       const progress = running.progress ? `: ${progressText(running.progress)}` : "";
       const left = running.hostStartedAt ? timeLeftText(running.expectedMs, now - Date.parse(running.hostStartedAt)) : undefined;
       lines.push(`  [${running.hostIndex}/${running.totalHosts}] ${running.currentHost} for ${hostSince}${left ? ` (${left})` : ""}${progress}`);
-    } else lines.push("  fetching the flake and listing its hosts");
+    } else if (!running.evaluation) lines.push("  fetching the flake and listing its hosts");
+    if (running.evaluation) lines.push(`  ${evaluationText(running.evaluation)}`);
   }
   if (status.queued.length === 0) lines.push("queued: nothing");
   else {

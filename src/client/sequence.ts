@@ -12,7 +12,7 @@
  * builder: what the old one sent and never saved cannot come any more, so
  * counting starts over from it.
  */
-const UNNUMBERED: ReadonlySet<string> = new Set(["progress", "heartbeat"]);
+const UNNUMBERED: ReadonlySet<string> = new Set(["progress", "heartbeat", "evaluating"]);
 
 interface Numbered {
   type: string;

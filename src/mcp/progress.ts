@@ -86,7 +86,7 @@ function progressMessage(message: BuildResponse): string | undefined {
     case "heartbeat":
       // Heartbeats keep a client's request timeout from running out during a long quiet step.
       if (message.state === "queued") return describeMessage({ type: "queued", jobId: message.jobId, position: message.position })[0];
-      return message.host ? `still building ${message.host}` : "still fetching the flake and listing its hosts";
+      return message.host ? `still building ${message.host}` : "still fetching the flake, listing or evaluating its hosts";
     default:
       return describeMessage(message)[0];
   }

@@ -19,7 +19,6 @@ import { killProcessTree } from "./process-tree.js";
 import { formatSetting } from "../util/duration.js";
 import { isCommitId, type HostStatus, type SourceLocation } from "../protocol.js";
 import type { NixError } from "./log.js";
-import { ToplevelDrvsSchema, type ToplevelDrvs } from "./toplevel-cache.js";
 import { isStorePath, pathInSource } from "./store-path.js";
 
 export interface NixRunnerOptions {
@@ -94,14 +93,6 @@ const BuildOutputSchema = z
 
 const HostListSchema = z.array(z.string());
 
-
-// Evaluates every host's toplevel .drv in one nix process, so the hosts
-// share the evaluation of what they have in common (nixpkgs). tryEval
-// catches `throw` and `assert` — how the NixOS module system reports bad
-// configs — so one broken host does not hide the others; any other error
-// fails the whole evaluation and the caller falls back to one host at a time.
-const TOPLEVEL_DRVS_EXPR =
-  "cs: builtins.mapAttrs (name: c: let r = builtins.tryEval c.config.system.build.toplevel.drvPath; in if r.success then r.value else null) cs";
 
 /** A locked URL pins a revision (or a NAR hash): what it evaluates to never changes. */
 export function isLockedUrl(url: string): boolean {
@@ -221,16 +212,6 @@ export class NixRunner {
     const run = await this.run(["--version"], options);
     const failure = this.failure(run, "nix --version");
     return failure ?? { ok: true, value: run.stdout.trim() };
-  }
-
-  /** Every host's toplevel .drv from one evaluation (see TOPLEVEL_DRVS_EXPR). */
-  async evaluateToplevels(lockedUrl: string, options: RunOptions): Promise<Outcome<ToplevelDrvs>> {
-    const run = await this.run(["eval", ...LOG_JSON, "--json", `${lockedUrl}#nixosConfigurations`, "--apply", TOPLEVEL_DRVS_EXPR], options);
-    const failure = this.failure(run, "evaluating nixosConfigurations");
-    if (failure) return failure;
-    const drvs = parseJsonAs(run.stdout, ToplevelDrvsSchema);
-    if (!drvs) return { ok: false, error: "nix eval printed unexpected output for nixosConfigurations", outcome: "exited" };
-    return { ok: true, value: drvs };
   }
 
   /** Evaluates and builds one host: `nix build` (uses nix's own eval cache). */

@@ -1,8 +1,8 @@
 /**
  * Every host's toplevel .drv per locked flake URL, so that building an
  * unchanged revision again evaluates nothing (nix's own eval cache does
- * the same for a lone `nix build`, but not for the single evaluation of all
- * hosts). A locked URL pins a revision, and flake evaluation is pure, so
+ * the same for a lone `nix build`, but not for the evaluation workers of an
+ * `all` job). A locked URL pins a revision, and flake evaluation is pure, so
  * the answer never changes, except with another nix: the file records the
  * nix it was made with and is ignored under a different one. Kept in
  * memory and in `<stateDir>/toplevels.json`, so a restart does not cost an

@@ -35,7 +35,24 @@ const failed: BuildResponse = {
   logTail: ["unbound.conf> error: syntax error at line 12"],
 };
 
+const evaluating = (evaluated: number, failed = 0): BuildResponse => ({ type: "evaluating", jobId: "j0123456789", evaluated, total: 16, failed });
+
 describe("on a terminal", () => {
+  it("shows evaluation progress on the live line before the first host, and beside the host being built", () => {
+    const tty = terminal(true);
+    const reporter = createReporter({ json: false, out: tty.out, env: {} });
+    reporter.message(evaluating(0));
+    expect(tty.chunks.at(-1)).toMatch(/^\r\x1b\[2K.*evaluating: 0\/16 hosts evaluated · \d/);
+    reporter.message(evaluating(3, 1));
+    expect(tty.chunks.at(-1)).toMatch(/evaluating: 3\/16 hosts evaluated, 1 failed · /);
+    reporter.message(started);
+    reporter.message(progress(12));
+    expect(tty.chunks.at(-1)).toMatch(/\[2\/16\] ns1: 12\/48 derivations, .* · \d+(\.\d)?m?s · 3\/16 hosts evaluated, 1 failed/);
+    reporter.message(evaluating(16, 1));
+    expect(tty.chunks.at(-1)).not.toContain("hosts evaluated");
+    reporter.close();
+  });
+
   it("keeps one live line per host with derivations, phase and elapsed time, then replaces it with the result", () => {
     const tty = terminal(true);
     const reporter = createReporter({ json: false, out: tty.out, env: {} });
@@ -72,6 +89,13 @@ describe("off a terminal", () => {
     expect(text).not.toContain("\x1b");
     expect(text.match(/derivations/g)).toBeNull();
     expect(text.split("\n")[0]).toBe("[2/16] ns1: building");
+  });
+
+  it("prints the first and the last evaluating line, not one per host", () => {
+    const pipe = terminal(false);
+    const reporter = createReporter({ json: false, out: pipe.out, env: {} });
+    for (let i = 0; i <= 16; i++) reporter.message(evaluating(i, i > 10 ? 1 : 0));
+    expect(pipe.text().trim().split("\n")).toEqual(["evaluating: 0/16 hosts evaluated", "evaluating: 16/16 hosts evaluated, 1 failed"]);
   });
 
   it("prints every message as a JSON line with --json", () => {
@@ -201,6 +225,7 @@ describe("summaries", () => {
           hostStartedAt: "2026-11-24T10:01:00.000Z",
           progress: null,
           expectedMs: 150_000,
+          evaluation: { evaluated: 5, total: 16, failed: 0 },
         },
         queued: [{ jobId: "jabcdefabcd", repo: "nixos", target: "gunter", ref: "flake-update", position: 1, requesters: 2, enqueuedAt: "2026-11-24T10:02:00.000Z" }],
       },
@@ -210,6 +235,7 @@ describe("summaries", () => {
       "builder b (homelab-deploy 0.1.0)",
       "running: job j0123456789 nixos-servers all, started 3m00s ago",
       "  [2/16] ns2 for 2m00s (~30.0s left)",
+      "  5/16 hosts evaluated",
       "queued: 1 job",
       "  1. job jabcdefabcd nixos gunter --ref flake-update (2 requesters)",
     ]);

@@ -236,7 +236,7 @@ describe("a FIFO where a state file belongs", () => {
     await tiny.bump();
     expect((await runCli(["build", "tiny", "all"], env())).exitCode).toBe(0);
     const metrics = await (await fetch(`${baseUrl}/metrics`)).text();
-    expect(metrics).toMatch(/^homelab_deploy_state_writable\{file="metrics\.json"\} 0$/m);
-    expect(metrics).toMatch(/^homelab_deploy_state_write_failures_total\{file="metrics\.json"\} [1-9]\d*$/m);
+    expect(metrics).toMatch(/^homelab_deploy_state_writable\{file="metrics\.json"(,builder="[^"]*")?\} 0$/m);
+    expect(metrics).toMatch(/^homelab_deploy_state_write_failures_total\{file="metrics\.json"(,builder="[^"]*")?\} [1-9]\d*$/m);
   });
 });

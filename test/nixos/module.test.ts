@@ -40,6 +40,7 @@ function nixCache02(): Record<string, any> {
         builder: {
           enable: true,
           openFirewall: true,
+          memoryMax: "12G",
           vault: { ...VAULT },
           settings: {
             nats: { url: "nats://nats.home.2rjus.net:4222" },
@@ -171,6 +172,16 @@ describe("services.homelab-deploy.builder", () => {
     const unit = service(await evalModules(nixCache02(), packages), BUILDER);
     expectDocumented(unit, [...documented(docs, "### The unit"), ...documented(docs, "### Hardening")]);
     expect(unit.serviceConfig["MemoryDenyWriteExecute"]).toBeUndefined();
+  });
+
+  it("keeps running when the kernel OOM-kills an evaluation worker, and sets MemoryMax only when memoryMax is given", async () => {
+    const withCeiling = service(await evalModules(nixCache02(), packages), BUILDER);
+    expect(withCeiling.serviceConfig).toMatchObject({ OOMPolicy: "continue", MemoryMax: "12G" });
+    const definitions = nixCache02();
+    delete definitions["services"]["homelab-deploy"]["builder"].memoryMax;
+    const without = service(await evalModules(definitions, packages), BUILDER);
+    expect(without.serviceConfig["OOMPolicy"]).toBe("continue");
+    expect(without.serviceConfig["MemoryMax"]).toBeUndefined();
   });
 
   it("takes the firewall port from metrics.listen and keeps a state directory outside /var/lib writable", async () => {
