@@ -168,8 +168,7 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
       },
     });
     ackTimer = setTimeout(() => {
-      const seconds = Math.round(options.ackTimeoutMs / 1000);
-      fail(new NoBuilderError(`no builder answered on ${request.subject} within ${seconds}s; is the builder running and connected to this NATS server?`));
+      fail(noBuilderAnswered(request.subject, options.ackTimeoutMs));
     }, options.ackTimeoutMs);
   });
   try {
@@ -186,7 +185,12 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
   return result;
 }
 
-function isNoResponders(msg: Msg): boolean {
+export function noBuilderAnswered(subject: string, ackTimeoutMs: number): NoBuilderError {
+  const seconds = Math.round(ackTimeoutMs / 1000);
+  return new NoBuilderError(`no builder answered on ${subject} within ${seconds}s; is the builder running and connected to this NATS server?`);
+}
+
+export function isNoResponders(msg: Msg): boolean {
   return msg.data.length === 0 && msg.headers?.code === 503;
 }
 

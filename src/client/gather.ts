@@ -22,7 +22,7 @@ import {
   type HistoryResponse,
   type Rejected,
 } from "../protocol.js";
-import { RequestAbortedError, newReplySubject, requestPayload } from "./client.js";
+import { RequestAbortedError, isNoResponders, newReplySubject, noBuilderAnswered, requestPayload } from "./client.js";
 
 export interface GatherOptions {
   /** No answer at all within this long means nobody serves the subject. */
@@ -97,8 +97,7 @@ export async function gatherControl(
     });
     timers.push(
       setTimeout(() => {
-        const seconds = Math.round(options.ackTimeoutMs / 1000);
-        fail(new NoBuilderError(`no builder answered on ${subject} within ${seconds}s; is the builder running and connected to this NATS server?`));
+        fail(noBuilderAnswered(subject, options.ackTimeoutMs));
       }, options.ackTimeoutMs),
     );
   });
@@ -113,10 +112,6 @@ export async function gatherControl(
     throw err;
   }
   return result;
-}
-
-function isNoResponders(msg: Msg): boolean {
-  return msg.data.length === 0 && msg.headers?.code === 503;
 }
 
 /**

@@ -181,14 +181,17 @@ describe("target all: evaluation by a pool of workers", () => {
   it("SIGTERM during evaluation ends every worker's process tree before the daemon exits", async () => {
     const { flake, builder, env } = await setup({ evalWorkers: 2 });
     await addHosts(flake, [stuckHost("host00a", await silentServer()), stuckHost("host00b", await silentServer())].join("\n"));
-    const building = spawnCli(["build", "fleet", "all", "--json"], env);
+    // The job is saved and resumes when the builder returns (build.resume): the
+    // requester hears `interrupted`, and gives up after its idle timeout.
+    const building = spawnCli(["build", "fleet", "all", "--json", "--idle-timeout", "5s"], env);
     const first = (await builder.waitForLog(evaluatingHost("host00a"), 60_000)) as LogLine & { pid: number };
     const second = (await builder.waitForLog(evaluatingHost("host00b"), 60_000)) as LogLine & { pid: number };
     expect((await builder.stop("SIGTERM")).code).toBe(0);
     expect(isRunning(first.pid)).toBe(false);
     expect(isRunning(second.pid)).toBe(false);
-    const final = jsonLines(String((await building).stdout)).at(-1) as unknown as Final;
-    expect(final).toMatchObject({ type: "completed", status: "cancelled" });
+    const done = await building;
+    expect(jsonLines(String(done.stdout))).toContainEqual(expect.objectContaining({ type: "interrupted", resumes: true }));
+    expect(done.exitCode).toBe(2);
   });
 
   it("cancel during evaluation ends every worker's process tree", async () => {
