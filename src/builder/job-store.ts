@@ -7,14 +7,14 @@
  * new as the caller's is on disk — the builder awaits it before it sends
  * `accepted`.
  */
-import { readFile, rename } from "node:fs/promises";
+import { rename } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import type { Job, RestoredJob, JobSpec } from "../job.js";
 import type { Logger } from "../logger.js";
 import { HostResultSchema } from "../protocol.js";
 import { writeFileAtomic } from "../util/atomic-file.js";
-import { parseJsonAs } from "../util/json.js";
+import { readStateFile } from "../util/regular-file.js";
 
 const SavedJobSchema = z.object({
   id: z.string().regex(/^j[0-9a-f]{10}$/),
@@ -74,22 +74,18 @@ export class JobStore {
 
   /** The saved jobs in queue order (running job first). A damaged file is set aside, not fatal. */
   async load(): Promise<SavedJob[]> {
-    let text: string;
-    try {
-      text = await readFile(this.file, "utf8");
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
-      throw err;
-    }
-    const parsed = parseJsonAs(text, JobsFileSchema);
-    if (!parsed) {
+    const read = await readStateFile(this.file, JobsFileSchema);
+    if (read.status === "missing") return [];
+    // Unlike the other state files, not a fresh start: these are jobs someone asked for.
+    if (read.status === "unreadable") throw read.error;
+    if (read.status === "corrupt") {
       // Kept for the operator rather than overwritten by the next save.
       const aside = `${this.file}.damaged-${Date.now()}`;
       await rename(this.file, aside).catch(() => undefined);
       this.options.logger.error({ file: this.file, keptAs: aside }, "the saved job queue is unreadable; starting with an empty queue");
       return [];
     }
-    return parsed.jobs;
+    return read.value.jobs;
   }
 
   /** Resolves once this snapshot (or a newer one) is on disk; rejects if writing failed. */

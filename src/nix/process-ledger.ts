@@ -10,12 +10,11 @@
  * matching all three is ended.
  */
 import { readFileSync } from "node:fs";
-import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import type { Logger } from "../logger.js";
 import { writeFileAtomicSync } from "../util/atomic-file.js";
-import { parseJsonAs } from "../util/json.js";
+import { readStateFile } from "../util/regular-file.js";
 import { isAlive, killProcessTree } from "./process-tree.js";
 
 const EntrySchema = z.object({
@@ -90,8 +89,8 @@ export class ProcessLedger {
    * still the same process; then forgets them. Call before any build starts.
    */
   async reapLeftovers(): Promise<number> {
-    const text = await readFile(this.file, "utf8").catch(() => undefined);
-    const saved = text === undefined ? undefined : parseJsonAs(text, LedgerSchema);
+    const read = await readStateFile(this.file, LedgerSchema);
+    const saved = read.status === "loaded" ? read.value : undefined;
     let ended = 0;
     if (!saved || saved.processes.length === 0) return ended;
     const boot = this.bootId();

@@ -9,12 +9,11 @@
  * evaluation either; a missing or unusable file just means a cold start.
  */
 import { existsSync } from "node:fs";
-import { readRegularFile } from "../util/regular-file.js";
+import { readStateFile } from "../util/regular-file.js";
 import { join } from "node:path";
 import { z } from "zod";
 import { writeFileAtomic } from "../util/atomic-file.js";
 import { errorMessage } from "../errors.js";
-import { parseJsonAs } from "../util/json.js";
 import type { Logger } from "../logger.js";
 import { LruMap } from "../util/lru.js";
 import { DrvPathSchema } from "./store-path.js";
@@ -55,21 +54,17 @@ export class ToplevelCache {
 
   async load(): Promise<void> {
     if (!this.file) return;
-    let text: string;
-    try {
-      text = await readRegularFile(this.file);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "ENOENT") {
-        this.options.logger.warn({ file: this.file, err: errorMessage(err) }, "toplevel .drv cache not loaded; starting cold");
-      }
+    const read = await readStateFile(this.file, FileSchema);
+    if (read.status === "missing") return;
+    if (read.status === "unreadable") {
+      this.options.logger.warn({ file: this.file, err: errorMessage(read.error) }, "toplevel .drv cache not loaded; starting cold");
       return;
     }
-    const parsed = parseJsonAs(text, FileSchema);
-    if (!parsed || parsed.nix !== this.options.nixVersion) {
+    if (read.status === "corrupt" || read.value.nix !== this.options.nixVersion) {
       this.options.logger.info({ file: this.file }, "ignoring the toplevel .drv cache: unreadable or made by another nix");
       return;
     }
-    for (const [url, drvs] of parsed.entries) this.entries.set(url, drvs);
+    for (const [url, drvs] of read.value.entries) this.entries.set(url, drvs);
   }
 
   /**

@@ -7,7 +7,9 @@
  */
 import { constants } from "node:fs";
 import { lstat, open } from "node:fs/promises";
+import type { z } from "zod";
 import { StateFileError } from "../errors.js";
+import { parseJsonAs } from "./json.js";
 
 function kind(stats: { isFIFO(): boolean; isDirectory(): boolean; isSymbolicLink(): boolean; isSocket(): boolean }): string {
   if (stats.isFIFO()) return "a FIFO";
@@ -35,6 +37,28 @@ export async function readRegularFile(file: string): Promise<string> {
   } finally {
     await handle.close();
   }
+}
+
+/** A state file read at start-up: each caller decides what a missing, unreadable or corrupt one means. */
+export type StateFileRead<T> =
+  | { status: "loaded"; value: T }
+  | { status: "missing" }
+  /** Not a regular file (StateFileError) or not readable. */
+  | { status: "unreadable"; error: unknown }
+  /** Not JSON of the expected shape. */
+  | { status: "corrupt" };
+
+/** A state file's JSON checked against `schema`, never blocking on a FIFO (see readRegularFile). */
+export async function readStateFile<T>(file: string, schema: z.ZodType<T>): Promise<StateFileRead<T>> {
+  let text: string;
+  try {
+    text = await readRegularFile(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return { status: "missing" };
+    return { status: "unreadable", error: err };
+  }
+  const value = parseJsonAs(text, schema);
+  return value === undefined ? { status: "corrupt" } : { status: "loaded", value };
 }
 
 /** Throws StateFileError when something other than a regular file (or nothing) is at `file`. */

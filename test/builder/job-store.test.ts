@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import { mkdtemp, readFile, readdir, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -13,6 +14,12 @@ async function store(maxJobs = 10) {
 }
 
 describe("JobStore", () => {
+  it("refuses a FIFO at jobs.json with a message naming it, instead of blocking start-up on it", async () => {
+    const { stateDir, store: jobs } = await store();
+    execFileSync("mkfifo", [join(stateDir, "jobs.json")]);
+    await expect(jobs.load()).rejects.toThrow(/jobs\.json is a FIFO, not a regular file/);
+  });
+
   it("gives back what was saved: the running job's plan, results and message number, then the queued ones", async () => {
     const { store: jobs } = await store();
     const running = new Job({ repo: "nixos-servers", target: "all", ref: null });

@@ -1,4 +1,4 @@
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -33,6 +33,12 @@ async function ledgers() {
 }
 
 describe("ProcessLedger", () => {
+  it("reads no FIFO at its path (that would block start-up): nothing to end", async () => {
+    const { open, stateDir } = await ledgers();
+    execFileSync("mkfifo", [join(stateDir, "nix-processes.json")]);
+    expect(await open().reapLeftovers()).toBe(0);
+  });
+
   it("ends what a killed builder left running, tree and all, and forgets it", async () => {
     const { open, lines, stateDir } = await ledgers();
     const seconds = 300 + Math.floor(Math.random() * 10_000);

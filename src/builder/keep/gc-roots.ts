@@ -22,9 +22,8 @@ import { lstat, mkdir, readdir, readlink, rmdir, unlink } from "node:fs/promises
 import { join } from "node:path";
 import { z } from "zod";
 import { writeFileAtomic } from "../../util/atomic-file.js";
-import { readRegularFile } from "../../util/regular-file.js";
+import { readStateFile } from "../../util/regular-file.js";
 import { errorMessage } from "../../errors.js";
-import { parseJsonAs } from "../../util/json.js";
 import type { Logger } from "../../logger.js";
 import type { NixStore } from "../../nix/store.js";
 import { isStorePath, storeHash } from "../../nix/store-path.js";
@@ -90,16 +89,10 @@ export class GcRoots {
   /** Reads the links (the truth) and the bookkeeping, then releases what has expired. */
   async load(): Promise<void> {
     const booked = new Map<string, GcRoot>();
-    const text = await readRegularFile(this.file).catch((err: NodeJS.ErrnoException) => {
-      // A FIFO here would block start-up forever if read; say what it is instead.
-      if (err.code !== "ENOENT") this.options.logger.warn({ file: this.file, err: errorMessage(err) }, "the GC root bookkeeping was not loaded");
-      return undefined;
-    });
-    if (text !== undefined) {
-      const parsed = parseJsonAs(text, FileSchema);
-      if (parsed) for (const root of parsed.roots) booked.set(root.link, root);
-      else this.options.logger.warn({ file: this.file }, "the GC root bookkeeping is unreadable; the root links themselves are kept");
-    }
+    const read = await readStateFile(this.file, FileSchema);
+    if (read.status === "loaded") for (const root of read.value.roots) booked.set(root.link, root);
+    else if (read.status === "unreadable") this.options.logger.warn({ file: this.file, err: errorMessage(read.error) }, "the GC root bookkeeping was not loaded");
+    else if (read.status === "corrupt") this.options.logger.warn({ file: this.file }, "the GC root bookkeeping is unreadable; the root links themselves are kept");
     this.roots = [];
     for (const repo of await names(this.dir)) {
       if (!isValidRepoName(repo)) continue;

@@ -9,9 +9,8 @@
 import { join } from "node:path";
 import { z } from "zod";
 import { writeFileAtomic } from "../../util/atomic-file.js";
-import { readRegularFile } from "../../util/regular-file.js";
+import { readStateFile } from "../../util/regular-file.js";
 import { errorMessage } from "../../errors.js";
-import { parseJsonAs } from "../../util/json.js";
 import type { Logger } from "../../logger.js";
 import { HistoryEntrySchema, isValidHostName, isValidRepoName, type HistoryEntry } from "../../protocol.js";
 
@@ -48,21 +47,17 @@ export class BuildHistory {
 
   async load(): Promise<void> {
     if (!this.file) return;
-    let text: string;
-    try {
-      text = await readRegularFile(this.file);
-    } catch (err) {
-      // A FIFO here would block start-up forever if read; say what it is instead.
-      if ((err as NodeJS.ErrnoException).code !== "ENOENT") {
-        this.options.logger.warn({ file: this.file, err: errorMessage(err) }, "the build history file was not loaded; starting a fresh history");
-      }
+    const read = await readStateFile(this.file, FileSchema);
+    if (read.status === "missing") return;
+    if (read.status === "unreadable") {
+      this.options.logger.warn({ file: this.file, err: errorMessage(read.error) }, "the build history file was not loaded; starting a fresh history");
       return;
     }
-    const parsed = parseJsonAs(text, FileSchema);
-    if (!parsed) {
+    if (read.status === "corrupt") {
       this.options.logger.warn({ file: this.file }, "the build history file is unreadable; starting a fresh history");
       return;
     }
+    const parsed = read.value;
     const repos: Record<string, Record<string, HistoryEntry[]>> = {};
     // Names are checked again: a hand-edited "__proto__" must not become a prototype.
     for (const [repo, hosts] of Object.entries(parsed.repos)) {
