@@ -6,17 +6,14 @@
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
+import { cleanupsAfterEach } from "../support/cleanups.js";
 import { jsonLines, runCli } from "../support/cli.js";
 import { spawnBuilder, startBuilder, type BuilderProcess } from "../support/daemon.js";
 import { createFixtureFlake } from "../support/flake.js";
 import { startNatsServer } from "../support/nats-server.js";
 
-const cleanups: Array<() => Promise<unknown>> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => undefined);
-});
-
+const cleanups = cleanupsAfterEach();
 async function setup(fixture: string) {
   const nats = await startNatsServer();
   cleanups.push(() => nats.stop());

@@ -9,8 +9,9 @@ import { tmpdir } from "node:os";
 import { createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { NatsConnection } from "nats";
+import { cleanupsAfterEach } from "../support/cleanups.js";
 import { jsonLines, runCli, spawnCli } from "../support/cli.js";
 import { startBuilder, type BuilderProcess } from "../support/daemon.js";
 import { metricsBaseUrl } from "../support/metrics.js";
@@ -48,17 +49,12 @@ let nats: NatsServer;
 let deployer: NatsConnection;
 let tiny: FixtureFlake;
 let hanging: Hanging;
-const cleanups: Array<() => Promise<unknown>> = [];
+const cleanups = cleanupsAfterEach();
 const env = () => ({ HOMELAB_DEPLOY_NATS_URL: nats.url, HOMELAB_DEPLOY_NKEY_SEED_FILE: nats.identities.testDeployer.seedFile });
 
 beforeAll(async () => {
   [nats, tiny, hanging] = await Promise.all([startNatsServer(), createFixtureFlake("tiny-flake"), hangingGitServer()]);
   deployer = await connectAs(nats.url, nats.identities.testDeployer);
-});
-
-// Every builder listens on build.>: one test's builder must be gone before the next test's requests.
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => undefined);
 });
 
 afterAll(async () => {

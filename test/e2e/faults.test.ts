@@ -8,8 +8,9 @@ import { chmod, mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execFileSync } from "node:child_process";
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import type { NatsConnection } from "nats";
+import { cleanupsAfterEach } from "../support/cleanups.js";
 import { ROOT, jsonLines, runCli, spawnCli } from "../support/cli.js";
 import { startBuilder, type BuilderProcess } from "../support/daemon.js";
 import { createFixtureFlake, type BuildInterval, type FixtureFlake } from "../support/flake.js";
@@ -17,11 +18,7 @@ import { Inbox, connectAs, sleep, type Message } from "../support/nats-client.js
 import { startNatsServer, type NatsServer } from "../support/nats-server.js";
 import { isRunning, processesMatching } from "../support/processes.js";
 
-const cleanups: Array<() => Promise<unknown>> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => undefined);
-});
-
+const cleanups = cleanupsAfterEach();
 async function setup(options: { fixture?: string; build?: Record<string, unknown>; env?: Record<string, string> } = {}) {
   const nats = await startNatsServer();
   cleanups.push(() => nats.stop());

@@ -11,7 +11,8 @@ import { createServer, type Server, type Socket } from "node:net";
 import { randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
+import { cleanupsAfterEach } from "../support/cleanups.js";
 import { jsonLines, runCli, spawnCli } from "../support/cli.js";
 import { startBuilder, type BuilderProcess, type LogLine } from "../support/daemon.js";
 import { createFixtureFlake, type FixtureFlake } from "../support/flake.js";
@@ -20,11 +21,7 @@ import { isRunning, processesMatching } from "../support/processes.js";
 
 const HOSTS = ["host01", "host02", "host03", "host04", "host05"];
 
-const cleanups: Array<() => Promise<unknown>> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => undefined);
-});
-
+const cleanups = cleanupsAfterEach();
 async function setup(build: Record<string, unknown> = {}) {
   const nats = await startNatsServer();
   cleanups.push(() => nats.stop());

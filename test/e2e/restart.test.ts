@@ -10,7 +10,8 @@ import { join } from "node:path";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import type { CallToolResult, Progress } from "@modelcontextprotocol/sdk/types.js";
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
+import { cleanupsAfterEach } from "../support/cleanups.js";
 import { CLI, jsonLines, spawnCli } from "../support/cli.js";
 import { spawnBuilder, startBuilder, type BuilderProcess } from "../support/daemon.js";
 import { createFixtureFlake, type FixtureFlake } from "../support/flake.js";
@@ -19,11 +20,7 @@ import { startNatsServer } from "../support/nats-server.js";
 import { metricsBaseUrl } from "../support/metrics.js";
 import { processesMatching } from "../support/processes.js";
 
-const cleanups: Array<() => Promise<unknown>> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => undefined);
-});
-
+const cleanups = cleanupsAfterEach();
 async function setup(build: Record<string, unknown> = {}) {
   const nats = await startNatsServer();
   cleanups.push(() => nats.stop());
