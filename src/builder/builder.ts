@@ -297,11 +297,11 @@ export class Builder {
       const job = await this.queue.take();
       if (!job) return;
       this.emitQueue();
-      // The request that queued this job is told `accepted` before anything else of it.
-      await this.saving;
-      this.announcePositions();
+      // The request that queued this job is told `accepted` before anything
+      // else of it; the repo is locked meanwhile (nothing is sent until then).
+      const announced = this.saving.then(() => this.announcePositions());
       try {
-        await this.runner.run(job);
+        await this.runner.run(job, announced);
       } catch (err) {
         this.options.logger.error({ err, jobId: job.id }, "job crashed");
         this.completeUnstarted(job, "internal error while building; see the builder's log", "failure");

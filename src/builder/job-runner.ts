@@ -88,7 +88,12 @@ export class JobRunner {
     this.progressIntervalMs = options.progressIntervalMs ?? 250;
   }
 
-  async run(job: Job): Promise<void> {
+  /**
+   * `announced`: resolves once the job's first requester was told
+   * `accepted` (its queue entry is on disk); no message of the job goes out
+   * before it, but the repo is locked in the meantime.
+   */
+  async run(job: Job, announced: Promise<void> = Promise.resolve()): Promise<void> {
     const { config, nix, logger } = this.options;
     const { repo, target, ref } = job.spec;
     const started = Date.now();
@@ -98,7 +103,8 @@ export class JobRunner {
 
     // A resumed job goes on at the revision and with the hosts it started with.
     const resumed = job.checkpoint ? resumedPlan(job.checkpoint, this.options.toplevels) : undefined;
-    const lock = resumed ?? (await nix.resolveFlake(url, ref, { timeoutMs: config.build.fetchTimeout, signal }));
+    const locking = resumed ?? nix.resolveFlake(url, ref, { timeoutMs: config.build.fetchTimeout, signal });
+    const [lock] = await Promise.all([locking, announced]);
     if (!lock.ok) {
       const error = lock.outcome === "timeout" ? `${lock.error} (build.fetchTimeout)` : lock.error;
       this.complete(job, unstartedOutcome(job, error, job.cancelled ? "cancelled" : "failure", started, null, lock));

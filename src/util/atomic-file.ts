@@ -5,7 +5,7 @@
 import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import { mkdir, open, rename, unlink } from "node:fs/promises";
 import { dirname } from "node:path";
-import { assertReplaceable } from "./regular-file.js";
+import { assertReplaceable, assertReplaceableSync } from "./regular-file.js";
 
 export async function writeFileAtomic(file: string, body: string, mode = 0o640): Promise<void> {
   const dir = dirname(file);
@@ -33,16 +33,27 @@ export async function writeFileAtomic(file: string, body: string, mode = 0o640):
 
 /**
  * The same, blocking: for the few small records that must be written
- * before the next line of code runs (a crash may come at any moment).
- * `durable: false` skips the fsyncs, for records that only need to
- * survive the process (a power cut would end what they describe anyway).
+ * before the next line of code runs (a crash may come at any moment), and
+ * for writes a request waits for: done in one go, they cost the event loop
+ * a millisecond or two once, where each of the dozen steps of the async
+ * version waits its turn on a busy event loop (measured in
+ * docs/performance.md, "Accept latency"). `durable: false` skips the
+ * fsyncs, for records that only need to survive the process (a power cut
+ * would end what they describe anyway).
  */
 export function writeFileAtomicSync(file: string, body: string, mode = 0o640, { durable = true } = {}): void {
   const dir = dirname(file);
   mkdirSync(dir, { recursive: true, mode: 0o750 });
+  assertReplaceableSync(file);
   const temp = `${file}.${process.pid}.tmp`;
   try {
-    const fd = openSync(temp, "w", mode);
+    // "wx" on a fresh name: never opens (and blocks the whole process on) a FIFO left at the temp path.
+    try {
+      unlinkSync(temp);
+    } catch {
+      // Nothing there: the usual case.
+    }
+    const fd = openSync(temp, "wx", mode);
     try {
       writeSync(fd, body);
       if (durable) fsyncSync(fd);

@@ -5,7 +5,7 @@
  * replaces something that is not a regular file: whatever put it there
  * wants an operator to look.
  */
-import { constants } from "node:fs";
+import { constants, lstatSync } from "node:fs";
 import { lstat, open } from "node:fs/promises";
 import type { z } from "zod";
 import { StateFileError } from "../errors.js";
@@ -68,4 +68,16 @@ export async function assertReplaceable(file: string): Promise<void> {
     throw err;
   });
   if (stats && !stats.isFile()) throw refused(file, kind(stats));
+}
+
+/** The same, blocking (for writeFileAtomicSync). */
+export function assertReplaceableSync(file: string): void {
+  let stats;
+  try {
+    stats = lstatSync(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return;
+    throw err;
+  }
+  if (!stats.isFile()) throw refused(file, kind(stats));
 }
