@@ -8,11 +8,13 @@ import type { Config } from "../config.js";
 import type { Logger } from "../logger.js";
 import type { Job } from "../job.js";
 import { EvalPool } from "../nix/eval-pool.js";
+import type { NixRunner } from "../nix/runner.js";
 import { formatSize } from "../util/size.js";
 import type { Responder } from "./responder.js";
 
 export interface EvaluationSetup {
   config: Config;
+  nix: NixRunner;
   logger: Logger;
   responder: Responder;
   job: Job;
@@ -22,7 +24,7 @@ export interface EvaluationSetup {
 }
 
 export function startEvaluation(setup: EvaluationSetup): EvalPool {
-  const { config, logger, responder, job, lockedUrl, hosts } = setup;
+  const { config, nix, logger, responder, job, lockedUrl, hosts } = setup;
   const { build } = config;
   const started = Date.now();
   const failed: string[] = [];
@@ -34,6 +36,7 @@ export function startEvaluation(setup: EvaluationSetup): EvalPool {
     killGraceMs: build.killGrace,
     logTailLines: build.logTailLines,
     logger: logger.child({ jobId: job.id, repo: job.spec.repo }),
+    ledger: nix.ledger,
     signal: job.abort.signal,
     onEvaluated: (evaluation, counts) => {
       if (!evaluation.ok) failed.push(evaluation.host);

@@ -32,7 +32,7 @@ import { formatSetting } from "../util/duration.js";
 import { formatSize } from "../util/size.js";
 import { NixLogState, parseNixLine } from "./log.js";
 import { killProcessTree, processTree } from "./process-tree.js";
-import { sourceLocation, type HostBuild } from "./runner.js";
+import { sourceLocation, type HostBuild, type ProcessRecorder } from "./runner.js";
 import type { ToplevelDrvs } from "./toplevel-cache.js";
 import { DrvPathSchema } from "./store-path.js";
 
@@ -48,6 +48,8 @@ export interface EvalPoolOptions {
   killGraceMs: number;
   logTailLines: number;
   logger: Logger;
+  /** Records each worker, so that a builder killed mid-evaluation has its workers ended at the next start. */
+  ledger?: ProcessRecorder;
   /** Ends every worker: the job was cancelled or the builder is stopping. */
   signal?: AbortSignal;
   /** Called once per host as soon as its evaluation succeeded or failed (not for cancelled hosts). */
@@ -251,6 +253,8 @@ export class EvalPool {
     );
     this.stats.processes += 1;
     const pid = subprocess.pid;
+    // A worker is detached (its own process group): nothing else ends it if the builder dies.
+    if (pid !== undefined) this.options.ledger?.started(pid);
     logger.debug({ worker: slot, pid, hosts: queue.length }, "evaluation worker started");
     const exited = subprocess.then(() => undefined);
     let current: { host: string; startedAt: number } | undefined;
@@ -331,6 +335,7 @@ export class EvalPool {
     await stderrDone;
     await handled;
     await killing;
+    if (pid !== undefined) this.options.ledger?.exited(pid);
 
     const victim = current?.host ?? queue[0];
     const durationMs = Math.round(performance.now() - (current?.startedAt ?? spawnedAt));

@@ -21,14 +21,19 @@ import { isCommitId, type HostStatus, type SourceLocation } from "../protocol.js
 import type { NixError } from "./log.js";
 import { isStorePath, pathInSource } from "./store-path.js";
 
+/** Where each nix process group started is recorded, so a crashed builder's leftovers can be ended (src/nix/process-ledger.ts). */
+export interface ProcessRecorder {
+  started(pid: number): void;
+  exited(pid: number): void;
+}
+
 export interface NixRunnerOptions {
   nixBin: string;
   killGraceMs: number;
   logTailLines: number;
   keepGoing?: boolean;
   env?: Record<string, string>;
-  /** Where each nix process group started is recorded, so a crashed builder's leftovers can be ended. */
-  ledger?: { started(pid: number): void; exited(pid: number): void };
+  ledger?: ProcessRecorder;
 }
 
 export interface RunOptions {
@@ -121,6 +126,11 @@ export function toplevelInstallable(lockedUrl: string, host: string): string {
 
 export class NixRunner {
   private readonly nixStoreBin: string;
+
+  /** Every nix process the builder starts goes into it, the evaluation pool's workers too. */
+  get ledger(): ProcessRecorder | undefined {
+    return this.options.ledger;
+  }
 
   constructor(private readonly options: NixRunnerOptions) {
     // nix-store ships next to nix in every Nix release, 2.8 to current.

@@ -9,12 +9,12 @@
  */
 import { createServer, type Server, type Socket } from "node:net";
 import { randomBytes } from "node:crypto";
-import { readFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { cleanupsAfterEach } from "../support/cleanups.js";
 import { jsonLines, runCli, spawnCli } from "../support/cli.js";
-import { startBuilder, type BuilderProcess, type LogLine } from "../support/daemon.js";
+import { spawnBuilder, startBuilder, type BuilderProcess, type LogLine } from "../support/daemon.js";
 import { createFixtureFlake, type FixtureFlake } from "../support/flake.js";
 import { startNatsServer } from "../support/nats-server.js";
 import { isRunning, processesMatching } from "../support/processes.js";
@@ -189,6 +189,34 @@ describe("target all: evaluation by a pool of workers", () => {
     const done = await building;
     expect(jsonLines(String(done.stdout))).toContainEqual(expect.objectContaining({ type: "interrupted", resumes: true }));
     expect(done.exitCode).toBe(2);
+  });
+
+  it("a builder killed with SIGKILL during evaluation: the next start ends the workers it left before it builds anything", async () => {
+    const { flake, builder, env } = await setup({ evalWorkers: 2 });
+    await addHosts(flake, [stuckHost("host00a", await silentServer()), stuckHost("host00b", await silentServer())].join("\n"));
+    const building = spawnCli(["build", "fleet", "all", "--json", "--idle-timeout", "5s"], env);
+    const first = (await builder.waitForLog(evaluatingHost("host00a"), 60_000)) as LogLine & { pid: number };
+    const second = (await builder.waitForLog(evaluatingHost("host00b"), 60_000)) as LogLine & { pid: number };
+    await builder.stop("SIGKILL");
+    // Each worker is its own process group: the builder's death does not end it.
+    expect(isRunning(first.pid)).toBe(true);
+    expect(isRunning(second.pid)).toBe(true);
+    // The saved job resumes after the restart; a short timeout lets its stuck hosts fail fast.
+    const config = JSON.parse(await readFile(builder.configFile, "utf8")) as { build: Record<string, unknown> };
+    config.build = { ...config.build, timeout: "3s" };
+    await writeFile(builder.configFile, JSON.stringify(config));
+    const restarted = await spawnBuilder(builder.configFile);
+    cleanups.push(() => restarted.stop("SIGKILL"));
+    const reaped = logged(restarted, "ending a nix process left running by a builder that was killed").map((l) => l["pid"]);
+    expect(reaped).toEqual(expect.arrayContaining([first.pid, second.pid]));
+    const firstBuild = restarted.logs.findIndex((l) => l.msg === "building host");
+    expect(firstBuild === -1 || firstBuild > restarted.logs.findIndex((l) => l.msg === "ending a nix process left running by a builder that was killed")).toBe(true);
+    expect(isRunning(first.pid)).toBe(false);
+    expect(isRunning(second.pid)).toBe(false);
+    const completed = (await restarted.waitForLog((l) => l.msg === "job completed", 120_000)) as LogLine & { status: string };
+    expect(completed.status).toBe("failure");
+    await building;
+    expect((await processesMatching(flake.dir)).filter((p) => p.cmdline.includes("nix"))).toEqual([]);
   });
 
   it("cancel during evaluation ends every worker's process tree", async () => {
