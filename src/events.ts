@@ -12,7 +12,14 @@ export type BuilderEvent =
   /** A request was answered with `rejected` and never became a job. */
   | { type: "rejected"; subject: string; message: Rejected }
   /** The queue changed: a job was added, started, finished or removed. */
-  | { type: "queue"; depth: number; running: Job | null };
+  | { type: "queue"; depth: number; running: Job | null }
+  /**
+   * An `all` job's evaluation pool ended (every host evaluated, or the job
+   * stopped): how many worker processes it started, how many of those were
+   * replaced past build.evalMaxMemory or died under a host (OOM killer,
+   * crash, timeout), and the highest worker RSS seen.
+   */
+  | { type: "evaluation"; job: Job; processes: number; replacedForMemory: number; lost: number; peakRssBytes: number };
 
 export type BuilderEventListener = (event: BuilderEvent) => void;
 

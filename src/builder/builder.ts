@@ -79,7 +79,7 @@ export class Builder {
     const { config, transport, events, logger, nix, catalog, toplevels, keeper } = options;
     this.queue = new JobQueue(config.build.maxQueue);
     this.responder = new Responder(transport, events, logger);
-    this.runner = new JobRunner({ config, nix, catalog, responder: this.responder, logger, toplevels, keeper, checkpoint: () => this.persistSoon() });
+    this.runner = new JobRunner({ config, nix, catalog, responder: this.responder, events, logger, toplevels, keeper, checkpoint: () => this.persistSoon() });
     this.store = new JobStore({ stateDir: config.stateDir, logger, maxJobs: config.build.maxQueue + 1 });
     this.recovery = new JobRecovery({ config, store: this.store, responder: this.responder, logger });
     this.control = new Control({

@@ -20,6 +20,7 @@ import { ALL_HOSTS, type Completed, type HostResult, type JobStatus, type Source
 import type { Job } from "./queue.js";
 import type { JobCheckpoint } from "../job.js";
 import type { Responder } from "./responder.js";
+import type { EventBus } from "../events.js";
 import type { Keeper } from "./keep/keeper.js";
 import { copyToCache } from "./copy-to-cache.js";
 
@@ -28,6 +29,8 @@ export interface JobRunnerOptions {
   nix: NixRunner;
   catalog: HostCatalog;
   responder: Responder;
+  /** Told how each `all` job's evaluation pool went (metrics). */
+  events?: EventBus;
   logger: Logger;
   /** Toplevel .drv paths per locked URL: a re-run of an unchanged revision evaluates nothing. */
   toplevels: ToplevelCache;
@@ -149,7 +152,10 @@ export class JobRunner {
       }
       if (pool) this.remember(pool, lockedUrl);
     } finally {
-      await pool?.stop();
+      if (pool) {
+        await pool.stop();
+        this.options.events?.emit({ type: "evaluation", job, ...pool.stats });
+      }
       job.evaluation = null;
     }
     job.currentHost = null;

@@ -57,6 +57,8 @@ export class BuildMetrics {
   private readonly stateWriteFailures: Counter<"file">;
   private readonly stateWritable: Gauge<"file">;
   private readonly resumed: Counter;
+  private readonly evalWorkers: Counter<"repo" | "outcome">;
+  private readonly evalPeakRss: Gauge<"repo">;
 
   constructor(options: BuildMetricsOptions) {
     this.repos = new Set(options.repos);
@@ -139,6 +141,18 @@ export class BuildMetrics {
       labelNames: ["state"],
       registers,
     });
+    this.evalWorkers = new Counter({
+      name: "homelab_deploy_eval_workers_total",
+      help: "nix eval worker processes of all-host evaluations, by repo and outcome: started, replaced (past build.evalMaxMemory), lost (died under a host: OOM killer, crash, timeout).",
+      labelNames: ["repo", "outcome"],
+      registers,
+    });
+    this.evalPeakRss = new Gauge({
+      name: "homelab_deploy_eval_worker_peak_rss_bytes",
+      help: "Highest RSS of an evaluation worker (summed over its process tree) seen between two hosts in the repo's last all-host evaluation, 0 when no worker went on to a second host; compare with build.evalMaxMemory and the unit's MemoryMax.",
+      labelNames: ["repo"],
+      registers,
+    });
     this.copies = new Counter({
       name: "homelab_deploy_copy_total",
       help: "Built hosts whose closure was copied to build.copyTo, by repo and result (success, failure); a failed copy does not fail the host.",
@@ -191,6 +205,15 @@ export class BuildMetrics {
       case "queue":
         this.onQueue(event.depth, event.running);
         return;
+      case "evaluation": {
+        const { repo } = event.job.spec;
+        // All three series from the first evaluation on, so increase() sees the first loss.
+        this.evalWorkers.inc({ repo, outcome: "started" }, event.processes);
+        this.evalWorkers.inc({ repo, outcome: "replaced" }, event.replacedForMemory);
+        this.evalWorkers.inc({ repo, outcome: "lost" }, event.lost);
+        this.evalPeakRss.set({ repo }, event.peakRssBytes);
+        return;
+      }
       default:
         return;
     }

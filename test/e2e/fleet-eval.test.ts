@@ -17,6 +17,7 @@ import { jsonLines, runCli, spawnCli } from "../support/cli.js";
 import { spawnBuilder, startBuilder, type BuilderProcess, type LogLine } from "../support/daemon.js";
 import { createFixtureFlake, type FixtureFlake } from "../support/flake.js";
 import { startNatsServer } from "../support/nats-server.js";
+import { metricsBaseUrl, scrape, valueOf } from "../support/metrics.js";
 import { isRunning, processesMatching } from "../support/processes.js";
 
 const HOSTS = ["host01", "host02", "host03", "host04", "host05"];
@@ -121,6 +122,11 @@ describe("target all: evaluation by a pool of workers", () => {
     expect(replaced[0]).toMatchObject({ evalMaxMemory: "1MiB", rss: expect.stringMatching(/MiB$/) });
     expect(logged(builder, "evaluated every host")[0]).toMatchObject({ processes: 5, replacedForMemory: 4 });
     expect(new Set(logged(builder, "evaluating host").map((l) => l["pid"])).size).toBe(5);
+    const metrics = await scrape(await metricsBaseUrl(builder));
+    expect(valueOf(metrics, "homelab_deploy_eval_workers_total", { repo: "fleet", outcome: "started" })).toBe(5);
+    expect(valueOf(metrics, "homelab_deploy_eval_workers_total", { repo: "fleet", outcome: "replaced" })).toBe(4);
+    expect(valueOf(metrics, "homelab_deploy_eval_workers_total", { repo: "fleet", outcome: "lost" })).toBe(0);
+    expect(valueOf(metrics, "homelab_deploy_eval_worker_peak_rss_bytes", { repo: "fleet" })).toBeGreaterThan(1024 ** 2);
   });
 
   it("a worker killed mid-evaluation costs only the host it was on; a fresh worker goes on with the rest", async () => {
@@ -139,6 +145,8 @@ describe("target all: evaluation by a pool of workers", () => {
     expect(logged(builder, "evaluation worker died; a fresh one goes on with the rest")).toMatchObject([{ host: "host02b", signal: "SIGKILL" }]);
     expect(logged(builder, "evaluating host").filter((l) => l["host"] === "host04")).toHaveLength(1);
     expect(logged(builder, "evaluating host").find((l) => l["host"] === "host04")?.["pid"]).not.toBe(pid);
+    const metrics = await scrape(await metricsBaseUrl(builder));
+    expect(valueOf(metrics, "homelab_deploy_eval_workers_total", { repo: "fleet", outcome: "lost" })).toBe(1);
   });
 
   it("reports each host that does not evaluate with nix's message and file:line, and builds the others", async () => {
