@@ -74,6 +74,16 @@ function stuckHost(name: string, url: string): string {
 const logged = (builder: BuilderProcess, msg: string) => builder.logs.filter((l) => l.msg === msg);
 const evaluatingHost = (host: string) => (l: LogLine) => l.msg === "evaluating host" && l["host"] === host;
 
+/** Two workers, each stuck on its first host, while `build fleet all --json …cliArgs` runs. */
+async function bothWorkersStuck(cliArgs: string[] = []) {
+  const { flake, builder, env } = await setup({ evalWorkers: 2 });
+  await addHosts(flake, [stuckHost("host00a", await silentServer()), stuckHost("host00b", await silentServer())].join("\n"));
+  const building = spawnCli(["build", "fleet", "all", "--json", ...cliArgs], env);
+  const first = (await builder.waitForLog(evaluatingHost("host00a"), 60_000)) as LogLine & { pid: number };
+  const second = (await builder.waitForLog(evaluatingHost("host00b"), 60_000)) as LogLine & { pid: number };
+  return { flake, builder, env, building, first, second };
+}
+
 describe("target all: evaluation by a pool of workers", () => {
   it("evaluates more hosts than workers side by side, reports progress first, and builds them one at a time in order", async () => {
     const { flake, builder, buildAll } = await setup({ evalWorkers: 2 });
@@ -184,13 +194,9 @@ describe("target all: evaluation by a pool of workers", () => {
   });
 
   it("SIGTERM during evaluation ends every worker's process tree before the daemon exits", async () => {
-    const { flake, builder, env } = await setup({ evalWorkers: 2 });
-    await addHosts(flake, [stuckHost("host00a", await silentServer()), stuckHost("host00b", await silentServer())].join("\n"));
     // The job is saved and resumes when the builder returns (build.resume): the
     // requester hears `interrupted`, and gives up after its idle timeout.
-    const building = spawnCli(["build", "fleet", "all", "--json", "--idle-timeout", "5s"], env);
-    const first = (await builder.waitForLog(evaluatingHost("host00a"), 60_000)) as LogLine & { pid: number };
-    const second = (await builder.waitForLog(evaluatingHost("host00b"), 60_000)) as LogLine & { pid: number };
+    const { builder, building, first, second } = await bothWorkersStuck(["--idle-timeout", "5s"]);
     expect((await builder.stop("SIGTERM")).code).toBe(0);
     expect(isRunning(first.pid)).toBe(false);
     expect(isRunning(second.pid)).toBe(false);
@@ -200,11 +206,7 @@ describe("target all: evaluation by a pool of workers", () => {
   });
 
   it("a builder killed with SIGKILL during evaluation: the next start ends the workers it left before it builds anything", async () => {
-    const { flake, builder, env } = await setup({ evalWorkers: 2 });
-    await addHosts(flake, [stuckHost("host00a", await silentServer()), stuckHost("host00b", await silentServer())].join("\n"));
-    const building = spawnCli(["build", "fleet", "all", "--json", "--idle-timeout", "5s"], env);
-    const first = (await builder.waitForLog(evaluatingHost("host00a"), 60_000)) as LogLine & { pid: number };
-    const second = (await builder.waitForLog(evaluatingHost("host00b"), 60_000)) as LogLine & { pid: number };
+    const { flake, builder, building, first, second } = await bothWorkersStuck(["--idle-timeout", "5s"]);
     await builder.stop("SIGKILL");
     // Each worker is its own process group: the builder's death does not end it.
     expect(isRunning(first.pid)).toBe(true);
@@ -228,11 +230,7 @@ describe("target all: evaluation by a pool of workers", () => {
   });
 
   it("cancel during evaluation ends every worker's process tree", async () => {
-    const { flake, builder, env } = await setup({ evalWorkers: 2 });
-    await addHosts(flake, [stuckHost("host00a", await silentServer()), stuckHost("host00b", await silentServer())].join("\n"));
-    const building = spawnCli(["build", "fleet", "all", "--json"], env);
-    const first = (await builder.waitForLog(evaluatingHost("host00a"), 60_000)) as LogLine & { pid: number };
-    const second = (await builder.waitForLog(evaluatingHost("host00b"), 60_000)) as LogLine & { pid: number };
+    const { flake, builder, env, building, first, second } = await bothWorkersStuck();
     const started = builder.logs.find((l) => l.msg === "evaluating hosts") as LogLine & { jobId: string };
     // Both workers are stuck on their first host: nothing is evaluated yet, nothing building.
     const status = await runCli(["status", "--json"], env);
