@@ -239,7 +239,12 @@ export class Builder {
       await this.persist();
     } catch (err) {
       this.options.logger.error({ err, jobId: job.id }, "cannot save the job queue; refusing the request");
-      if (!joined && job.requesters.size === 0 && this.queue.remove(job.id)) this.emitQueue();
+      // Refused means not built: a job nobody else waits for is dropped,
+      // and one the idle builder already took up is stopped.
+      if (!joined && job.requesters.size === 0) {
+        if (this.queue.remove(job.id)) this.emitQueue();
+        else if (this.queue.running === job) job.cancel("the builder cannot save its job queue");
+      }
       this.responder.reject(subject, reply, rejection("unavailable", "the builder cannot save its job queue (see its log); nothing was queued").rejection);
       return;
     } finally {

@@ -5,7 +5,8 @@
  * `interrupted`/`resumed` and every job completes; a killed builder's nix
  * build is ended before the next build starts.
  */
-import { readFile, writeFile } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
@@ -293,6 +294,26 @@ describe("NATS restarted in the middle of `all`", () => {
     const logs = t.builder.logs.map((l) => l.msg);
     const during = logs.slice(logs.indexOf("disconnected from NATS"), logs.indexOf("reconnected to NATS")).filter((msg) => msg === "host finished");
     expect(during.length).toBeGreaterThanOrEqual(1);
+  });
+});
+
+describe("a job queue that cannot be saved", () => {
+  it("refuses the request as unavailable, saying why, and builds nothing for it", async () => {
+    const t = await setup();
+    const stateDir = JSON.parse(await readFile(t.builder.configFile, "utf8")).stateDir as string;
+    // Something that is not a regular file where the queue is saved: the builder will not replace it.
+    await rm(join(stateDir, "jobs.json"), { force: true });
+    execFileSync("mkfifo", [join(stateDir, "jobs.json")]);
+    const inbox = await Inbox.open(t.nc);
+    inbox.send("build.fixture.h01");
+    const answer = await inbox.waitFor((m) => m.type === "accepted" || m.type === "rejected", 20_000);
+    expect(answer).toMatchObject({ type: "rejected", code: "unavailable", error: expect.stringContaining("cannot save its job queue") });
+    expect(t.builder.logs.find((l) => l.msg === "cannot save the job queue; refusing the request")).toMatchObject({ err: expect.objectContaining({ message: expect.stringContaining("jobs.json is a FIFO") }) });
+    // The refused job ends without a build: the builder is idle again and h01 never started.
+    await t.builder.waitForLog((l) => l.msg === "job completed", 30_000);
+    expect(t.builder.logs.some((l) => l.msg === "building host")).toBe(false);
+    expect(await runs(t.flake)).toEqual([]);
+    expect(inbox.messages.filter((m) => m.type !== "rejected")).toEqual([]);
   });
 });
 
