@@ -127,8 +127,20 @@ export class JobRunner {
     const expectedMs = this.options.keeper.expectedJobMs(repo, hosts);
     this.options.responder.toJob(job, { type: "job_started", jobId: job.id, ...job.spec, revision, lockedUrl, hosts, expectedMs });
     const earlier = new Map(job.results.map((r) => [r.host, r]));
-    // Hosts are evaluated side by side while they are built one at a time, in order.
-    const pool = plan.value.evaluate ? startEvaluation({ ...this.options, job, lockedUrl, hosts }) : undefined;
+    // Hosts are evaluated side by side while they are built one at a time,
+    // in order: all of them for a new revision; for a resumed `all` (the
+    // builder restarted mid-job, as when nix-cache02 switches to its own
+    // new configuration) the unfinished ones whose .drv is not known.
+    const toEvaluate = plan.value.evaluate
+      ? hosts
+      : resumed && target === ALL_HOSTS
+        ? plan.value.hosts.filter((p) => p.drv === null && !earlier.has(p.host)).map((p) => p.host)
+        : [];
+    const pool = toEvaluate.length > 0 ? startEvaluation({ ...this.options, job, lockedUrl, hosts: toEvaluate }) : undefined;
+    // Kept as soon as every host is evaluated, not when the builds are done:
+    // a job cut short by a restart after that evaluates nothing again.
+    // (A pool that fails is the job's error, reported where it is awaited below.)
+    if (pool && plan.value.evaluate) pool.done().then(() => this.remember(pool, lockedUrl), () => undefined);
     const results: HostResult[] = [];
     try {
       for (const [i, planned] of plan.value.hosts.entries()) {
@@ -137,7 +149,7 @@ export class JobRunner {
           results.push(done);
           continue;
         }
-        const evaluated = pool && !job.cancelled ? await pool.result(planned.host) : undefined;
+        const evaluated = pool?.has(planned.host) && !job.cancelled ? await pool.result(planned.host) : undefined;
         if (job.cancelled) {
           results.push({ host: planned.host, status: "cancelled", durationMs: 0, error: "not started: the job was cancelled" });
           continue;
@@ -150,7 +162,6 @@ export class JobRunner {
         job.results.push(result);
         this.options.checkpoint?.(job);
       }
-      if (pool) this.remember(pool, lockedUrl);
     } finally {
       if (pool) {
         await pool.stop();
@@ -255,7 +266,7 @@ export class JobRunner {
 }
 
 function resumedPlan(checkpoint: JobCheckpoint, toplevels: ToplevelCache): { ok: true; value: FlakeLock & { plan: Plan } } {
-  // Known .drv paths are reused; the others are evaluated by their own nix build (no pool for a resumed job).
+  // Known .drv paths are reused; for `all`, run() evaluates the others in the pool.
   const drvs = toplevels.get(checkpoint.lockedUrl);
   const hosts = checkpoint.hosts.map((host) => ({ host, drv: drvs?.[host] ?? null }));
   return { ok: true, value: { lockedUrl: checkpoint.lockedUrl, revision: checkpoint.revision, plan: { hosts, evaluate: false } } };

@@ -176,6 +176,10 @@ export class EvalPool {
     this.finished = Promise.all(shares.map((share, k) => this.worker(k + 1, share))).then(() => undefined);
   }
 
+  has(host: string): boolean {
+    return this.results.has(host);
+  }
+
   /** The host's evaluation, once it is known. */
   result(host: string): Promise<HostEvaluation> {
     const entry = this.results.get(host);

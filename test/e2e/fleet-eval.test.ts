@@ -8,7 +8,8 @@
  * while a worker is known to be on it, without depending on timing.
  */
 import { createServer, type Server, type Socket } from "node:net";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
+import { createServer as createHttpServer, type ServerResponse } from "node:http";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -61,6 +62,32 @@ async function silentServer(): Promise<string> {
   return `http://127.0.0.1:${address.port}/never`;
 }
 
+/**
+ * A loopback server that holds every request until `open()`, then answers
+ * with `body`: a host fetching from it evaluates once the test lets it.
+ */
+async function gatedServer(body: string): Promise<{ url: string; sha256: string; open(): void }> {
+  const waiting: ServerResponse[] = [];
+  let opened = false;
+  const answer = (res: ServerResponse) => res.end(body);
+  const server = createHttpServer((_req, res) => (opened ? answer(res) : waiting.push(res)));
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  cleanups.push(async () => {
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+  });
+  const address = server.address();
+  if (!address || typeof address === "string") throw new Error("no port");
+  return {
+    url: `http://127.0.0.1:${address.port}/gated`,
+    sha256: createHash("sha256").update(body).digest("hex"),
+    open() {
+      opened = true;
+      for (const res of waiting.splice(0)) answer(res);
+    },
+  };
+}
+
 /** Adds hosts to the fixture's `extra` attrset (Nix source, one `name = …;` each). */
 function addHosts(flake: FixtureFlake, hosts: string): Promise<string> {
   return flake.editFlake((text) => text.replace("extra = { };", `extra = {\n${hosts}\n      };`));
@@ -69,6 +96,11 @@ function addHosts(flake: FixtureFlake, hosts: string): Promise<string> {
 /** A host whose evaluation blocks on a fetch that never completes (any hash: the path never exists). */
 function stuckHost(name: string, url: string): string {
   return `        ${name}.config.system.build.toplevel = derivation { name = "${name}"; inherit system; builder = "/bin/sh"; src = builtins.fetchurl { url = "${url}"; sha256 = "${randomBytes(32).toString("hex")}"; }; };`;
+}
+
+/** A host whose evaluation fetches from `gate` (and so waits until it opens). */
+function gatedHost(name: string, gate: { url: string; sha256: string }): string {
+  return `        ${name}.config.system.build.toplevel = derivation { name = "${name}"; inherit system; builder = "/bin/sh"; args = [ "-c" "/bin/mkdir $out" ]; src = builtins.fetchurl { url = "${gate.url}"; sha256 = "${gate.sha256}"; }; };`;
 }
 
 const logged = (builder: BuilderProcess, msg: string) => builder.logs.filter((l) => l.msg === msg);
@@ -227,6 +259,30 @@ describe("target all: evaluation by a pool of workers", () => {
     expect(completed.status).toBe("failure");
     await building;
     expect((await processesMatching(flake.dir)).filter((p) => p.cmdline.includes("nix"))).toEqual([]);
+  });
+
+  it("a job stopped during evaluation is evaluated by the pool again when it resumes, and completes", async () => {
+    const { flake, builder, env } = await setup({ evalWorkers: 2 });
+    const gate = await gatedServer(`homelab-deploy ${randomBytes(8).toString("hex")}\n`);
+    await addHosts(flake, gatedHost("host00a", gate));
+    const building = spawnCli(["build", "fleet", "all", "--json"], env);
+    await builder.waitForLog(evaluatingHost("host00a"), 60_000);
+    expect((await builder.stop("SIGTERM")).code).toBe(0);
+    gate.open();
+    const restarted = await spawnBuilder(builder.configFile);
+    cleanups.push(() => restarted.stop("SIGKILL"));
+    const result = await building;
+    const lines = jsonLines(String(result.stdout));
+    expect(result.exitCode).toBe(0);
+    // No host was built before the stop (host00a comes first and never evaluated), so all six are evaluated again, side by side.
+    expect(logged(restarted, "evaluating hosts")).toMatchObject([{ hosts: 6, workers: 2 }]);
+    expect(new Set(logged(restarted, "evaluating host").map((l) => l["pid"])).size).toBe(2);
+    const types = lines.map((l) => l.type);
+    expect(types.indexOf("interrupted")).toBeLessThan(types.indexOf("resumed"));
+    expect(lines.slice(types.indexOf("resumed")).some((l) => l.type === "evaluating")).toBe(true);
+    const final = lines.at(-1) as unknown as Final;
+    expect(final).toMatchObject({ type: "completed", status: "success" });
+    expect(final.results.map((r) => r.host)).toEqual(["host00a", ...HOSTS]);
   });
 
   it("cancel during evaluation ends every worker's process tree", async () => {

@@ -185,6 +185,8 @@ describe("the builder is stopped (SIGTERM) in the middle of `all`", () => {
     const t = await setup();
     const all = spawnCli(["build", "fixture", "all", "--json"], t.env);
     await t.builder.waitForLog((l) => l.msg === "building host" && l.host === "h07", 90_000);
+    // h07 waits for the test, so every host's evaluation ends meanwhile.
+    await t.builder.waitForLog((l) => l.msg === "evaluated every host", 60_000);
     const queued = spawnCli(["build", "fixture", "h01"], t.env);
     await t.builder.waitForLog((l) => l.msg === "job queued" && l.target === "h01");
     const { code, ms } = await t.builder.stop("SIGTERM");
@@ -196,7 +198,10 @@ describe("the builder is stopped (SIGTERM) in the middle of `all`", () => {
       ["all", true],
       ["h01", false],
     ]);
-    await (await t.restart()).waitForLog((l) => l.msg === "building host" && l.host === "h07", 60_000);
+    const restarted = await t.restart();
+    await restarted.waitForLog((l) => l.msg === "building host" && l.host === "h07", 60_000);
+    // Every .drv was kept when the evaluation ended: the resumed job evaluates nothing again.
+    expect(restarted.logs.filter((l) => l.msg === "evaluating hosts" || l.msg === "evaluating host")).toEqual([]);
     await go(t.flake);
 
     const [allResult, queuedResult] = await Promise.all([all, queued]);
