@@ -75,6 +75,7 @@ export class ProcessLedger {
   readonly file: string;
   private readonly entries = new Map<number, Entry>();
   private boot: string | undefined;
+  private failing = false;
 
   constructor(
     stateDir: string,
@@ -143,8 +144,12 @@ export class ProcessLedger {
   private persist(): void {
     try {
       writeFileAtomicSync(this.file, this.body(), 0o600, { durable: false });
+      if (this.failing) this.logger.info({ file: this.file }, "recording the running nix processes again");
+      this.failing = false;
     } catch (err) {
-      this.logger.warn({ err, file: this.file }, "cannot record the running nix processes");
+      // Once, not at every nix process: the cause stays until someone fixes it.
+      if (!this.failing) this.logger.warn({ err, file: this.file }, "cannot record the running nix processes; a crash now would leave them running");
+      this.failing = true;
     }
   }
 }

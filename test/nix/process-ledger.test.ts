@@ -1,5 +1,5 @@
 import { execFileSync, spawn } from "node:child_process";
-import { mkdtemp, readFile, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -37,6 +37,21 @@ describe("ProcessLedger", () => {
     const { open, stateDir } = await ledgers();
     execFileSync("mkfifo", [join(stateDir, "nix-processes.json")]);
     expect(await open().reapLeftovers()).toBe(0);
+  });
+
+  it("does not replace a FIFO at its path, says so once however many processes start, and records again once it is gone", async () => {
+    const { open, lines, stateDir } = await ledgers();
+    const file = join(stateDir, "nix-processes.json");
+    execFileSync("mkfifo", [file]);
+    const ledger = open();
+    for (let i = 0; i < 3; i++) ledger.started(leftover());
+    expect(lines.filter((l) => l.msg.startsWith("cannot record the running nix processes"))).toHaveLength(1);
+    expect(lines.find((l) => l.msg.startsWith("cannot record"))?.["err"]).toMatchObject({ message: expect.stringContaining("nix-processes.json is a FIFO") });
+    await rm(file);
+    const pid = leftover();
+    ledger.started(pid);
+    expect(lines.map((l) => l.msg)).toContain("recording the running nix processes again");
+    expect(JSON.parse(await readFile(file, "utf8")).processes.map((p: { pid: number }) => p.pid)).toContain(pid);
   });
 
   it("ends what a killed builder left running, tree and all, and forgets it", async () => {
