@@ -55,7 +55,9 @@ export function writeFileAtomicSync(file: string, body: string, mode = 0o640, { 
     }
     const fd = openSync(temp, "wx", mode);
     try {
-      writeSync(fd, body);
+      // write(2) may write less than asked (a disk filling up): a short file must never be renamed in.
+      const bytes = Buffer.from(body, "utf8");
+      for (let written = 0; written < bytes.length; ) written += writeSync(fd, bytes, written, bytes.length - written);
       if (durable) fsyncSync(fd);
     } finally {
       closeSync(fd);
