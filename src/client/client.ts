@@ -153,7 +153,7 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
       callback: (err, msg) => {
         if (err) return fail(err);
         if (isNoResponders(msg)) {
-          return fail(new NoBuilderError(`no builder is listening on ${request.subject} (NATS reported no responders); is the builder running?`));
+          return fail(noBuilderListening(request.subject));
         }
         const message = parseJsonAs(decoder.decode(msg.data), request.schema);
         if (message === undefined) return options.onInvalid?.(decoder.decode(msg.data));
@@ -188,6 +188,11 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
 export function noBuilderAnswered(subject: string, ackTimeoutMs: number): NoBuilderError {
   const seconds = Math.round(ackTimeoutMs / 1000);
   return new NoBuilderError(`no builder answered on ${subject} within ${seconds}s; is the builder running and connected to this NATS server?`);
+}
+
+/** NATS answered the request itself: nobody subscribes to `subject`. */
+export function noBuilderListening(subject: string): NoBuilderError {
+  return new NoBuilderError(`no builder is listening on ${subject} (NATS reported no responders); is the builder running?`);
 }
 
 export function isNoResponders(msg: Msg): boolean {

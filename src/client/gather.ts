@@ -12,7 +12,6 @@
  * like every other exchange.
  */
 import type { Msg, NatsConnection, Subscription } from "nats";
-import { NoBuilderError } from "../errors.js";
 import { parseJsonAs } from "../util/json.js";
 import {
   ControlResponseSchema,
@@ -22,7 +21,7 @@ import {
   type HistoryResponse,
   type Rejected,
 } from "../protocol.js";
-import { RequestAbortedError, isNoResponders, newReplySubject, noBuilderAnswered, requestPayload } from "./client.js";
+import { RequestAbortedError, isNoResponders, newReplySubject, noBuilderAnswered, noBuilderListening, requestPayload } from "./client.js";
 
 export interface GatherOptions {
   /** No answer at all within this long means nobody serves the subject. */
@@ -80,7 +79,7 @@ export async function gatherControl(
         if (err) return fail(err);
         if (isNoResponders(msg)) {
           if (answers.length > 0) return done();
-          return fail(new NoBuilderError(`no builder is listening on ${subject} (NATS reported no responders); is the builder running?`));
+          return fail(noBuilderListening(subject));
         }
         const message = parseJsonAs(decoder.decode(msg.data), ControlResponseSchema);
         if (message === undefined || (message.type !== "rejected" && message.type !== name)) {
