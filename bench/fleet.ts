@@ -1,6 +1,7 @@
 /**
  * `all` on a fleet whose hosts evaluate mostly on their own and keep their
- * config alive (bench/fixtures/fleet-flake, 12 hosts), side by side in one
+ * config alive (test/fixtures/fleet-flake with bench/fixtures/fleet-flake's
+ * sizes: 12 hosts), side by side in one
  * run:
  *   - the per-host loop: `nix build` once per host (cold, fresh revision);
  *   - one host's evaluation alone (`nix eval` of its drvPath): time, peak RSS;
@@ -126,7 +127,8 @@ const sixteenHosts = Array.from({ length: 16 }, (_, i) => `host${i + 1}`);
 const load = { before: loadavg().map((n) => round(n, 2)), after: [] as number[] };
 
 // --- fleet ---------------------------------------------------------------
-const fleet = await startBench(join(here, "fixtures", "fleet-flake"));
+// The tests' fleet fixture, with this benchmark's sizes over it.
+const fleet = await startBench(["fleet-flake", join(here, "fixtures", "fleet-flake")]);
 const samples = {
   oneHostEval: [] as Array<{ ms: number; peakMiB: number }>,
   oneEvalOfAll: [] as Array<{ ms: number; peakMiB: number }>,

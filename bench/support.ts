@@ -30,7 +30,8 @@ export const PACKAGED_NODE_OPTIONS = (JSON.parse(readFileSync(join(ROOT, "packag
   "homelab-deploy"
 ].nodeOptions;
 
-export async function startBench(fixture: string, build: Record<string, unknown> = {}, nodeOptions = PACKAGED_NODE_OPTIONS): Promise<Bench> {
+/** `fixture`: as createFixtureFlake takes it. */
+export async function startBench(fixture: string | readonly string[], build: Record<string, unknown> = {}, nodeOptions = PACKAGED_NODE_OPTIONS): Promise<Bench> {
   const nats = await startNatsServer();
   const flake = await createFixtureFlake(fixture);
   const builder = await startBuilder({

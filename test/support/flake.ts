@@ -51,8 +51,12 @@ export interface FixtureFlake {
   slowPid(): Promise<number>;
 }
 
-/** `fixture`: a directory name under test/fixtures, or an absolute path to a flake directory. */
-export async function createFixtureFlake(fixture = "flake"): Promise<FixtureFlake> {
+/**
+ * `fixture`: a directory name under test/fixtures, or an absolute path to a
+ * flake directory; several are copied in order, each over the one before
+ * (a benchmark's bigger sizes over a test fixture).
+ */
+export async function createFixtureFlake(fixture: string | readonly string[] = "flake"): Promise<FixtureFlake> {
   const dir = await mkdtemp(join(tmpdir(), "hd-flake-"));
   await chmod(dir, 0o755);
   const eventsDir = join(dir, ".events");
@@ -63,7 +67,9 @@ export async function createFixtureFlake(fixture = "flake"): Promise<FixtureFlak
   await chmod(eventsDir, 0o1777);
   await writeFile(join(eventsDir, "events.log"), "");
   await chmod(join(eventsDir, "events.log"), 0o666);
-  await cp(isAbsolute(fixture) ? fixture : join(FIXTURES, fixture), dir, { recursive: true });
+  for (const layer of typeof fixture === "string" ? [fixture] : fixture) {
+    await cp(isAbsolute(layer) ? layer : join(FIXTURES, layer), dir, { recursive: true });
+  }
   const flakeFile = join(dir, "flake.nix");
   const template = await readFile(flakeFile, "utf8");
   await writeFile(flakeFile, template.replaceAll("@SYSTEM@", nixSystem).replaceAll("@EVENTS@", eventsDir));
