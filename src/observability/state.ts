@@ -14,6 +14,7 @@ import { writeFileAtomic } from "../util/atomic-file.js";
 import { errorMessage } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { HostNameSchema, HostStatusSchema, JobStatusSchema, RepoNameSchema } from "../protocol.js";
+import { SaveLoop } from "../util/save-loop.js";
 
 export const STATE_FILE_NAME = "metrics.json";
 const FORMAT_VERSION = 1;
@@ -113,37 +114,20 @@ export interface StatePersisterOptions {
   onSaved?: (error: string | undefined) => void;
 }
 
-/**
- * Saves after every change, one write at a time: changes that arrive while
- * a write runs are folded into a single next write, so a burst of events
- * never queues up a burst of writes, and the last change is always saved.
- */
+/** Saves after every change, a burst of events folded into one write (SaveLoop). */
 export class StatePersister {
-  private writing: Promise<void> | undefined;
-  private dirty = false;
+  private readonly loop = new SaveLoop(() => this.writeOnce());
 
   constructor(private readonly options: StatePersisterOptions) {}
 
   /** Something worth keeping changed; save it soon. */
   request(): void {
-    this.dirty = true;
-    this.writing ??= this.drain();
+    this.loop.request();
   }
 
   /** Resolves once every requested change is on disk (or its write failed and was logged). */
-  async flush(): Promise<void> {
-    while (this.writing) await this.writing;
-  }
-
-  private async drain(): Promise<void> {
-    try {
-      while (this.dirty) {
-        this.dirty = false;
-        await this.writeOnce();
-      }
-    } finally {
-      this.writing = undefined;
-    }
+  flush(): Promise<void> {
+    return this.loop.flush();
   }
 
   private async writeOnce(): Promise<void> {

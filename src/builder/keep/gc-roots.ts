@@ -28,6 +28,7 @@ import type { Logger } from "../../logger.js";
 import type { NixStore } from "../../nix/store.js";
 import { isStorePath, storeHash } from "../../nix/store-path.js";
 import { isValidHostName, isValidRepoName } from "../../protocol.js";
+import { SaveLoop } from "../../util/save-loop.js";
 
 export const GC_ROOTS_DIR = "gcroots";
 export const GC_ROOTS_FILE = "gcroots.json";
@@ -76,8 +77,12 @@ export class GcRoots {
   /** Per repo, the hosts its default branch had at its last `all` build. */
   private readonly currentHosts = new Map<string, Set<string>>();
   private queue: Promise<unknown> = Promise.resolve();
-  private saving: Promise<void> | undefined;
-  private dirty = false;
+  /**
+   * The bookkeeping is written behind the build (the links are what keep
+   * the roots; the file only adds revisions): writes that pile up while one
+   * runs fold into one.
+   */
+  private readonly saves = new SaveLoop(() => this.save());
   private readonly now: () => number;
 
   constructor(private readonly options: GcRootsOptions) {
@@ -142,7 +147,7 @@ export class GcRoots {
   /** Resolves when every change so far is done and on disk. */
   async flush(): Promise<void> {
     await this.serially(async () => undefined);
-    while (this.saving) await this.saving;
+    await this.saves.flush();
   }
 
   private serially<T>(work: () => Promise<T>): Promise<T> {
@@ -209,26 +214,7 @@ export class GcRoots {
       expired.push(...roots.filter((r) => r.kind === "ref" && r.builtAt + keepRefBuildsMs <= now));
     }
     await this.release(expired, "past the keep policy");
-    this.scheduleSave();
-  }
-
-  /**
-   * The bookkeeping is written behind the build (the links are what keep
-   * the roots; the file only adds revisions): writes that pile up while one
-   * runs fold into one.
-   */
-  private scheduleSave(): void {
-    this.dirty = true;
-    this.saving ??= (async () => {
-      try {
-        while (this.dirty) {
-          this.dirty = false;
-          await this.save();
-        }
-      } finally {
-        this.saving = undefined;
-      }
-    })();
+    this.saves.request();
   }
 
   private async release(roots: GcRoot[], why: string): Promise<void> {

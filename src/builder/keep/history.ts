@@ -13,6 +13,7 @@ import { readStateFile } from "../../util/regular-file.js";
 import { errorMessage } from "../../errors.js";
 import type { Logger } from "../../logger.js";
 import { HistoryEntrySchema, isValidHostName, isValidRepoName, type HistoryEntry } from "../../protocol.js";
+import { SaveLoop } from "../../util/save-loop.js";
 
 export const HISTORY_FILE = "history.json";
 /** Successful builds the expected duration is the median of. */
@@ -37,9 +38,7 @@ export interface HistoryOptions {
 export class BuildHistory {
   private repos: Record<string, Record<string, HistoryEntry[]>> = {};
   private readonly file: string | undefined;
-  private saving: Promise<void> = Promise.resolve();
-  private dirty = false;
-  private writing = false;
+  private readonly saves = new SaveLoop(() => this.save());
 
   constructor(private readonly options: HistoryOptions) {
     this.file = options.stateDir ? join(options.stateDir, HISTORY_FILE) : undefined;
@@ -104,22 +103,12 @@ export class BuildHistory {
   }
 
   /** Resolves when what was recorded so far is on disk (or its write failed and was logged). */
-  async flush(): Promise<void> {
-    while (this.dirty || this.writing) await this.saving;
+  flush(): Promise<void> {
+    return this.saves.flush();
   }
 
   private scheduleSave(): void {
-    if (!this.file) return;
-    this.dirty = true;
-    if (this.writing) return;
-    this.writing = true;
-    this.saving = (async () => {
-      while (this.dirty) {
-        this.dirty = false;
-        await this.save();
-      }
-      this.writing = false;
-    })();
+    if (this.file) this.saves.request();
   }
 
   private async save(): Promise<void> {
