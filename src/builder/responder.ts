@@ -25,6 +25,7 @@ import type { Logger } from "../logger.js";
 import type { BuildResponse, ControlResponse, Rejected } from "../protocol.js";
 import type { Job } from "./queue.js";
 import { LogThrottle } from "../util/log-throttle.js";
+import { RingBuffer } from "../util/ring-buffer.js";
 import { fitPayload, payloadBytes } from "./fit-payload.js";
 import type { ConnectionState, NatsTransport } from "../nats/transport.js";
 
@@ -47,7 +48,7 @@ interface Sent {
 }
 
 export class Responder {
-  private readonly recent: Sent[] = [];
+  private readonly recent = new RingBuffer<Sent>(MAX_RECENT);
   private disconnectedAt: number | undefined;
   private unsettledUntil = 0;
   private readonly timers = new Set<NodeJS.Timeout>();
@@ -123,7 +124,6 @@ export class Responder {
   private remember(requesters: string[], message: BuildResponse): void {
     const sent = { at: Date.now(), requesters, message };
     this.recent.push(sent);
-    if (this.recent.length > MAX_RECENT) this.recent.shift();
     if (this.disconnectedAt === undefined && sent.at < this.unsettledUntil) this.resendLater(sent);
   }
 
@@ -147,7 +147,7 @@ export class Responder {
     const since = this.disconnectedAt - LOST_BEFORE_DISCONNECT_MS;
     this.disconnectedAt = undefined;
     this.unsettledUntil = Date.now() + UNSETTLED_AFTER_RECONNECT_MS;
-    const lost = this.recent.filter((sent) => sent.at >= since);
+    const lost = this.recent.toArray().filter((sent) => sent.at >= since);
     if (lost.length > 0) this.logger.info({ messages: lost.length }, "reconnected: sending recent messages again");
     for (const sent of lost) this.resendLater(sent);
   }
