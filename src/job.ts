@@ -72,11 +72,6 @@ export class Job {
     }
   }
 
-  /** Resumed from a saved queue with hosts already done. */
-  get resuming(): boolean {
-    return this.checkpoint !== null;
-  }
-
   get cancelled(): boolean {
     return this.abort.signal.aborted;
   }
