@@ -30,7 +30,7 @@ const [before, after] = [await build("old"), await build("new")];
 const installable = ["build", "--no-link", "--json", "--impure", "--expr", `import ${closures} { generation = "new"; }`];
 await execa("nix", installable, { env, extendEnv: true });
 
-const store = new NixStore(new NixRunner({ nixBin: "nix", killGraceMs: 1000, logTailLines: 10, env: { ...process.env, ...env } as Record<string, string> }), "nix");
+const store = new NixStore(new NixRunner({ nixBin: "nix", killGraceMs: 1000, logTailLines: 10, env: { ...process.env, ...env } as Record<string, string> }));
 const links = await mkdtemp(join(tmpdir(), "hd-bench-roots-"));
 const buildMs: number[] = [];
 const keepMs: number[] = [];

@@ -76,7 +76,7 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
     await assertReplaceable(join(config.stateDir, file)).catch((err: unknown) => stateHealth.record(file, errorMessage(err)));
   }
   await toplevels.load();
-  const store = new NixStore(nix, config.build.nixBin);
+  const store = new NixStore(nix);
   const history = new BuildHistory({
     stateDir: config.stateDir,
     size: config.build.historySize,

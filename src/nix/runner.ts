@@ -125,7 +125,12 @@ export function toplevelInstallable(lockedUrl: string, host: string): string {
 }
 
 export class NixRunner {
-  private readonly nixStoreBin: string;
+  /** nix-store, found next to nix (NixStore runs it too). */
+  readonly nixStoreBin: string;
+
+  get nixBin(): string {
+    return this.options.nixBin;
+  }
 
   /** Every nix process the builder starts goes into it, the evaluation pool's workers too. */
   get ledger(): ProcessRecorder | undefined {

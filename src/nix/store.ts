@@ -6,7 +6,6 @@
  * text output of `nix store diff-closures` and `nix path-info -S` (their
  * JSON differs between versions or does not exist in 2.8).
  */
-import { dirname, join } from "node:path";
 import { parseDiffClosures } from "./diff-closures.js";
 import { describeFailure, type NixRunner, type Outcome } from "./runner.js";
 import { isStorePath } from "./store-path.js";
@@ -18,13 +17,12 @@ export interface ClosureDiff {
 }
 
 export class NixStore {
+  private readonly nixBin: string;
   private readonly nixStoreBin: string;
 
-  constructor(
-    private readonly runner: NixRunner,
-    private readonly nixBin: string,
-  ) {
-    this.nixStoreBin = nixBin.includes("/") ? join(dirname(nixBin), "nix-store") : "nix-store";
+  constructor(private readonly runner: NixRunner) {
+    this.nixBin = runner.nixBin;
+    this.nixStoreBin = runner.nixStoreBin;
   }
 
   /**

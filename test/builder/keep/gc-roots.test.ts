@@ -33,7 +33,7 @@ beforeEach(async (context) => {
 function keeper(stateDir: string, clock: { now: number }, repos = ["r"]) {
   const nix = new NixRunner({ nixBin: "nix", killGraceMs: 500, logTailLines: 20, env: { ...process.env, ...store.env } as Record<string, string> });
   const { logger, lines } = memoryLogger();
-  const roots = new GcRoots({ stateDir, store: new NixStore(nix, "nix"), keepGenerations: 2, keepRefBuildsMs: 60_000, logger, repos, now: () => clock.now });
+  const roots = new GcRoots({ stateDir, store: new NixStore(nix), keepGenerations: 2, keepRefBuildsMs: 60_000, logger, repos, now: () => clock.now });
   return { roots, lines };
 }
 
