@@ -11,12 +11,6 @@ import { parseJsonAs } from "../util/json.js";
 import { SeqOrder } from "./sequence.js";
 import {
   BuildResponseSchema,
-  ControlResponseSchema,
-  type AnswerTo,
-  type ControlName,
-  type ControlResponse,
-  type DiscoverResponse,
-  type Rejected,
   RESPONSE_PREFIX,
   buildSubject,
   isFinal,

@@ -11,7 +11,7 @@
  * aborted — a requester here listens on its own `build.responses.<id>`
  * like every other exchange.
  */
-import type { Msg, NatsConnection, Subscription } from "nats";
+import type { NatsConnection, Subscription } from "nats";
 import { parseJsonAs } from "../util/json.js";
 import {
   ControlResponseSchema,
@@ -166,10 +166,6 @@ export async function askEveryBuilder<N extends ControlName>(
   return combineAnswers(name, await gatherControl(nc, name, body, options));
 }
 
-/**
- * A refresh makes every builder fetch and evaluate each repo on its own:
- * their answers come seconds apart, so wait longer for the later ones.
- */
 /**
  * A builder answers build.discover once its fetches are done or after 1.5 s
  * (src/builder/control.ts), whichever is first: wait that long for the

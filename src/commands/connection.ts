@@ -10,7 +10,7 @@ import { VaultSchema, issueMessage, vaultEnvDefaults, type VaultConfig } from ".
 import { fileSeedSource, type SeedSource } from "../nats/credentials.js";
 import { askEveryBuilder, type GatherOptions } from "../client/gather.js";
 import { ExitCode, UsageError } from "../errors.js";
-import type { AnswerTo, ControlName, ControlResponse } from "../protocol.js";
+import type { AnswerTo, ControlName } from "../protocol.js";
 import { createLogger, type Logger } from "../logger.js";
 import { NatsTransport } from "../nats/transport.js";
 import { vaultSeedSource, type VaultSettingNames } from "../nats/vault.js";

@@ -12,10 +12,10 @@ import { describe, expect, it } from "vitest";
 import type { NatsConnection } from "nats";
 import { cleanupsAfterEach } from "../support/cleanups.js";
 import { ROOT, jsonLines, runCli, spawnCli } from "../support/cli.js";
-import { startBuilder, type BuilderProcess } from "../support/daemon.js";
+import { startBuilder } from "../support/daemon.js";
 import { createFixtureFlake, type BuildInterval, type FixtureFlake } from "../support/flake.js";
 import { Inbox, connectAs, sleep, type Message } from "../support/nats-client.js";
-import { startNatsServer, type NatsServer } from "../support/nats-server.js";
+import { startNatsServer } from "../support/nats-server.js";
 import { isRunning, processesMatching } from "../support/processes.js";
 
 const cleanups = cleanupsAfterEach();
