@@ -1,4 +1,4 @@
-# What the builder and scheduled-builds modules share: the package default,
+# What the builder, listener and scheduled-builds modules share: the package default,
 # repo-name rules, the NKey credential options (a seed file, or Vault) and
 # how they reach the service (systemd LoadCredential), and the hardening
 # both units get. docs/deployment.md explains each setting.
@@ -26,7 +26,9 @@ rec {
   credentialsDir = unit: "/run/credentials/${unit}.service";
 
   # Where the NKey seed comes from: exactly one of a seed file and Vault.
-  credentialOptions = { who, defaultSecretPath }: {
+  # `defaultSecretPathText`: how the docs show a default computed from
+  # other options (the listener's depends on its tier).
+  credentialOptions = { who, defaultSecretPath, defaultSecretPathText ? null }: {
     nkeySeedFile = mkOption {
       type = types.nullOr types.str;
       default = null;
@@ -69,11 +71,11 @@ rec {
         default = "secret";
         description = "The KV version 2 mount holding the seed.";
       };
-      secretPath = mkOption {
+      secretPath = mkOption ({
         type = types.str;
         default = defaultSecretPath;
         description = "Path of the ${who}'s seed in the mount.";
-      };
+      } // lib.optionalAttrs (defaultSecretPathText != null) { defaultText = defaultSecretPathText; });
       secretField = mkOption {
         type = types.str;
         default = "nkey";
@@ -129,7 +131,8 @@ rec {
       message = "${prefix}.${name}: expected an absolute path, got \"${file}\".";
     }) files;
 
-  # Hardening both units share; docs/deployment.md says why each is safe.
+  # Hardening the builder's and the scheduler's units share (the listener
+  # runs as root, unhardened: it switches the system); docs/deployment.md says why each is safe.
   # Not set: MemoryDenyWriteExecute (Node's V8 JIT needs writable and
   # executable memory and would crash), PrivateUsers and PrivateNetwork (the
   # nix daemon identifies its client by uid over the socket; NATS, Vault and
