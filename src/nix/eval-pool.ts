@@ -34,7 +34,7 @@ import { NixLogState, parseNixLine } from "./log.js";
 import { killProcessTree, processTree } from "./process-tree.js";
 import { sourceLocation, type HostBuild, type ProcessRecorder } from "./runner.js";
 import type { ToplevelDrvs } from "./toplevel-cache.js";
-import { DrvPathSchema } from "./store-path.js";
+import { DrvPathSchema } from "../store-path.js";
 
 export interface EvalPoolOptions {
   nixBin: string;

@@ -19,7 +19,7 @@ import { killProcessTree } from "./process-tree.js";
 import { formatSetting } from "../util/duration.js";
 import { isCommitId, type HostStatus, type SourceLocation } from "../protocol.js";
 import type { NixError } from "./log.js";
-import { isStorePath, pathInSource } from "./store-path.js";
+import { isStorePath, pathInSource } from "../store-path.js";
 
 /** Where each nix process group started is recorded, so a crashed builder's leftovers can be ended (src/nix/process-ledger.ts). */
 export interface ProcessRecorder {

@@ -8,7 +8,7 @@
  */
 import { parseDiffClosures } from "./diff-closures.js";
 import { describeFailure, type NixRunner, type Outcome } from "./runner.js";
-import { isStorePath } from "./store-path.js";
+import { isStorePath } from "../store-path.js";
 import type { PackageChange } from "../protocol.js";
 
 export interface ClosureDiff {

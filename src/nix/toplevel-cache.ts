@@ -16,7 +16,7 @@ import { writeFileAtomic } from "../util/atomic-file.js";
 import { errorMessage } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { LruMap } from "../util/lru.js";
-import { DrvPathSchema } from "./store-path.js";
+import { DrvPathSchema } from "../store-path.js";
 
 export const TOPLEVEL_CACHE_FILE = "toplevels.json";
 const CAPACITY = 8;

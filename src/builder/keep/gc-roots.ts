@@ -26,7 +26,7 @@ import { readStateFile } from "../../util/regular-file.js";
 import { errorMessage } from "../../errors.js";
 import type { Logger } from "../../logger.js";
 import type { NixStore } from "../../nix/store.js";
-import { isStorePath, storeHash } from "../../nix/store-path.js";
+import { isStorePath, storeHash } from "../../store-path.js";
 import { isValidHostName, isValidRepoName } from "../../protocol.js";
 import { SaveLoop } from "../../util/save-loop.js";
 
