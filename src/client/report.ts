@@ -6,6 +6,7 @@
  * a terminal and never when NO_COLOR is set.
  */
 import { formatDuration } from "../util/duration.js";
+import { formatTable, type Paint } from "./table.js";
 import type {
   BuildResponse,
   CancelResponse,
@@ -36,7 +37,6 @@ export interface Output {
   columns?: number;
 }
 
-type Paint = (color: "green" | "red" | "yellow" | "dim" | "bold", text: string) => string;
 
 const CODES = { green: 32, red: 31, yellow: 33, dim: 2, bold: 1 } as const;
 
@@ -57,7 +57,7 @@ function shortRev(revision: string | null): string {
   return revision ? revision.slice(0, 12) : "(unknown revision)";
 }
 
-function plural(n: number, word: string): string {
+export function plural(n: number, word: string): string {
   return `${n} ${word}${n === 1 ? "" : "s"}`;
 }
 
@@ -65,7 +65,7 @@ function positionText(position: number): string {
   return position === 0 ? "starting now" : `${plural(position, "job")} ahead`;
 }
 
-function firstLine(text: string): string {
+export function firstLine(text: string): string {
   const line = text.split("\n")[0] ?? "";
   return line.length > 160 ? `${line.slice(0, 160)}…` : line;
 }
@@ -108,7 +108,7 @@ export function changesText(changes: Changes | null | undefined, shown = 2): str
 }
 
 /** The CHANGES cell: "3 packages, +1.2 MiB", "none", "-" without a comparison. */
-function changesCell(changes: Changes | null | undefined): string {
+export function changesCell(changes: Changes | null | undefined): string {
   if (!changes) return "-";
   const count = changedCount(changes);
   const size = changes.sizeDeltaBytes !== 0 ? `, ${signedBytes(changes.sizeDeltaBytes)}` : "";
@@ -230,27 +230,14 @@ function resultDetail(result: HostResult): string {
 export function summaryTable(final: FinalResponse, paint: Paint = (_c, t) => t, width?: number): string[] {
   if (final.type !== "completed" || final.results.length === 0) return [];
   const rows = final.results.map((r) => [r.host, r.status, formatDuration(r.durationMs), r.status === "success" ? changesCell(r.changes) : "", resultDetail(r)]);
-  const header = ["HOST", "STATUS", "DURATION", "CHANGES", "RESULT"];
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] as string).length)));
-  const cut = (line: string) => (width !== undefined && line.length > width - 1 ? `${line.slice(0, Math.max(0, width - 2))}…` : line);
-  const format = (cells: string[], colorize: boolean) => {
-    const line = cut(
-      cells
-        .map((cell, i) => (i === cells.length - 1 ? cell : cell.padEnd(widths[i] as number)))
-        .join("  ")
-        .trimEnd(),
-    );
-    // Colour the status after cutting, so the cut counts visible characters only.
-    const statusAt = (widths[0] as number) + 2;
-    const status = cells[1] as string;
-    if (!colorize || line.length < statusAt + status.length) return line;
-    return `${line.slice(0, statusAt)}${paint(STATUS_COLOR[status as HostStatus] ?? "dim", status)}${line.slice(statusAt + status.length)}`;
-  };
-  return [format(header, false), ...rows.map((row) => format(row, true))];
+  return formatTable(["HOST", "STATUS", "DURATION", "CHANGES", "RESULT"], rows, {
+    width,
+    colour: { column: 1, paint, colourOf: (status) => STATUS_COLOR[status as HostStatus] ?? "dim" },
+  });
 }
 
 /** The terminal width a table is cut to, on a terminal only. */
-function tableWidth(out: Output): number | undefined {
+export function tableWidth(out: Output): number | undefined {
   return out.isTTY ? (out.columns ?? 120) : undefined;
 }
 
