@@ -7,6 +7,7 @@ import { Command, CommanderError } from "commander";
 import { registerBuild } from "./commands/build.js";
 import { registerBuilder } from "./commands/builder.js";
 import { registerCancel } from "./commands/cancel.js";
+import { registerDeploy } from "./commands/deploy.js";
 import { registerMcp } from "./commands/mcp.js";
 import { registerStatus } from "./commands/status.js";
 import { registerHistory } from "./commands/history.js";
@@ -24,6 +25,7 @@ function program(): Command {
   registerStatus(root);
   registerCancel(root);
   registerHistory(root);
+  registerDeploy(root);
   registerMcp(root);
   return root;
 }

@@ -11,6 +11,7 @@ import { createMcpServer } from "./server.js";
 
 export interface McpFlags extends ConnectionFlags {
   enableBuilds?: boolean;
+  enableDeploy?: boolean;
   ackTimeout: string;
   idleTimeout: string;
 }
@@ -23,7 +24,8 @@ export async function runMcp(flags: McpFlags): Promise<number> {
   const link = new NatsLink(() => connectClient(flags, logger), flags.natsUrl, logger);
   const shutdown = new AbortController();
   const enableBuilds = flags.enableBuilds === true;
-  const server = createMcpServer({ enableBuilds, link, logger, ackTimeoutMs, idleTimeoutMs, shutdown: shutdown.signal });
+  const enableDeploy = flags.enableDeploy === true;
+  const server = createMcpServer({ enableBuilds, enableDeploy, link, logger, ackTimeoutMs, idleTimeoutMs, shutdown: shutdown.signal });
   const transport = new StdioServerTransport();
 
   let resolveDone: (code: number) => void = () => undefined;
@@ -46,7 +48,7 @@ export async function runMcp(flags: McpFlags): Promise<number> {
 
   server.server.onclose = () => void stop("the MCP transport closed");
   await server.connect(transport);
-  logger.info({ builds: enableBuilds, nats: flags.natsUrl }, "MCP server ready on stdio");
+  logger.info({ builds: enableBuilds, deploy: enableDeploy, nats: flags.natsUrl }, "MCP server ready on stdio");
   return done;
 }
 
