@@ -25,6 +25,8 @@ import type {
 
 export interface Reporter {
   message(message: BuildResponse): void;
+  /** No builder is listening (yet): the request is asked again until `until` (epoch ms). */
+  waiting(reason: string, until: number): void;
   /** Prints the summary and stops any live output. */
   finish(final: FinalResponse): void;
   /** Stops live output without a summary (e.g. on an error). */
@@ -246,8 +248,15 @@ class JsonReporter implements Reporter {
   message(message: BuildResponse): void {
     this.out.write(`${JSON.stringify(message)}\n`);
   }
+  /** Only the builder's messages go to stdout; the wait is logged on stderr. */
+  waiting(): void {}
   finish(): void {}
   close(): void {}
+}
+
+/** "waiting for a builder: no builder is listening on …; asking again for up to 30s". */
+function waitingLine(reason: string, until: number): string {
+  return `waiting for a builder: ${reason.replace(/; is the builder running\?$/, "")}; asking again for up to ${formatDuration(Math.max(0, until - Date.now()))}`;
 }
 
 const PLAIN_PROGRESS_EVERY_MS = 30_000;
@@ -256,6 +265,7 @@ const PLAIN_PROGRESS_EVERY_MS = 30_000;
 class PlainReporter implements Reporter {
   private lastProgressAt = 0;
   private lastEvaluatingAt = 0;
+  private saidWaiting = false;
 
   constructor(
     private readonly out: Output,
@@ -278,6 +288,13 @@ class PlainReporter implements Reporter {
     for (const line of describeMessage(message, this.paint, this.describe)) this.out.write(`${line}\n`);
   }
 
+  /** Said once: a log line per retry would say nothing new. */
+  waiting(reason: string, until: number): void {
+    if (this.saidWaiting) return;
+    this.saidWaiting = true;
+    this.out.write(`${waitingLine(reason, until)}\n`);
+  }
+
   finish(final: FinalResponse): void {
     const table = summaryTable(final, this.paint);
     if (table.length > 0) this.out.write(`\n${table.join("\n")}\n`);
@@ -293,6 +310,8 @@ class LiveReporter implements Reporter {
   private evaluation: { counts: EvaluationCounts; since: number } | undefined;
   /** Since when the builder has been restarting (between `interrupted` and `resumed`). */
   private restartingSince: number | undefined;
+  /** Since when no builder has been listening (before the first answer). */
+  private waitingSince: number | undefined;
   private readonly ticker: NodeJS.Timeout;
   private shown = false;
 
@@ -307,6 +326,7 @@ class LiveReporter implements Reporter {
   }
 
   message(message: BuildResponse): void {
+    this.waitingSince = undefined;
     switch (message.type) {
       case "host_started":
         this.current = { index: message.index, total: message.total, host: message.host, startedAt: Date.now(), expectedMs: message.expectedMs ?? null };
@@ -350,6 +370,11 @@ class LiveReporter implements Reporter {
     return `[${current.index}/${current.total}] ${current.host}: ${detail} · ${elapsed}${evaluating ? ` · ${evaluating}` : ""}`;
   }
 
+  waiting(): void {
+    this.waitingSince ??= Date.now();
+    this.draw();
+  }
+
   finish(final: FinalResponse): void {
     this.close();
     const table = summaryTable(final, this.paint, tableWidth(this.out));
@@ -360,6 +385,7 @@ class LiveReporter implements Reporter {
     clearInterval(this.ticker);
     this.current = undefined;
     this.evaluation = undefined;
+    this.waitingSince = undefined;
     this.clear();
   }
 
@@ -374,6 +400,8 @@ class LiveReporter implements Reporter {
       const current = this.current;
       const where = current ? `[${current.index}/${current.total}] ${current.host}: ` : "";
       line = `${where}the builder is restarting; the job is saved and resumes when it is back · ${formatDuration(Date.now() - this.restartingSince)}`;
+    } else if (this.waitingSince !== undefined) {
+      line = `waiting for a builder… · ${formatDuration(Date.now() - this.waitingSince)}`;
     } else line = this.liveText();
     if (line === undefined) return;
     const width = this.out.columns ?? 120;

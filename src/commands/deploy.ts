@@ -15,7 +15,8 @@ import { ExitCode, UsageError } from "../errors.js";
 import { checkTier, deployFleet, listFleet, parseTarget, succeeded, type DeployRun } from "../client/deploy.js";
 import { createDeployReporter, fleetTable } from "../client/deploy-report.js";
 import { painter, tableWidth } from "../client/report.js";
-import { addAckTimeoutOption, addConnectionOptions, durationFlag, withClient, type ConnectionFlags } from "./connection.js";
+import { withClient } from "../client/connection.js";
+import { addAckTimeoutOption, addConnectionOptions, durationFlag, type ConnectionFlags } from "./connection.js";
 
 interface DeployFlags extends ConnectionFlags {
   action: string;

@@ -7,8 +7,22 @@
  * on SIGTERM/SIGINT, closing the NATS connection first.
  */
 import type { Command } from "commander";
-import { addAckTimeoutOption, addConnectionOptions, addIdleTimeoutOption } from "./connection.js";
-import type { McpFlags } from "../mcp/run.js";
+import {
+  addAckTimeoutOption,
+  addConnectionOptions,
+  addIdleTimeoutOption,
+  addWaitForBuilderOption,
+  durationFlag,
+  type ConnectionFlags,
+} from "./connection.js";
+
+interface McpFlags extends ConnectionFlags {
+  enableBuilds?: boolean;
+  enableDeploy?: boolean;
+  ackTimeout: string;
+  idleTimeout: string;
+  waitForBuilder: string;
+}
 
 export function registerMcp(program: Command): void {
   const command = program
@@ -18,10 +32,20 @@ export function registerMcp(program: Command): void {
     .option("--enable-deploy", "offer the deploy and list_hosts tools (which tiers can be deployed is up to the NATS user's permissions)");
   addAckTimeoutOption(command, "a tool call gives up when no builder answers within this long");
   addIdleTimeoutOption(command);
+  addWaitForBuilderOption(command);
   addConnectionOptions(command).action(async (flags: McpFlags) => {
+    const { enableBuilds, enableDeploy, ackTimeout, idleTimeout, waitForBuilder, ...settings } = flags;
+    const options = {
+      settings,
+      enableBuilds: enableBuilds === true,
+      enableDeploy: enableDeploy === true,
+      ackTimeoutMs: durationFlag("--ack-timeout", ackTimeout),
+      idleTimeoutMs: durationFlag("--idle-timeout", idleTimeout, true),
+      waitForBuilderMs: durationFlag("--wait-for-builder", waitForBuilder, true),
+    };
     // Loaded only when asked for: the builder daemon never needs the MCP SDK in memory.
     const { runMcp } = await import("../mcp/run.js");
-    process.exitCode = await runMcp(flags);
+    process.exitCode = await runMcp(options);
   });
 }
 

@@ -18,7 +18,7 @@ const success: Extract<DeployResponse, { type: "completed" }> = {
   previous: A,
   generation: 7,
   rebootRequired: true,
-  changes: { packages: [{ name: "openssl", before: ["3.0.1"], after: ["3.0.2"], sizeDeltaBytes: 0 }], sizeDeltaBytes: 1024 * 1024 * 1.5 },
+  changes: { against: A, againstRevision: null, packages: [{ name: "openssl", before: ["3.0.1"], after: ["3.0.2"], sizeDeltaBytes: 0 }], sizeDeltaBytes: 1024 * 1024 * 1.5 },
   durationMs: 4200,
 };
 const rolledBack: Extract<DeployResponse, { type: "completed" }> = {
