@@ -29,10 +29,24 @@ function fail<T>(code: DeployErrorCode, message: string, cause?: string): Step<T
   return { ok: false, error: { code, message, ...(cause ? { cause } : {}) } };
 }
 
-/** The last lines a failed command wrote, as a cause. */
-function causeOf(run: RunResult, bin: string): string {
+/** Why a command that is not nix (switch-to-configuration, a health command) did not succeed. */
+export function commandFailure(run: RunResult, bin: string): string {
+  switch (run.outcome) {
+    case "spawn_failed":
+      return `cannot run ${bin}: ${run.spawnError ?? "spawn failed"}`;
+    case "timeout":
+      return `${bin} timed out after ${Math.round(run.timeoutMs / 1000)}s; its process tree was killed`;
+    case "cancelled":
+      return `${bin} was stopped`;
+    case "exited":
+      return run.signal ? `${bin} was killed by ${run.signal}` : `${bin} exited with code ${run.exitCode ?? "?"}`;
+  }
+}
+
+/** Why it failed and the last lines it wrote, as a DeployError's cause. */
+function causeOf(run: RunResult, bin: string, isNix = false): string {
   const tail = run.log.logTail().slice(-10);
-  return [describeFailure(run, bin), ...tail].join("\n");
+  return [isNix ? describeFailure(run, bin) : commandFailure(run, bin), ...tail].join("\n");
 }
 
 function succeeded(run: RunResult): boolean {
@@ -79,7 +93,7 @@ export class Activation {
   async setProfile(toplevel: string): Promise<Step<number | null>> {
     const { nix, system } = this.options;
     const run = await nix.run(["-p", system.profile, "--set", toplevel], { timeoutMs: this.options.timeouts.switch }, nix.nixEnvBin);
-    if (!succeeded(run)) return fail("profile_failed", `cannot set the system profile ${system.profile} to ${toplevel}`, causeOf(run, nix.nixEnvBin));
+    if (!succeeded(run)) return fail("profile_failed", `cannot set the system profile ${system.profile} to ${toplevel}`, causeOf(run, nix.nixEnvBin, true));
     return { ok: true, value: await profileGeneration(system.profile) };
   }
 
@@ -87,7 +101,7 @@ export class Activation {
   async switchGeneration(generation: number): Promise<Step<void>> {
     const { nix, system } = this.options;
     const run = await nix.run(["-p", system.profile, "--switch-generation", String(generation)], { timeoutMs: this.options.timeouts.switch }, nix.nixEnvBin);
-    if (!succeeded(run)) return fail("rollback_failed", `cannot switch the system profile back to generation ${generation}`, causeOf(run, nix.nixEnvBin));
+    if (!succeeded(run)) return fail("rollback_failed", `cannot switch the system profile back to generation ${generation}`, causeOf(run, nix.nixEnvBin, true));
     return { ok: true, value: undefined };
   }
 
@@ -97,6 +111,16 @@ export class Activation {
     const run = await this.options.nix.run([action], { timeoutMs: this.options.timeouts.switch }, bin);
     if (!succeeded(run)) return fail("switch_failed", `switch-to-configuration ${action} of ${toplevel} failed`, causeOf(run, bin));
     return { ok: true, value: undefined };
+  }
+
+  /** Runs the health commands too (same process handling: timeout, process tree killed). */
+  get runner(): NixRunner {
+    return this.options.nix;
+  }
+
+  /** The system the profile's current generation is. */
+  profileSystem(): Promise<string | null> {
+    return systemAt(this.options.system.profile);
   }
 
   current(): Promise<string | null> {
