@@ -6,6 +6,7 @@
 import { Command, CommanderError } from "commander";
 import { registerBuild } from "./commands/build.js";
 import { registerBuilder } from "./commands/builder.js";
+import { registerListener } from "./commands/listener.js";
 import { registerCancel } from "./commands/cancel.js";
 import { registerDeploy } from "./commands/deploy.js";
 import { registerMcp } from "./commands/mcp.js";
@@ -21,6 +22,7 @@ function program(): Command {
     .showHelpAfterError("(run with --help for usage)")
     .exitOverride();
   registerBuilder(root);
+  registerListener(root);
   registerBuild(root);
   registerStatus(root);
   registerCancel(root);

@@ -6,7 +6,7 @@
  * the same with examples; keep them in step.
  */
 import { z } from "zod";
-import { BuildProgressSchema, ChangesSchema, HostNameSchema, RefSchema, isValidHostName, isValidReplySubjectUnder } from "./protocol.js";
+import { BuildProgressSchema, ChangesSchema, HostNameSchema, RefSchema, isValidHostName, isValidReplySubjectUnder, type Numbering } from "./protocol.js";
 import { StorePathSchema } from "./store-path.js";
 
 export const DEPLOY_PREFIX = "deploy";
@@ -266,6 +266,17 @@ export type DeployResumed = z.infer<typeof DeployResumedSchema>;
 export type DeployCompleted = z.infer<typeof DeployCompletedSchema>;
 export type DeployResponse = z.infer<typeof DeployResponseSchema>;
 export type DeployFinal = DeployCompleted | DeployRejected;
+
+/**
+ * How a deploy's messages are numbered (see protocol.ts's Numbering):
+ * progress is a snapshot, `rejected` answers a request that never became a
+ * deploy. `resumed` (a restarted listener) begins a new run of numbers, as
+ * the builder's does.
+ */
+export const DEPLOY_NUMBERING: Numbering = {
+  snapshots: new Set<DeployResponse["type"]>(["progress"]),
+  unnumbered: new Set<DeployResponse["type"]>(["rejected"]),
+};
 
 export function isFinalDeployResponse(message: DeployResponse): message is DeployFinal {
   return message.type === "completed" || message.type === "rejected";

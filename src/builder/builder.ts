@@ -29,7 +29,7 @@ import {
 } from "../protocol.js";
 import { JobQueue, type Job } from "./queue.js";
 import { parseBody, rejection, type ParsedBody } from "./request-body.js";
-import { Responder } from "./responder.js";
+import { BuildResponder } from "./responder.js";
 import { JobStore } from "./job-store.js";
 import { JobRecovery } from "./recovery.js";
 import type { ToplevelCache } from "../nix/toplevel-cache.js";
@@ -59,7 +59,7 @@ const HOST_CHECK_MS = 3_000;
 
 export class Builder {
   private readonly queue: JobQueue;
-  private readonly responder: Responder;
+  private readonly responder: BuildResponder;
   private readonly runner: JobRunner;
   private readonly control: Control;
   private readonly dropLog: LogThrottle;
@@ -78,7 +78,7 @@ export class Builder {
   constructor(private readonly options: BuilderOptions) {
     const { config, transport, events, logger, nix, catalog, toplevels, keeper } = options;
     this.queue = new JobQueue(config.build.maxQueue);
-    this.responder = new Responder(transport, events, logger);
+    this.responder = new BuildResponder(transport, events, logger);
     this.runner = new JobRunner({ config, nix, catalog, responder: this.responder, events, logger, toplevels, keeper, checkpoint: () => this.persistSoon() });
     this.store = new JobStore({ stateDir: config.stateDir, logger, maxJobs: config.build.maxQueue + 1 });
     this.recovery = new JobRecovery({ config, store: this.store, responder: this.responder, logger });

@@ -10,13 +10,13 @@ import type { Job } from "../job.js";
 import { EvalPool } from "../nix/eval-pool.js";
 import type { NixRunner } from "../nix/runner.js";
 import { formatSize } from "../util/size.js";
-import type { Responder } from "./responder.js";
+import type { BuildResponder } from "./responder.js";
 
 export interface EvaluationSetup {
   config: Config;
   nix: NixRunner;
   logger: Logger;
-  responder: Responder;
+  responder: BuildResponder;
   job: Job;
   lockedUrl: string;
   /** In build order: workers take them round-robin, so they finish roughly in that order. */

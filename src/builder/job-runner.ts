@@ -19,7 +19,7 @@ import { ProgressThrottle } from "../nix/progress.js";
 import { ALL_HOSTS, type Completed, type HostResult, type JobStatus, type SourceLocation } from "../protocol.js";
 import type { Job } from "./queue.js";
 import type { JobCheckpoint } from "../job.js";
-import type { Responder } from "./responder.js";
+import type { BuildResponder } from "./responder.js";
 import type { EventBus } from "../events.js";
 import type { Keeper } from "./keep/keeper.js";
 import { copyToCache } from "./copy-to-cache.js";
@@ -28,7 +28,7 @@ export interface JobRunnerOptions {
   config: Config;
   nix: NixRunner;
   catalog: HostCatalog;
-  responder: Responder;
+  responder: BuildResponder;
   /** Told how each `all` job's evaluation pool went (metrics). */
   events?: EventBus;
   logger: Logger;

@@ -13,14 +13,14 @@ import type { HostResult } from "../protocol.js";
 import { boundedText } from "../util/log-tail.js";
 import { completedMessage } from "./job-runner.js";
 import { restoredJob, savedJob, type JobStore } from "./job-store.js";
-import type { Responder } from "./responder.js";
+import type { BuildResponder } from "./responder.js";
 
 export const MAX_INTERRUPTIONS = 3;
 
 export interface JobRecoveryOptions {
   config: Config;
   store: JobStore;
-  responder: Responder;
+  responder: BuildResponder;
   logger: Logger;
 }
 

@@ -33,7 +33,8 @@ export interface Daemon {
   readonly done: Promise<number>;
 }
 
-function seedSourceOf(config: Config, logger: Logger): SeedSource {
+/** The NKey seed from the config's file or Vault (the builder's and the listener's configs alike). */
+export function seedSourceOf(config: { nats: { nkeySeedFile?: string | undefined }; vault?: Config["vault"] }, logger: Logger): SeedSource {
   if (config.vault) {
     return vaultSeedSource({ settings: config.vault, names: CONFIG_KEY_NAMES, logger: logger.child({ component: "vault" }), wait: true });
   }

@@ -124,9 +124,15 @@ export function toplevelInstallable(lockedUrl: string, host: string): string {
   return `${lockedUrl}#nixosConfigurations."${host}".config.system.build.toplevel`;
 }
 
+function siblingOfNix(nixBin: string, name: string): string {
+  return nixBin.includes("/") ? join(dirname(nixBin), name) : name;
+}
+
 export class NixRunner {
   /** nix-store, found next to nix (NixStore runs it too). */
   readonly nixStoreBin: string;
+  /** nix-env, found next to nix (the deploy listener sets the system profile with it). */
+  readonly nixEnvBin: string;
 
   get nixBin(): string {
     return this.options.nixBin;
@@ -139,7 +145,8 @@ export class NixRunner {
 
   constructor(private readonly options: NixRunnerOptions) {
     // nix-store ships next to nix in every Nix release, 2.8 to current.
-    this.nixStoreBin = options.nixBin.includes("/") ? join(dirname(options.nixBin), "nix-store") : "nix-store";
+    this.nixStoreBin = siblingOfNix(options.nixBin, "nix-store");
+    this.nixEnvBin = siblingOfNix(options.nixBin, "nix-env");
   }
 
   async run(args: readonly string[], options: RunOptions, bin = this.options.nixBin): Promise<RunResult> {
@@ -239,7 +246,8 @@ export class NixRunner {
   }
 
   /**
-   * Builds an already evaluated toplevel. `nix-store --realise` works on
+   * Builds an already evaluated toplevel (a .drv), or fetches a store path
+   * from the substituters (nix checks their signatures). `nix-store --realise` works on
    * Nix 2.8 and current Nix alike (`nix build <drv>^*` does not exist in 2.8).
    */
   async realise(drvPath: string, options: RunOptions): Promise<HostBuild> {

@@ -1,0 +1,58 @@
+/**
+ * The health check after a switch or test: the configured commands (argv
+ * lists, no shell), one after another, all within `timeoutMs` from the
+ * start; and, beside them, NATS reached again (a flush) within
+ * `confirmTimeoutMs`, because a host that cannot reach NATS after its
+ * switch can no longer be deployed (deploy-rs's "magic rollback" idea).
+ */
+import type { NixRunner } from "../nix/runner.js";
+import { commandFailure } from "./activation.js";
+import type { HealthCheckResult } from "../deploy-protocol.js";
+import { withinMs } from "../util/within.js";
+
+export interface HealthOptions {
+  runner: NixRunner;
+  commands: string[][];
+  timeoutMs: number;
+  confirmTimeoutMs: number;
+  /** Resolves once NATS has answered a flush; may reject or never settle. */
+  confirmNats: () => Promise<void>;
+}
+
+export interface HealthReport {
+  ok: boolean;
+  checks: HealthCheckResult[];
+  natsConfirmed: boolean;
+}
+
+export async function checkHealth(options: HealthOptions): Promise<HealthReport> {
+  const nats = withinMs(
+    options.confirmNats().then(
+      () => true,
+      () => false,
+    ),
+    options.confirmTimeoutMs,
+  ).then((confirmed) => confirmed === true);
+  const checks = await runChecks(options);
+  const natsConfirmed = await nats;
+  return { ok: natsConfirmed && checks.every((c) => c.ok), checks, natsConfirmed };
+}
+
+async function runChecks(options: HealthOptions): Promise<HealthCheckResult[]> {
+  const deadline = Date.now() + options.timeoutMs;
+  const results: HealthCheckResult[] = [];
+  for (const argv of options.commands) {
+    const [bin, ...args] = argv as [string, ...string[]];
+    const left = deadline - Date.now();
+    if (left <= 0) {
+      results.push({ argv, ok: false, exitCode: null, durationMs: 0, error: "not run: the health timeout had passed" });
+      continue;
+    }
+    const run = await options.runner.run(args, { timeoutMs: left }, bin);
+    const ok = run.outcome === "exited" && run.exitCode === 0;
+    const tail = run.log.logTail().slice(-5).join("\n");
+    const error = ok ? undefined : [commandFailure(run, bin), tail].filter(Boolean).join("\n");
+    results.push({ argv, ok, exitCode: run.exitCode ?? null, durationMs: run.durationMs, ...(error ? { error } : {}) });
+  }
+  return results;
+}
