@@ -19,6 +19,8 @@ let
     inherit (cfg) host tier roles rollback;
     repo = { inherit (cfg.repo) name url; };
     stateDir = "/var/lib/${unit}";
+    # The system's own nix (the nix-daemon's version) realises, builds and sets the profile.
+    nixBin = "${config.nix.package}/bin/nix";
     metrics.listen = "0.0.0.0:9972";
     # The unit file the listener watches: when a switch changes it, the
     # listener exits after its final answer and systemd (Restart=always)

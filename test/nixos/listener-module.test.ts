@@ -16,6 +16,7 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
+import { loadListenerConfig } from "../../src/listener-config.js";
 import { ROOT } from "../support/cli.js";
 import { evalModules, standInPackages, unitValue, type Evaluation, type Packages, type Unit } from "../support/nix-module.js";
 
@@ -65,6 +66,8 @@ async function rendered(unit: Unit): Promise<Record<string, any>> {
   const [bin, subcommand, flag, file] = String(unit.serviceConfig["ExecStart"]).split(" ");
   expect([bin, subcommand, flag]).toEqual([`${packages["homelab-deploy"]}/bin/homelab-deploy`, "listener", "--config"]);
   expect(file).toMatch(/^\/nix\/store\/[a-z0-9]{32}-homelab-deploy-listener\.json$/);
+  // The listener's own loader accepts what the module renders.
+  await loadListenerConfig(file as string);
   return JSON.parse(await readFile(file as string, "utf8")) as Record<string, any>;
 }
 
@@ -93,6 +96,7 @@ describe("services.homelab-deploy.listener", () => {
       stateDir: "/var/lib/homelab-deploy-listener",
       metrics: { listen: "0.0.0.0:9972" },
       selfUnit: "/etc/systemd/system/homelab-deploy-listener.service",
+      nixBin: `${packages.nix}/bin/nix`,
       nats: { url: "nats://nats.example.org:4222" },
       vault: {
         address: "https://vault.example.org:8200",
