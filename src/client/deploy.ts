@@ -36,8 +36,12 @@ import { askEveryBuilder, gather } from "./gather.js";
 import { SeqOrder } from "./sequence.js";
 import { requestBuild } from "./client.js";
 
-/** Listeners answer `deploy.discover` at once; wait this long after the last for the rest. */
-export const LISTENER_DISCOVER_GATHER = { quietMs: 1_000, maxAfterFirstMs: 5_000 } as const;
+/**
+ * Listeners answer `deploy.discover` at once (nothing to fetch, unlike a
+ * builder): wait as long after the last answer as for the builders'
+ * control requests, bounded after the first.
+ */
+export const LISTENER_DISCOVER_GATHER = { quietMs: 300, maxAfterFirstMs: 5_000 } as const;
 
 /** The addressed listeners of a tier, by host name. */
 export function addressed(discovers: readonly DeployDiscoverResponse[], tier: string, target: DeployTarget): DeployDiscoverResponse[] {
@@ -57,12 +61,23 @@ export interface AskOptions {
   onInvalid?: ((raw: string) => void) | undefined;
 }
 
-/** Every listener's `deploy.discover` answer (all tiers). Rejects with NoBuilderError (no listener) like any gather. */
-export async function discoverListeners(nc: NatsConnection, options: AskOptions): Promise<DeployDiscoverResponse[]> {
+/**
+ * Every listener's `deploy.discover` answer (all tiers). Rejects with
+ * NoBuilderError (no listener) like any gather. With `only` (one host of a
+ * tier) it stops as soon as that listener has answered.
+ */
+export async function discoverListeners(nc: NatsConnection, options: AskOptions & { only?: { tier: string; host: string } | undefined }): Promise<DeployDiscoverResponse[]> {
+  const { only } = options;
   return gather(
     nc,
     { subject: DEPLOY_DISCOVER_SUBJECT, replyPrefix: DEPLOY_RESPONSE_PREFIX, schema: DeployDiscoverResponseSchema, responders: "listener" },
-    { ackTimeoutMs: options.ackTimeoutMs, signal: options.signal, onInvalid: options.onInvalid, ...LISTENER_DISCOVER_GATHER },
+    {
+      ackTimeoutMs: options.ackTimeoutMs,
+      signal: options.signal,
+      onInvalid: options.onInvalid,
+      ...LISTENER_DISCOVER_GATHER,
+      complete: only ? (answers) => answers.some((a) => a.tier === only.tier && a.host === only.host) : undefined,
+    },
   );
 }
 
@@ -368,7 +383,8 @@ export function describeTarget(tier: string, target: DeployTarget): string {
 export async function deployFleet(nc: NatsConnection, run: DeployRun, reporter: DeploySink, signal: AbortSignal, onInvalid?: (raw: string) => void): Promise<HostOutcome[]> {
   const { tier, target, spec } = run;
   const ask = { ackTimeoutMs: run.ackTimeoutMs, signal, onInvalid };
-  const listeners = addressed(await discoverListeners(nc, ask), tier, target);
+  const only = target.kind === "host" ? { tier, host: target.host } : undefined;
+  const listeners = addressed(await discoverListeners(nc, { ...ask, only }), tier, target);
   if (listeners.length === 0) throw new NoBuilderError(`no listener of ${describeTarget(tier, target)} answered on deploy.discover; is the listener running on it?`);
   const follow = { ...ask, idleTimeoutMs: run.idleTimeoutMs, onMessage: (m: DeployResponse) => reporter.message(m) };
   const hosts = listeners.map((l) => l.host);

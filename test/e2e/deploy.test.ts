@@ -1,0 +1,249 @@
+/**
+ * The deployer (`homelab-deploy deploy`) end to end: a real nats-server
+ * with the plan's permissions and the listener users, the real builder and
+ * real listeners on the fixture system flake (test/fixtures/system-flake),
+ * the real CLI. Hosts: web1 (role web) and web2 in tier test, db1 in prod.
+ * Each listener's profile, current and booted links live in its own temp
+ * dir; the fixture's switch-to-configuration records its activations there.
+ */
+import { mkdir, mkdtemp, readFile, readlink, symlink, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { execa } from "execa";
+import type { NatsConnection } from "nats";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CLI, jsonLines, runCli, spawnCli } from "../support/cli.js";
+import { spawnBuilder, startBuilder, type BuilderProcess } from "../support/daemon.js";
+import { createFixtureFlake, type FixtureFlake } from "../support/flake.js";
+import { connectAs } from "../support/nats-client.js";
+import { startNatsServer, type NatsServer } from "../support/nats-server.js";
+
+interface Host {
+  name: string;
+  tier: "test" | "prod";
+  roles: string[];
+  root: string;
+  listener: BuilderProcess;
+}
+
+const REPO = "fleet";
+let nats: NatsServer;
+let flake: FixtureFlake;
+let builder: BuilderProcess;
+const hosts = new Map<string, Host>();
+
+/** The system a host's flake attribute builds now, built straight with nix (what the host ran before the builder's new build). */
+async function nixBuild(host: string): Promise<string> {
+  const { stdout } = await execa("nix", ["build", "--no-link", "--json", `${flake.url}#nixosConfigurations.${host}.config.system.build.toplevel`]);
+  return (JSON.parse(stdout) as Array<{ outputs: { out: string } }>)[0]!.outputs.out;
+}
+
+async function startListener(name: string, tier: "test" | "prod", roles: string[], initial: string, extra: Record<string, unknown> = {}): Promise<Host> {
+  const root = await mkdtemp(join(tmpdir(), `hd-listener-${name}-`));
+  // The host runs `initial` and booted it: profile generation 1, current and booted point at it.
+  await mkdir(join(root, "profiles"));
+  await execa("nix-env", ["-p", join(root, "profiles", "system"), "--set", initial]);
+  await symlink(initial, join(root, "current"));
+  await symlink(initial, join(root, "booted"));
+  const identity = tier === "test" ? nats.identities.testListener : nats.identities.prodListener;
+  const config = {
+    host: name,
+    tier,
+    roles,
+    repo: { name: REPO, url: flake.url },
+    nats: { url: nats.url, nkeySeedFile: identity.seedFile },
+    stateDir: join(root, "state"),
+    metrics: { listen: "127.0.0.1:0" },
+    system: { profile: join(root, "profiles", "system"), current: join(root, "current"), booted: join(root, "booted") },
+    health: { commands: [["/bin/true"]], timeout: "30s", confirmTimeout: "10s" },
+    log: { level: "debug" },
+    ...extra,
+  };
+  const configFile = join(root, "listener.json");
+  await writeFile(configFile, JSON.stringify(config, null, 2));
+  const listener = await spawnBuilder(configFile, { HOMELAB_DEPLOY_FIXTURE_ROOT: root }, {
+    command: [process.execPath, CLI, "listener", "--config", configFile],
+    readyMessage: "listener ready",
+  });
+  return { name, tier, roles, root, listener };
+}
+
+function deployer(identity: "testDeployer" | "adminDeployer" = "testDeployer"): Record<string, string> {
+  return { HOMELAB_DEPLOY_NATS_URL: nats.url, HOMELAB_DEPLOY_NKEY_SEED_FILE: nats.identities[identity].seedFile, HOMELAB_DEPLOY_ACK_TIMEOUT: "10s" };
+}
+
+async function current(host: string): Promise<string> {
+  return readlink(join(hosts.get(host)!.root, "current"));
+}
+
+async function activations(host: string): Promise<string[]> {
+  const text = await readFile(join(hosts.get(host)!.root, "activations"), "utf8").catch(() => "");
+  return text.split("\n").filter(Boolean);
+}
+
+/** The builder's newest successful default-branch build of each host, from `history --json`. */
+async function builtPaths(): Promise<Record<string, string>> {
+  const result = await runCli(["history", REPO, "--json"], deployer());
+  expect(result.exitCode, result.stderr).toBe(0);
+  const [history] = jsonLines(result.stdout) as unknown as Array<{ entries: Array<{ host: string; status: string; storePath?: string; ref: string | null }> }>;
+  const paths: Record<string, string> = {};
+  for (const entry of history!.entries) if (entry.status === "success" && entry.ref === null && entry.storePath && !paths[entry.host]) paths[entry.host] = entry.storePath;
+  return paths;
+}
+
+beforeAll(async () => {
+  [nats, flake] = await Promise.all([startNatsServer(), createFixtureFlake("system-flake")]);
+  // What every host ran before: the flake as it was, built outside the builder.
+  const initial = Object.fromEntries(await Promise.all(["web1", "web2", "db1"].map(async (h) => [h, await nixBuild(h)] as const)));
+  await flake.bump();
+  builder = await startBuilder({ natsUrl: nats.url, seedFile: nats.identities.builder.seedFile, repos: { [REPO]: flake.url } });
+  for (const host of await Promise.all([
+    startListener("web1", "test", ["web"], initial["web1"]!),
+    startListener("web2", "test", [], initial["web2"]!),
+    startListener("db1", "prod", [], initial["db1"]!),
+  ])) {
+    hosts.set(host.name, host);
+  }
+  const build = await runCli(["build", REPO, "all"], deployer(), 300_000);
+  expect(build.exitCode, build.stdout + build.stderr).toBe(0);
+}, 600_000);
+
+afterAll(async () => {
+  for (const host of hosts.values()) await host.listener.stop("SIGTERM").catch(() => undefined);
+  await builder?.stop();
+  await nats?.stop();
+});
+
+describe("homelab-deploy deploy", () => {
+  it("--list shows every host behind the builder's newest build, what it runs and booted", async () => {
+    const built = await builtPaths();
+    const result = await runCli(["deploy", "--list", "--json"], deployer());
+    expect(result.exitCode, result.stderr).toBe(0);
+    const rows = jsonLines(result.stdout) as unknown as Array<Record<string, unknown>>;
+    expect(rows.map((r) => [r["host"], r["tier"], r["behind"]])).toEqual([
+      ["db1", "prod", true],
+      ["web1", "test", true],
+      ["web2", "test", true],
+    ]);
+    const web1 = rows.find((r) => r["host"] === "web1")!;
+    expect(web1).toMatchObject({ roles: ["web"], current: await current("web1"), booted: await current("web1"), built: built["web1"], rebootRequired: false, busy: null });
+    const table = await runCli(["deploy", "--list", "test"], deployer());
+    expect(table.exitCode).toBe(0);
+    expect(table.stdout).toMatch(/^web1 +test +web +behind /m);
+    expect(table.stdout).not.toContain("db1");
+  });
+
+  it("deploy test all switches each test listener to exactly the builder's store path, prebuilt, and leaves prod alone", async () => {
+    const built = await builtPaths();
+    const dbBefore = await current("db1");
+    const result = await runCli(["deploy", "test", "all", "--json"], deployer(), 300_000);
+    expect(result.exitCode, result.stdout + result.stderr).toBe(0);
+    const lines = jsonLines(result.stdout);
+    for (const host of ["web1", "web2"]) {
+      expect(lines).toContainEqual(expect.objectContaining({ type: "plan", host, toplevel: built[host], prebuilt: true }));
+      expect(lines).toContainEqual(expect.objectContaining({ type: "started", host, toplevel: built[host], prebuilt: true }));
+      expect(lines).toContainEqual(expect.objectContaining({ type: "completed", host, status: "success", toplevel: built[host] }));
+      expect(await current(host)).toBe(built[host]);
+      expect(await activations(host)).toEqual([`switch ${built[host]}`]);
+      // Per host, the listener's messages arrive in seq order.
+      const seqs = lines.filter((l) => l["host"] === host && typeof l["seq"] === "number").map((l) => l["seq"] as number);
+      expect(seqs).toEqual([...seqs].sort((a, b) => a - b));
+    }
+    expect(await current("db1")).toBe(dbBefore);
+    expect(await activations("db1")).toEqual([]);
+
+    const listed = jsonLines((await runCli(["deploy", "--list", "test", "--json"], deployer())).stdout);
+    expect(listed.map((r) => [r["host"], r["behind"]])).toEqual([
+      ["web1", false],
+      ["web2", false],
+    ]);
+  });
+
+  it("the test deployer cannot deploy prod: the CLI says the server refused it, exit 2, nothing switched", async () => {
+    const before = await current("db1");
+    const result = await runCli(["deploy", "prod", "db1"], deployer("testDeployer"));
+    expect(result.exitCode, result.stdout + result.stderr).toBe(2);
+    expect(result.stderr).toMatch(/NATS refused the request on deploy\.prod\.db1/);
+    expect(nats.log()).toMatch(/Permissions Violation for Publish to "deploy\.prod\.db1"/);
+    expect(await current("db1")).toBe(before);
+    expect(await activations("db1")).toEqual([]);
+  });
+
+  it("a discovered host that never answers the deploy is reported as such (exit 1); the others deploy", async () => {
+    // A listener that answered deploy.discover and then stopped answering: it still holds its
+    // subscriptions (no "no responders"), as a hung listener does.
+    const ghost: NatsConnection = await connectAs(nats.url, nats.identities.testListener);
+    try {
+      ghost.subscribe("deploy.discover", {
+        callback: (_err, msg) => {
+          const answer = { type: "discover", host: "ghost", tier: "test", roles: ["web"], repo: { name: REPO, url: flake.url }, current: null, booted: null, rebootRequired: false, busy: null, version: "0.0.0" };
+          if (msg.reply) ghost.publish(msg.reply, JSON.stringify(answer));
+        },
+      });
+      ghost.subscribe("deploy.test.ghost", { callback: () => undefined });
+      await ghost.flush();
+      const result = await runCli(["deploy", "test", "role:web", "--action", "test", "--ack-timeout", "3s"], deployer(), 120_000);
+      expect(result.exitCode, result.stdout + result.stderr).toBe(1);
+      expect(result.stdout).toContain("ghost: the builder has never built it; evaluating on the host (test)");
+      expect(result.stdout).toMatch(/^ghost: no answer: no listener answered on deploy\.test\.ghost within 3s/m);
+      expect(result.stdout).toMatch(/^web1 +success +test /m);
+      expect(result.stdout).toMatch(/^ghost +no answer /m);
+      expect((await activations("web1")).at(-1)).toMatch(/^test \/nix\/store\//);
+    } finally {
+      await ghost.close();
+    }
+  });
+
+  it("--build deploys each host as soon as it is built: web2's build starts before web1's deploy completes", async () => {
+    // web1's health check waits for the test's go-ahead, which comes only once
+    // the builder has started on web2: with the build of web2 overlapping web1's
+    // deploy the order below holds; deploying after the whole build would time out instead.
+    const gate = join(hosts.get("web1")!.root, "go");
+    const web1 = hosts.get("web1")!;
+    await web1.listener.stop("SIGTERM");
+    const restarted = await startListenerAgain(web1, { health: { commands: [["/bin/sh", "-c", `while [ ! -e ${gate} ]; do /bin/sleep 0.1; done`]], timeout: "2m", confirmTimeout: "10s" } });
+    hosts.set("web1", restarted);
+    await flake.bump();
+    const run = spawnCli(["deploy", "test", "all", "--build", "--json"], deployer(), 300_000);
+    const seen: Array<Record<string, unknown>> = [];
+    let buffered = "";
+    run.stdout?.on("data", (chunk: Buffer) => {
+      buffered += chunk.toString();
+      const parts = buffered.split("\n");
+      buffered = parts.pop() ?? "";
+      for (const line of parts.filter(Boolean)) {
+        const message = JSON.parse(line) as Record<string, unknown>;
+        seen.push(message);
+        const build = message["message"] as Record<string, unknown> | undefined;
+        if (message["type"] === "build" && build?.["type"] === "host_started" && build["host"] === "web2") void writeFile(gate, "");
+      }
+    });
+    const result = await run;
+    expect(result.exitCode, `${String(result.stdout)}\n${String(result.stderr)}`).toBe(0);
+    const index = (predicate: (m: Record<string, unknown>) => boolean) => seen.findIndex(predicate);
+    const buildOf = (type: string, host: string) => (m: Record<string, unknown>) => m["type"] === "build" && (m["message"] as Record<string, unknown>)["type"] === type && (m["message"] as Record<string, unknown>)["host"] === host;
+    const web1Built = index(buildOf("host_finished", "web1"));
+    const web1Accepted = index((m) => m["type"] === "accepted" && m["host"] === "web1");
+    const web2BuildStarted = index(buildOf("host_started", "web2"));
+    const web1Completed = index((m) => m["type"] === "completed" && m["host"] === "web1");
+    expect(web1Built).toBeGreaterThan(-1);
+    expect(web1Accepted).toBeGreaterThan(web1Built);
+    expect(web2BuildStarted).toBeGreaterThan(-1);
+    expect(web2BuildStarted).toBeLessThan(web1Completed);
+    const built = await builtPaths();
+    expect(await current("web1")).toBe(built["web1"]);
+    expect(await current("web2")).toBe(built["web2"]);
+  });
+});
+
+/** The same host's listener with a changed config (its links and state stay). */
+async function startListenerAgain(host: Host, change: Record<string, unknown>): Promise<Host> {
+  const configFile = join(host.root, "listener.json");
+  const config = { ...(JSON.parse(await readFile(configFile, "utf8")) as Record<string, unknown>), ...change };
+  await writeFile(configFile, JSON.stringify(config, null, 2));
+  const listener = await spawnBuilder(configFile, { HOMELAB_DEPLOY_FIXTURE_ROOT: host.root }, {
+    command: [process.execPath, CLI, "listener", "--config", configFile],
+    readyMessage: "listener ready",
+  });
+  return { ...host, listener };
+}
