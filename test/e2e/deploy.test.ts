@@ -6,31 +6,23 @@
  * Each listener's profile, current and booted links live in its own temp
  * dir; the fixture's switch-to-configuration records its activations there.
  */
-import { mkdir, mkdtemp, readFile, readlink, symlink, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { execa } from "execa";
 import type { NatsConnection } from "nats";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CLI, jsonLines, runCli, spawnCli } from "../support/cli.js";
-import { spawnBuilder, startBuilder, type BuilderProcess } from "../support/daemon.js";
+import { jsonLines, runCli, spawnCli } from "../support/cli.js";
+import { startBuilder, type BuilderProcess } from "../support/daemon.js";
 import { createFixtureFlake, type FixtureFlake } from "../support/flake.js";
 import { connectAs } from "../support/nats-client.js";
 import { startNatsServer, type NatsServer } from "../support/nats-server.js";
-
-interface Host {
-  name: string;
-  tier: "test" | "prod";
-  roles: string[];
-  root: string;
-  listener: BuilderProcess;
-}
+import { startListener, type ListenerHost } from "../support/listener.js";
 
 const REPO = "fleet";
 let nats: NatsServer;
 let flake: FixtureFlake;
 let builder: BuilderProcess;
-const hosts = new Map<string, Host>();
+const hosts = new Map<string, ListenerHost>();
 
 /** The system a host's flake attribute builds now, built straight with nix (what the host ran before the builder's new build). */
 async function nixBuild(host: string): Promise<string> {
@@ -38,48 +30,12 @@ async function nixBuild(host: string): Promise<string> {
   return (JSON.parse(stdout) as Array<{ outputs: { out: string } }>)[0]!.outputs.out;
 }
 
-async function startListener(name: string, tier: "test" | "prod", roles: string[], initial: string, extra: Record<string, unknown> = {}): Promise<Host> {
-  const root = await mkdtemp(join(tmpdir(), `hd-listener-${name}-`));
-  // The host runs `initial` and booted it: profile generation 1, current and booted point at it.
-  await mkdir(join(root, "profiles"));
-  await execa("nix-env", ["-p", join(root, "profiles", "system"), "--set", initial]);
-  await symlink(initial, join(root, "current"));
-  await symlink(initial, join(root, "booted"));
-  const identity = tier === "test" ? nats.identities.testListener : nats.identities.prodListener;
-  const config = {
-    host: name,
-    tier,
-    roles,
-    repo: { name: REPO, url: flake.url },
-    nats: { url: nats.url, nkeySeedFile: identity.seedFile },
-    stateDir: join(root, "state"),
-    metrics: { listen: "127.0.0.1:0" },
-    system: { profile: join(root, "profiles", "system"), current: join(root, "current"), booted: join(root, "booted") },
-    health: { commands: [["/bin/true"]], timeout: "30s", confirmTimeout: "10s" },
-    log: { level: "debug" },
-    ...extra,
-  };
-  const configFile = join(root, "listener.json");
-  await writeFile(configFile, JSON.stringify(config, null, 2));
-  const listener = await spawnBuilder(configFile, { HOMELAB_DEPLOY_FIXTURE_ROOT: root }, {
-    command: [process.execPath, CLI, "listener", "--config", configFile],
-    readyMessage: "listener ready",
-  });
-  return { name, tier, roles, root, listener };
-}
-
 function deployer(identity: "testDeployer" | "adminDeployer" = "testDeployer"): Record<string, string> {
   return { HOMELAB_DEPLOY_NATS_URL: nats.url, HOMELAB_DEPLOY_NKEY_SEED_FILE: nats.identities[identity].seedFile, HOMELAB_DEPLOY_ACK_TIMEOUT: "10s" };
 }
 
-async function current(host: string): Promise<string> {
-  return readlink(join(hosts.get(host)!.root, "current"));
-}
-
-async function activations(host: string): Promise<string[]> {
-  const text = await readFile(join(hosts.get(host)!.root, "activations"), "utf8").catch(() => "");
-  return text.split("\n").filter(Boolean);
-}
+const current = (host: string) => hosts.get(host)!.current();
+const activations = (host: string) => hosts.get(host)!.activations();
 
 /** The builder's newest successful default-branch build of each host, from `history --json`. */
 async function builtPaths(): Promise<Record<string, string>> {
@@ -97,19 +53,20 @@ beforeAll(async () => {
   const initial = Object.fromEntries(await Promise.all(["web1", "web2", "db1"].map(async (h) => [h, await nixBuild(h)] as const)));
   await flake.bump();
   builder = await startBuilder({ natsUrl: nats.url, seedFile: nats.identities.builder.seedFile, repos: { [REPO]: flake.url } });
+  const repo = { name: REPO, url: flake.url };
   for (const host of await Promise.all([
-    startListener("web1", "test", ["web"], initial["web1"]!),
-    startListener("web2", "test", [], initial["web2"]!),
-    startListener("db1", "prod", [], initial["db1"]!),
+    startListener({ host: "web1", tier: "test", roles: ["web"], repo, nats, initial: initial["web1"]! }),
+    startListener({ host: "web2", tier: "test", repo, nats, initial: initial["web2"]! }),
+    startListener({ host: "db1", tier: "prod", repo, nats, initial: initial["db1"]! }),
   ])) {
-    hosts.set(host.name, host);
+    hosts.set(host.host, host);
   }
   const build = await runCli(["build", REPO, "all"], deployer(), 300_000);
   expect(build.exitCode, build.stdout + build.stderr).toBe(0);
 }, 600_000);
 
 afterAll(async () => {
-  for (const host of hosts.values()) await host.listener.stop("SIGTERM").catch(() => undefined);
+  for (const host of hosts.values()) await host.stop().catch(() => undefined);
   await builder?.stop();
   await nats?.stop();
 });
@@ -199,10 +156,7 @@ describe("homelab-deploy deploy", () => {
     // the builder has started on web2: with the build of web2 overlapping web1's
     // deploy the order below holds; deploying after the whole build would time out instead.
     const gate = join(hosts.get("web1")!.root, "go");
-    const web1 = hosts.get("web1")!;
-    await web1.listener.stop("SIGTERM");
-    const restarted = await startListenerAgain(web1, { health: { commands: [["/bin/sh", "-c", `while [ ! -e ${gate} ]; do /bin/sleep 0.1; done`]], timeout: "2m", confirmTimeout: "10s" } });
-    hosts.set("web1", restarted);
+    hosts.set("web1", await hosts.get("web1")!.restart({ health: { commands: [["/bin/sh", "-c", `while [ ! -e ${gate} ]; do /bin/sleep 0.1; done`]], timeout: "2m", confirmTimeout: "10s" } }));
     await flake.bump();
     const run = spawnCli(["deploy", "test", "all", "--build", "--json"], deployer(), 300_000);
     const seen: Array<Record<string, unknown>> = [];
@@ -235,15 +189,3 @@ describe("homelab-deploy deploy", () => {
     expect(await current("web2")).toBe(built["web2"]);
   });
 });
-
-/** The same host's listener with a changed config (its links and state stay). */
-async function startListenerAgain(host: Host, change: Record<string, unknown>): Promise<Host> {
-  const configFile = join(host.root, "listener.json");
-  const config = { ...(JSON.parse(await readFile(configFile, "utf8")) as Record<string, unknown>), ...change };
-  await writeFile(configFile, JSON.stringify(config, null, 2));
-  const listener = await spawnBuilder(configFile, { HOMELAB_DEPLOY_FIXTURE_ROOT: host.root }, {
-    command: [process.execPath, CLI, "listener", "--config", configFile],
-    readyMessage: "listener ready",
-  });
-  return { ...host, listener };
-}

@@ -1,0 +1,165 @@
+/**
+ * Deploying what the builder built against evaluating on the host, side by
+ * side in one run, on the fleet fixture (bench/fixtures/deploy-fleet: the
+ * tests' fleet-flake with the fleet benchmark's sizes, 12 hosts, each
+ * toplevel made NixOS-shaped so a listener can deploy it). A real
+ * nats-server, the real builder and 12 real listeners (tier test), the real
+ * CLI as the deployer; every listener has a nix cache directory of its own
+ * (XDG_CACHE_HOME), as a separate machine has, so the builder's evaluation
+ * cache does not help it.
+ * Per round, on a fresh revision the builder has built (all 12 hosts):
+ *   - `deploy test host01` (prebuilt) and `deploy test host01 --no-prebuilt`
+ *     (the same system, evaluated and built on the host): the listener's
+ *     deploy time (`completed.durationMs`) and the deployer's wall time,
+ *     unsampled;
+ *   - the same two again on another fresh revision, with the peak summed RSS
+ *     of the listener's child processes (every nix it runs) sampled every 10 ms;
+ *   - `deploy test all` (12 listeners, prebuilt) against one host's
+ *     prebuilt deploy, wall time of the deployer.
+ *   npm run build && npx tsx bench/deploy.ts [rounds]
+ * Goals: prebuilt <= 0.1x the evaluated deploy's time, its nix processes'
+ * peak RSS <= 0.2x; all 12 <= 2x one host.
+ */
+import { mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
+import { loadavg, tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { jsonLines, runCli } from "../test/support/cli.js";
+import { startBuilder } from "../test/support/daemon.js";
+import { createFixtureFlake, nixSystem } from "../test/support/flake.js";
+import { startListener, type ListenerHost } from "../test/support/listener.js";
+import { startNatsServer } from "../test/support/nats-server.js";
+import { machine, percentile, round, sampler } from "./support.js";
+
+process.env["NIX_CONFIG"] = ["experimental-features = nix-command flakes", "sandbox = false", "substituters ="].join("\n");
+
+const here = dirname(fileURLToPath(import.meta.url));
+const fixtures = join(here, "..", "test", "fixtures");
+const rounds = Number(process.argv[2] ?? 1);
+const say = (what: string) => process.stderr.write(`${new Date().toISOString()} ${what}\n`);
+const hosts = Array.from({ length: 12 }, (_, i) => `host${String(i + 1).padStart(2, "0")}`);
+const load = { before: loadavg().map((n) => round(n, 2)), after: [] as number[] };
+
+// The fleet flake goes in as fleet.nix (its placeholders filled here, as
+// createFixtureFlake fills flake.nix's), the system fixture brings its
+// switch-to-configuration, and deploy-fleet's flake.nix ties them together.
+const layer = await mkdtemp(join(tmpdir(), "hd-bench-deploy-"));
+const events = join(layer, ".events");
+await mkdir(events, { mode: 0o1777 });
+await writeFile(join(events, "events.log"), "", { mode: 0o666 });
+const fleetLayer = join(layer, "fleet");
+await mkdir(fleetLayer);
+const fleetNix = await readFile(join(fixtures, "fleet-flake", "flake.nix"), "utf8");
+await writeFile(join(fleetLayer, "fleet.nix"), fleetNix.replaceAll("@SYSTEM@", nixSystem).replaceAll("@EVENTS@", events));
+const flake = await createFixtureFlake(["fleet-flake", join(here, "fixtures", "fleet-flake"), "system-flake", fleetLayer, join(here, "fixtures", "deploy-fleet")]);
+
+const nats = await startNatsServer();
+const builder = await startBuilder({ natsUrl: nats.url, seedFile: nats.identities.builder.seedFile, repos: { fleet: flake.url }, build: { timeout: "30m" } });
+const env = { HOMELAB_DEPLOY_NATS_URL: nats.url, HOMELAB_DEPLOY_NKEY_SEED_FILE: nats.identities.adminDeployer.seedFile, HOMELAB_DEPLOY_ACK_TIMEOUT: "60s" };
+
+async function buildAll(): Promise<void> {
+  const result = await runCli(["build", "fleet", "all"], env, 30 * 60_000);
+  if (result.exitCode !== 0) throw new Error(`build failed: ${result.stdout}\n${result.stderr}`);
+}
+
+say("building the first revision (the systems the listeners start on)");
+await buildAll();
+const history = jsonLines((await runCli(["history", "fleet", "--json"], env)).stdout)[0] as unknown as { entries: Array<{ host: string; storePath?: string }> };
+const initial = new Map(history.entries.filter((e) => e.storePath).map((e) => [e.host, e.storePath as string]));
+const listeners = new Map<string, ListenerHost>();
+for (const host of hosts) {
+  const cache = await mkdtemp(join(tmpdir(), `hd-bench-cache-${host}-`));
+  listeners.set(
+    host,
+    await startListener({ host, tier: "test", repo: { name: "fleet", url: flake.url }, nats, initial: initial.get(host) as string, env: { XDG_CACHE_HOME: cache } }),
+  );
+}
+
+interface Deploy {
+  wallMs: number;
+  deployMs: number;
+  prebuilt: boolean;
+  peakMiB?: number;
+}
+
+async function deploy(target: string, args: string[], sampleHost?: string): Promise<Deploy> {
+  const sample = sampleHost ? sampler(listeners.get(sampleHost)!.process.child.pid as number, false, 10) : undefined;
+  const started = performance.now();
+  const result = await runCli(["deploy", "test", target, "--json", ...args], env, 30 * 60_000);
+  const wallMs = performance.now() - started;
+  const peakMiB = await sample?.stop();
+  const lines = jsonLines(result.stdout);
+  const completed = lines.filter((l) => l.type === "completed");
+  if (result.exitCode !== 0 || completed.some((c) => c["status"] !== "success")) throw new Error(`deploy failed: ${result.stdout}\n${result.stderr}`);
+  const started_ = lines.filter((l) => l.type === "started");
+  return {
+    wallMs,
+    deployMs: Math.max(...completed.map((c) => c["durationMs"] as number)),
+    prebuilt: started_.every((s) => s["prebuilt"] === true),
+    ...(peakMiB !== undefined ? { peakMiB } : {}),
+  };
+}
+
+const samples = {
+  prebuilt: [] as Deploy[],
+  evaluated: [] as Deploy[],
+  prebuiltSampled: [] as Deploy[],
+  evaluatedSampled: [] as Deploy[],
+  oneHost: [] as Deploy[],
+  all: [] as Deploy[],
+};
+for (let i = 0; i < rounds; i++) {
+  await flake.bump();
+  await buildAll();
+  samples.prebuilt.push(await deploy("host01", []));
+  samples.evaluated.push(await deploy("host01", ["--no-prebuilt"]));
+  say(`round ${i + 1}: prebuilt ${JSON.stringify(samples.prebuilt.at(-1))}, evaluated ${JSON.stringify(samples.evaluated.at(-1))}`);
+  samples.oneHost.push(await deploy("host02", []));
+  samples.all.push(await deploy("all", []));
+  say(`round ${i + 1}: one host ${JSON.stringify(samples.oneHost.at(-1))}, all 12 ${JSON.stringify(samples.all.at(-1))}`);
+
+  await flake.bump();
+  await buildAll();
+  samples.prebuiltSampled.push(await deploy("host01", [], "host01"));
+  samples.evaluatedSampled.push(await deploy("host01", ["--no-prebuilt"], "host01"));
+  say(`round ${i + 1}: sampled prebuilt ${JSON.stringify(samples.prebuiltSampled.at(-1))}, evaluated ${JSON.stringify(samples.evaluatedSampled.at(-1))}`);
+}
+load.after = loadavg().map((n) => round(n, 2));
+
+for (const listener of listeners.values()) await listener.stop();
+await builder.stop();
+await nats.stop();
+
+const med = (values: number[]) => percentile(values, 50);
+const s = (ms: number) => round(ms / 1000, 2);
+const summary = (d: Deploy[]) => ({
+  deploySeconds: s(med(d.map((x) => x.deployMs))),
+  wallSeconds: s(med(d.map((x) => x.wallMs))),
+  roundsDeploySeconds: d.map((x) => s(x.deployMs)),
+  prebuilt: d.every((x) => x.prebuilt),
+  ...(d[0]?.peakMiB !== undefined ? { peakMiB: round(med(d.map((x) => x.peakMiB as number)), 1) } : {}),
+});
+const ratio = (a: number, b: number) => round(a / b, 3);
+console.log(
+  JSON.stringify(
+    {
+      machine: machine(),
+      rounds,
+      load,
+      prebuilt: summary(samples.prebuilt),
+      evaluated: summary(samples.evaluated),
+      prebuiltSampled: summary(samples.prebuiltSampled),
+      evaluatedSampled: summary(samples.evaluatedSampled),
+      oneHost: summary(samples.oneHost),
+      all12: summary(samples.all),
+      ratios: {
+        prebuiltVsEvaluatedDeployTime: ratio(med(samples.prebuilt.map((x) => x.deployMs)), med(samples.evaluated.map((x) => x.deployMs))),
+        prebuiltVsEvaluatedWallTime: ratio(med(samples.prebuilt.map((x) => x.wallMs)), med(samples.evaluated.map((x) => x.wallMs))),
+        prebuiltVsEvaluatedPeakRss: ratio(med(samples.prebuiltSampled.map((x) => x.peakMiB as number)), med(samples.evaluatedSampled.map((x) => x.peakMiB as number))),
+        all12VsOneHostWallTime: ratio(med(samples.all.map((x) => x.wallMs)), med(samples.oneHost.map((x) => x.wallMs))),
+      },
+    },
+    null,
+    2,
+  ),
+);
