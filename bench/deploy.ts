@@ -25,10 +25,8 @@ import { loadavg, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { jsonLines, runCli } from "../test/support/cli.js";
-import { startBuilder } from "../test/support/daemon.js";
 import { createFixtureFlake, nixSystem } from "../test/support/flake.js";
-import { startListener, type ListenerHost } from "../test/support/listener.js";
-import { startNatsServer } from "../test/support/nats-server.js";
+import { createListener, startDeployFixture, type ListenerHost } from "../test/support/listener.js";
 import { machine, percentile, round, sampler } from "./support.js";
 
 process.env["NIX_CONFIG"] = ["experimental-features = nix-command flakes", "sandbox = false", "substituters ="].join("\n");
@@ -53,26 +51,25 @@ const fleetNix = await readFile(join(fixtures, "fleet-flake", "flake.nix"), "utf
 await writeFile(join(fleetLayer, "fleet.nix"), fleetNix.replaceAll("@SYSTEM@", nixSystem).replaceAll("@EVENTS@", events));
 const flake = await createFixtureFlake(["fleet-flake", join(here, "fixtures", "fleet-flake"), "system-flake", fleetLayer, join(here, "fixtures", "deploy-fleet")]);
 
-const nats = await startNatsServer();
-const builder = await startBuilder({ natsUrl: nats.url, seedFile: nats.identities.builder.seedFile, repos: { fleet: flake.url }, build: { timeout: "30m" } });
-const env = { HOMELAB_DEPLOY_NATS_URL: nats.url, HOMELAB_DEPLOY_NKEY_SEED_FILE: nats.identities.adminDeployer.seedFile, HOMELAB_DEPLOY_ACK_TIMEOUT: "60s" };
+const fixture = await startDeployFixture(flake);
+const env = { HOMELAB_DEPLOY_NATS_URL: fixture.nats.url, HOMELAB_DEPLOY_NKEY_SEED_FILE: fixture.nats.identities.adminDeployer.seedFile, HOMELAB_DEPLOY_ACK_TIMEOUT: "60s" };
 
-async function buildAll(): Promise<void> {
-  const result = await runCli(["build", "fleet", "all"], env, 30 * 60_000);
-  if (result.exitCode !== 0) throw new Error(`build failed: ${result.stdout}\n${result.stderr}`);
+async function buildAll(): Promise<Record<string, string>> {
+  const result = await runCli(["build", "systems", "all", "--json"], env, 30 * 60_000);
+  const finished = jsonLines(result.stdout).filter((m) => m.type === "host_finished");
+  if (result.exitCode !== 0 || finished.some((m) => !(m["copy"] as { ok?: boolean } | undefined)?.ok)) throw new Error(`build failed: ${result.stdout}\n${result.stderr}`);
+  return Object.fromEntries(finished.map((m) => [m["host"] as string, m["storePath"] as string]));
 }
 
 say("building the first revision (the systems the listeners start on)");
-await buildAll();
-const history = jsonLines((await runCli(["history", "fleet", "--json"], env)).stdout)[0] as unknown as { entries: Array<{ host: string; storePath?: string }> };
-const initial = new Map(history.entries.filter((e) => e.storePath).map((e) => [e.host, e.storePath as string]));
+const initial = await buildAll();
 const listeners = new Map<string, ListenerHost>();
 for (const host of hosts) {
-  const cache = await mkdtemp(join(tmpdir(), `hd-bench-cache-${host}-`));
-  listeners.set(
-    host,
-    await startListener({ host, tier: "test", repo: { name: "fleet", url: flake.url }, nats, initial: initial.get(host) as string, env: { XDG_CACHE_HOME: cache } }),
-  );
+  const listener = await createListener(fixture, { host, tier: "test", repoUrl: flake.url, extra: { timeouts: { fetch: "30m", build: "30m", switch: "5m" } } });
+  listener.env["XDG_CACHE_HOME"] = await mkdtemp(join(tmpdir(), `hd-bench-cache-${host}-`));
+  await listener.install(initial[host] as string);
+  await listener.start();
+  listeners.set(host, listener);
 }
 
 interface Deploy {
@@ -126,9 +123,8 @@ for (let i = 0; i < rounds; i++) {
 }
 load.after = loadavg().map((n) => round(n, 2));
 
-for (const listener of listeners.values()) await listener.stop();
-await builder.stop();
-await nats.stop();
+for (const listener of listeners.values()) await listener.process.stop("SIGTERM");
+await fixture.stop();
 
 const med = (values: number[]) => percentile(values, 50);
 const s = (ms: number) => round(ms / 1000, 2);

@@ -1,41 +1,35 @@
 /**
  * The deployer (`homelab-deploy deploy`) end to end: a real nats-server
- * with the plan's permissions and the listener users, the real builder and
- * real listeners on the fixture system flake (test/fixtures/system-flake),
- * the real CLI. Hosts: web1 (role web) and web2 in tier test, db1 in prod.
- * Each listener's profile, current and booted links live in its own temp
- * dir; the fixture's switch-to-configuration records its activations there.
+ * with the plan's permissions and the listener users, the real builder
+ * building the fixture systems (test/fixtures/system-flake) into a signed
+ * file:// cache, real listeners fetching from it into stores of their own
+ * (test/support/listener.ts), and the real CLI as the test deployer.
+ * Hosts: web1 (role web) and web2 in tier test, db1 in prod. No listener
+ * can evaluate (their repo URL names no flake), so every deploy here is the
+ * builder's prebuilt system or fails.
  */
-import { writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { execa } from "execa";
 import type { NatsConnection } from "nats";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { jsonLines, runCli, spawnCli } from "../support/cli.js";
-import { startBuilder, type BuilderProcess } from "../support/daemon.js";
-import { createFixtureFlake, type FixtureFlake } from "../support/flake.js";
 import { connectAs } from "../support/nats-client.js";
-import { startNatsServer, type NatsServer } from "../support/nats-server.js";
-import { startListener, type ListenerHost } from "../support/listener.js";
+import { createListener, startDeployFixture, type DeployFixture, type ListenerHost, type ListenerSetup } from "../support/listener.js";
 
-const REPO = "fleet";
-let nats: NatsServer;
-let flake: FixtureFlake;
-let builder: BuilderProcess;
+const REPO = "systems";
+let fixture: DeployFixture;
 const hosts = new Map<string, ListenerHost>();
 
-/** The system a host's flake attribute builds now, built straight with nix (what the host ran before the builder's new build). */
-async function nixBuild(host: string): Promise<string> {
-  const { stdout } = await execa("nix", ["build", "--no-link", "--json", `${flake.url}#nixosConfigurations.${host}.config.system.build.toplevel`]);
-  return (JSON.parse(stdout) as Array<{ outputs: { out: string } }>)[0]!.outputs.out;
-}
-
 function deployer(identity: "testDeployer" | "adminDeployer" = "testDeployer"): Record<string, string> {
-  return { HOMELAB_DEPLOY_NATS_URL: nats.url, HOMELAB_DEPLOY_NKEY_SEED_FILE: nats.identities[identity].seedFile, HOMELAB_DEPLOY_ACK_TIMEOUT: "10s" };
+  return {
+    HOMELAB_DEPLOY_NATS_URL: fixture.nats.url,
+    HOMELAB_DEPLOY_NKEY_SEED_FILE: fixture.nats.identities[identity].seedFile,
+    HOMELAB_DEPLOY_ACK_TIMEOUT: "10s",
+  };
 }
 
 const current = (host: string) => hosts.get(host)!.current();
-const activations = (host: string) => hosts.get(host)!.activations();
+const activations = async (host: string) => (await hosts.get(host)!.activations()).map((a) => a.join(" "));
 
 /** The builder's newest successful default-branch build of each host, from `history --json`. */
 async function builtPaths(): Promise<Record<string, string>> {
@@ -47,28 +41,30 @@ async function builtPaths(): Promise<Record<string, string>> {
   return paths;
 }
 
+async function listener(host: string, installed: string, setup: Partial<ListenerSetup>): Promise<ListenerHost> {
+  const created = await createListener(fixture, { host, ...setup });
+  await created.install(installed);
+  await created.start();
+  return created;
+}
+
 beforeAll(async () => {
-  [nats, flake] = await Promise.all([startNatsServer(), createFixtureFlake("system-flake")]);
-  // What every host ran before: the flake as it was, built outside the builder.
-  const initial = Object.fromEntries(await Promise.all(["web1", "web2", "db1"].map(async (h) => [h, await nixBuild(h)] as const)));
-  await flake.bump();
-  builder = await startBuilder({ natsUrl: nats.url, seedFile: nats.identities.builder.seedFile, repos: { [REPO]: flake.url } });
-  const repo = { name: REPO, url: flake.url };
-  for (const host of await Promise.all([
-    startListener({ host: "web1", tier: "test", roles: ["web"], repo, nats, initial: initial["web1"]! }),
-    startListener({ host: "web2", tier: "test", repo, nats, initial: initial["web2"]! }),
-    startListener({ host: "db1", tier: "prod", repo, nats, initial: initial["db1"]! }),
-  ])) {
-    hosts.set(host.host, host);
-  }
-  const build = await runCli(["build", REPO, "all"], deployer(), 300_000);
-  expect(build.exitCode, build.stdout + build.stderr).toBe(0);
-}, 600_000);
+  fixture = await startDeployFixture();
+  // What every host runs at the start; then the builder builds a newer revision of each.
+  const v1 = await fixture.build(["web1", "web2", "db1"]);
+  await fixture.flake.bump();
+  await fixture.build(["web1", "web2", "db1"]);
+  const started = await Promise.all([
+    listener("web1", v1["web1"]!, { tier: "test", roles: ["web"] }),
+    listener("web2", v1["web2"]!, { tier: "test" }),
+    listener("db1", v1["db1"]!, { tier: "prod" }),
+  ]);
+  for (const [i, host] of ["web1", "web2", "db1"].entries()) hosts.set(host, started[i]!);
+}, 300_000);
 
 afterAll(async () => {
-  for (const host of hosts.values()) await host.stop().catch(() => undefined);
-  await builder?.stop();
-  await nats?.stop();
+  for (const host of hosts.values()) await host.process?.stop("SIGKILL").catch(() => undefined);
+  await fixture?.stop();
 });
 
 describe("homelab-deploy deploy", () => {
@@ -121,7 +117,7 @@ describe("homelab-deploy deploy", () => {
     const result = await runCli(["deploy", "prod", "db1"], deployer("testDeployer"));
     expect(result.exitCode, result.stdout + result.stderr).toBe(2);
     expect(result.stderr).toMatch(/NATS refused the request on deploy\.prod\.db1/);
-    expect(nats.log()).toMatch(/Permissions Violation for Publish to "deploy\.prod\.db1"/);
+    expect(fixture.nats.log()).toMatch(/Permissions Violation for Publish to "deploy\.prod\.db1"/);
     expect(await current("db1")).toBe(before);
     expect(await activations("db1")).toEqual([]);
   });
@@ -129,11 +125,11 @@ describe("homelab-deploy deploy", () => {
   it("a discovered host that never answers the deploy is reported as such (exit 1); the others deploy", async () => {
     // A listener that answered deploy.discover and then stopped answering: it still holds its
     // subscriptions (no "no responders"), as a hung listener does.
-    const ghost: NatsConnection = await connectAs(nats.url, nats.identities.testListener);
+    const ghost: NatsConnection = await connectAs(fixture.nats.url, fixture.nats.identities.testListener);
     try {
       ghost.subscribe("deploy.discover", {
         callback: (_err, msg) => {
-          const answer = { type: "discover", host: "ghost", tier: "test", roles: ["web"], repo: { name: REPO, url: flake.url }, current: null, booted: null, rebootRequired: false, busy: null, version: "0.0.0" };
+          const answer = { type: "discover", host: "ghost", tier: "test", roles: ["web"], repo: { name: REPO, url: "git+file:///nonexistent" }, current: null, booted: null, rebootRequired: false, busy: null, version: "0.0.0" };
           if (msg.reply) ghost.publish(msg.reply, JSON.stringify(answer));
         },
       });
@@ -156,8 +152,13 @@ describe("homelab-deploy deploy", () => {
     // the builder has started on web2: with the build of web2 overlapping web1's
     // deploy the order below holds; deploying after the whole build would time out instead.
     const gate = join(hosts.get("web1")!.root, "go");
-    hosts.set("web1", await hosts.get("web1")!.restart({ health: { commands: [["/bin/sh", "-c", `while [ ! -e ${gate} ]; do /bin/sleep 0.1; done`]], timeout: "2m", confirmTimeout: "10s" } }));
-    await flake.bump();
+    const web1 = hosts.get("web1")!;
+    await web1.process.stop("SIGTERM");
+    const config = JSON.parse(await readFile(web1.configFile, "utf8")) as Record<string, unknown>;
+    config["health"] = { commands: [["/bin/sh", "-c", `while [ ! -e ${gate} ]; do /bin/sleep 0.1; done`]], timeout: "2m", confirmTimeout: "20s" };
+    await writeFile(web1.configFile, JSON.stringify(config, null, 2));
+    await web1.start();
+    await fixture.flake.bump();
     const run = spawnCli(["deploy", "test", "all", "--build", "--json"], deployer(), 300_000);
     const seen: Array<Record<string, unknown>> = [];
     let buffered = "";
