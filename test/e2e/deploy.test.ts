@@ -8,7 +8,8 @@
  * can evaluate (their repo URL names no flake), so every deploy here is the
  * builder's prebuilt system or fails.
  */
-import { readFile, writeFile } from "node:fs/promises";
+import { chmod, mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { NatsConnection } from "nats";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -117,7 +118,7 @@ describe("homelab-deploy deploy", () => {
     const result = await runCli(["deploy", "prod", "db1"], deployer("testDeployer"));
     expect(result.exitCode, result.stdout + result.stderr).toBe(2);
     expect(result.stderr).toMatch(/NATS refused the request on deploy\.prod\.db1/);
-    expect(fixture.nats.log()).toMatch(/Permissions Violation for Publish to "deploy\.prod\.db1"/);
+    expect(fixture.nats.log()).toMatch(/Publish Violation - Nkey "U[A-Z0-9]+", Subject "deploy\.prod\.db1"/);
     expect(await current("db1")).toBe(before);
     expect(await activations("db1")).toEqual([]);
   });
@@ -147,18 +148,19 @@ describe("homelab-deploy deploy", () => {
     }
   });
 
-  it("--build deploys each host as soon as it is built: web2's build starts before web1's deploy completes", async () => {
-    // web1's health check waits for the test's go-ahead, which comes only once
-    // the builder has started on web2: with the build of web2 overlapping web1's
-    // deploy the order below holds; deploying after the whole build would time out instead.
-    const gate = join(hosts.get("web1")!.root, "go");
-    const web1 = hosts.get("web1")!;
-    await web1.process.stop("SIGTERM");
-    const config = JSON.parse(await readFile(web1.configFile, "utf8")) as Record<string, unknown>;
-    config["health"] = { commands: [["/bin/sh", "-c", `while [ ! -e ${gate} ]; do /bin/sleep 0.1; done`]], timeout: "2m", confirmTimeout: "20s" };
-    await writeFile(web1.configFile, JSON.stringify(config, null, 2));
-    await web1.start();
-    await fixture.flake.bump();
+  it("--build deploys each host as soon as it is built: web1's deploy is under way before web2's build ends", async () => {
+    // web2's build waits (at most a minute) for the test's go-ahead, which the
+    // test gives once the listener of web1 has accepted web1's deploy. Deploying
+    // only after the whole build would never get there: web2's build would fail.
+    const gateDir = await mkdtemp(join(tmpdir(), "hd-deploy-gate-"));
+    await chmod(gateDir, 0o755);
+    const gate = join(gateDir, "go");
+    await fixture.flake.editFlake((text) =>
+      text.replace(
+        "/bin/mkdir -p $out/bin",
+        `if [ "\${name}" = web2 ]; then i=0; while [ ! -e ${gate} ] && [ $i -lt 600 ]; do /bin/sleep 0.1; i=$((i+1)); done; [ -e ${gate} ] || exit 1; fi\n            /bin/mkdir -p $out/bin`,
+      ),
+    );
     const run = spawnCli(["deploy", "test", "all", "--build", "--json"], deployer(), 300_000);
     const seen: Array<Record<string, unknown>> = [];
     let buffered = "";
@@ -169,22 +171,25 @@ describe("homelab-deploy deploy", () => {
       for (const line of parts.filter(Boolean)) {
         const message = JSON.parse(line) as Record<string, unknown>;
         seen.push(message);
-        const build = message["message"] as Record<string, unknown> | undefined;
-        if (message["type"] === "build" && build?.["type"] === "host_started" && build["host"] === "web2") void writeFile(gate, "");
+        if (message["type"] === "accepted" && message["host"] === "web1") void writeFile(gate, "");
       }
     });
     const result = await run;
     expect(result.exitCode, `${String(result.stdout)}\n${String(result.stderr)}`).toBe(0);
     const index = (predicate: (m: Record<string, unknown>) => boolean) => seen.findIndex(predicate);
-    const buildOf = (type: string, host: string) => (m: Record<string, unknown>) => m["type"] === "build" && (m["message"] as Record<string, unknown>)["type"] === type && (m["message"] as Record<string, unknown>)["host"] === host;
-    const web1Built = index(buildOf("host_finished", "web1"));
+    const build = (type: string, host: string) => (m: Record<string, unknown>) =>
+      m["type"] === "build" && (m["message"] as Record<string, unknown>)["type"] === type && (m["message"] as Record<string, unknown>)["host"] === host;
+    const web1Built = index(build("host_finished", "web1"));
     const web1Accepted = index((m) => m["type"] === "accepted" && m["host"] === "web1");
-    const web2BuildStarted = index(buildOf("host_started", "web2"));
-    const web1Completed = index((m) => m["type"] === "completed" && m["host"] === "web1");
+    const web2Built = index(build("host_finished", "web2"));
+    const web2Accepted = index((m) => m["type"] === "accepted" && m["host"] === "web2");
     expect(web1Built).toBeGreaterThan(-1);
     expect(web1Accepted).toBeGreaterThan(web1Built);
-    expect(web2BuildStarted).toBeGreaterThan(-1);
-    expect(web2BuildStarted).toBeLessThan(web1Completed);
+    expect(web2Built).toBeGreaterThan(web1Accepted);
+    expect(web2Accepted).toBeGreaterThan(web2Built);
+    // db1 is prod: built with the rest, not deployed.
+    expect(index(build("host_finished", "db1"))).toBeGreaterThan(-1);
+    expect(index((m) => m["host"] === "db1" && m["type"] === "accepted")).toBe(-1);
     const built = await builtPaths();
     expect(await current("web1")).toBe(built["web1"]);
     expect(await current("web2")).toBe(built["web2"]);
