@@ -93,6 +93,54 @@ rec {
     secretId = "${credentialsDir unit}/vault-secret-id";
   };
 
+  # The credential part of a daemon's rendered settings: the copies systemd
+  # hands the unit (LoadCredential), and where in Vault the seed is.
+  credentialSettings = unit: cred:
+    let files = credentialFiles unit; in
+    lib.optionalAttrs (cred.nkeySeedFile != null) { nats.nkeySeedFile = files.seed; }
+    // lib.optionalAttrs (usesVault cred) {
+      vault = {
+        roleIdFile = files.roleId;
+        secretIdFile = files.secretId;
+        inherit (cred.vault) kvMount secretPath secretField;
+      }
+      // lib.optionalAttrs (cred.vault.address != null) { inherit (cred.vault) address; }
+      // lib.optionalAttrs (cred.vault.caCertFile != null) { inherit (cred.vault) caCertFile; };
+    };
+
+  # The port of a "host:port" listen setting ("[::]:9973" too); null without one.
+  listenPort = listen:
+    let m = builtins.match "(\\[[^]]*]|[^:]*):([0-9]+)" (if builtins.isString listen then listen else "");
+    in if m == null then null else lib.toInt (builtins.elemAt m 1);
+
+  # What a daemon's module asserts about its rendered settings: credential
+  # files only through the options, a state directory of its own, a fixed
+  # metrics port when the firewall is to be opened for it.
+  settingsAssertions = { prefix, operatorSettings, settings, openFirewall }:
+    let
+      given = operatorSettings;
+      credentialKeys =
+        lib.optional ((given.nats or { }) ? nkeySeedFile) "nats.nkeySeedFile"
+        ++ lib.optional ((given.vault or { }) ? roleIdFile) "vault.roleIdFile"
+        ++ lib.optional ((given.vault or { }) ? secretIdFile) "vault.secretIdFile";
+      stateDir = settings.stateDir;
+      port = listenPort (settings.metrics.listen or null);
+    in
+    [
+      {
+        assertion = credentialKeys == [ ];
+        message = "${prefix}.settings: set the NKey files with ${prefix}.nkeySeedFile or vault.roleIdFile/vault.secretIdFile (the module passes them with LoadCredential), not with ${lib.concatStringsSep ", " credentialKeys}.";
+      }
+      {
+        assertion = builtins.isString stateDir && hasPrefix "/" stateDir && stateDir != "/var/lib/" && stateDir != "/";
+        message = "${prefix}.settings.stateDir: expected an absolute directory path of its own, got ${builtins.toJSON stateDir}.";
+      }
+      {
+        assertion = !openFirewall || (port != null && port > 0);
+        message = "${prefix}.openFirewall: settings.metrics.listen (${builtins.toJSON (settings.metrics.listen or null)}) has no fixed port to open.";
+      }
+    ];
+
   # systemd LoadCredential= lines, "id:file", for the files that are set.
   loadCredential = cred:
     lib.mapAttrsToList (id: file: "${id}:${file}") (lib.filterAttrs (_: file: file != null) {

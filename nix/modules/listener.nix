@@ -11,7 +11,6 @@ let
 
   cfg = config.services.homelab-deploy.listener;
   unit = "homelab-deploy-listener";
-  files = common.credentialFiles unit;
   settingsFormat = pkgs.formats.json { };
 
   # What the module contributes, below what the operator writes in `settings`.
@@ -30,29 +29,14 @@ let
       // optionalAttrs (cfg.health.timeout != null) { inherit (cfg.health) timeout; }
       // optionalAttrs (cfg.health.confirmTimeout != null) { inherit (cfg.health) confirmTimeout; };
   }
-  // optionalAttrs (cfg.nkeySeedFile != null) { nats.nkeySeedFile = files.seed; }
-  // optionalAttrs (common.usesVault cfg) {
-    vault = {
-      roleIdFile = files.roleId;
-      secretIdFile = files.secretId;
-      inherit (cfg.vault) kvMount secretPath secretField;
-    }
-    // optionalAttrs (cfg.vault.address != null) { inherit (cfg.vault) address; }
-    // optionalAttrs (cfg.vault.caCertFile != null) { inherit (cfg.vault) caCertFile; };
-  };
+  // common.credentialSettings unit cfg;
   settings = recursiveUpdate moduleSettings cfg.settings;
   configFile = settingsFormat.generate "${unit}.json" settings;
 
   stateDir = settings.stateDir;
   stateInVarLib = hasPrefix "/var/lib/" stateDir;
 
-  listen = builtins.match "(\\[[^]]*]|[^:]*):([0-9]+)" (settings.metrics.listen or "");
-  metricsPort = if listen == null then null else lib.toInt (builtins.elemAt listen 1);
-
-  settingsCredentialKeys =
-    optional ((cfg.settings.nats or { }) ? nkeySeedFile) "nats.nkeySeedFile"
-    ++ optional ((cfg.settings.vault or { }) ? roleIdFile) "vault.roleIdFile"
-    ++ optional ((cfg.settings.vault or { }) ? secretIdFile) "vault.secretIdFile";
+  metricsPort = common.listenPort (settings.metrics.listen or null);
 
   # The protocol's patterns (src/protocol.ts): hosts and roles as the
   # builder's host names, tiers lower-case words.
@@ -162,20 +146,12 @@ in
         cred = cfg;
         address = settings.vault.address or null;
       }
-      ++ [
-        {
-          assertion = settingsCredentialKeys == [ ];
-          message = "services.homelab-deploy.listener.settings: set the NKey files with services.homelab-deploy.listener.nkeySeedFile or vault.roleIdFile/vault.secretIdFile (the module passes them with LoadCredential), not with ${lib.concatStringsSep ", " settingsCredentialKeys}.";
-        }
-        {
-          assertion = builtins.isString stateDir && hasPrefix "/" stateDir && stateDir != "/var/lib/" && stateDir != "/";
-          message = "services.homelab-deploy.listener.settings.stateDir: expected an absolute directory path of its own, got ${builtins.toJSON stateDir}.";
-        }
-        {
-          assertion = !cfg.openFirewall || (metricsPort != null && metricsPort > 0);
-          message = "services.homelab-deploy.listener.openFirewall: settings.metrics.listen (${builtins.toJSON (settings.metrics.listen or null)}) has no fixed port to open.";
-        }
-      ];
+      ++ common.settingsAssertions {
+        prefix = "services.homelab-deploy.listener";
+        operatorSettings = cfg.settings;
+        inherit settings;
+        inherit (cfg) openFirewall;
+      };
 
     networking.firewall.allowedTCPPorts = optional cfg.openFirewall metricsPort;
 
