@@ -12,8 +12,11 @@
  *     (the same system, evaluated and built on the host): the listener's
  *     deploy time (`completed.durationMs`) and the deployer's wall time,
  *     unsampled;
- *   - the same two again on another fresh revision, with the peak summed RSS
- *     of the listener's child processes (every nix it runs) sampled every 10 ms;
+ *   - the same two again on another fresh revision, with the peak RSS of the
+ *     listener's nix processes: each listener runs nix, nix-store and nix-env
+ *     through a wrapper that has GNU time record the process's maximum RSS
+ *     (the kernel's own count, so a nix that lives 100 ms is not missed by a
+ *     sampler);
  *   - `deploy test all` (12 listeners, prebuilt) against one host's
  *     prebuilt deploy, wall time of the deployer.
  *   npm run build && npx tsx bench/deploy.ts [rounds]
@@ -24,10 +27,11 @@ import { mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { loadavg, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { execa } from "execa";
 import { jsonLines, runCli } from "../test/support/cli.js";
 import { createFixtureFlake, nixSystem } from "../test/support/flake.js";
 import { createListener, startDeployFixture, type ListenerHost } from "../test/support/listener.js";
-import { machine, percentile, round, sampler } from "./support.js";
+import { machine, percentile, round } from "./support.js";
 
 process.env["NIX_CONFIG"] = ["experimental-features = nix-command flakes", "sandbox = false", "substituters ="].join("\n");
 
@@ -63,9 +67,21 @@ async function buildAll(): Promise<Record<string, string>> {
 
 say("building the first revision (the systems the listeners start on)");
 const initial = await buildAll();
+const nixDir = dirname((await execa("sh", ["-c", "command -v nix"])).stdout.trim());
+/** nix, nix-store and nix-env for one listener, each run under GNU time, which appends "<max RSS KiB> <command>" to `record`. */
+async function measuredNix(dir: string, record: string): Promise<string> {
+  for (const name of ["nix", "nix-store", "nix-env"]) {
+    await writeFile(join(dir, name), `#!/bin/sh\nexec /usr/bin/time -a -o ${record} -f "%M ${name}" ${join(nixDir, name)} "$@"\n`, { mode: 0o755 });
+  }
+  return join(dir, "nix");
+}
+const records = new Map<string, string>();
 const listeners = new Map<string, ListenerHost>();
 for (const host of hosts) {
-  const listener = await createListener(fixture, { host, tier: "test", repoUrl: flake.url, extra: { timeouts: { fetch: "30m", build: "30m", switch: "5m" } } });
+  const wrappers = await mkdtemp(join(tmpdir(), `hd-bench-nix-${host}-`));
+  records.set(host, join(wrappers, "rss.log"));
+  const nixBin = await measuredNix(wrappers, join(wrappers, "rss.log"));
+  const listener = await createListener(fixture, { host, tier: "test", repoUrl: flake.url, extra: { nixBin, timeouts: { fetch: "30m", build: "30m", switch: "5m" } } });
   listener.env["XDG_CACHE_HOME"] = await mkdtemp(join(tmpdir(), `hd-bench-cache-${host}-`));
   await listener.install(initial[host] as string);
   await listener.start();
@@ -79,12 +95,19 @@ interface Deploy {
   peakMiB?: number;
 }
 
-async function deploy(target: string, args: string[], sampleHost?: string): Promise<Deploy> {
-  const sample = sampleHost ? sampler(listeners.get(sampleHost)!.process.child.pid as number, false, 10) : undefined;
+/** The largest maximum RSS (MiB) among the nix processes `host`'s listener ran since `from` lines of its record. */
+async function recordedPeak(host: string, from: number): Promise<number> {
+  const lines = (await readFile(records.get(host) as string, "utf8").catch(() => "")).split("\n").filter(Boolean).slice(from);
+  return Math.max(0, ...lines.map((line) => Number(line.split(" ")[0]) / 1024));
+}
+const recordLength = async (host: string) => (await readFile(records.get(host) as string, "utf8").catch(() => "")).split("\n").filter(Boolean).length;
+
+async function deploy(target: string, args: string[], measureHost?: string): Promise<Deploy> {
+  const from = measureHost ? await recordLength(measureHost) : 0;
   const started = performance.now();
   const result = await runCli(["deploy", "test", target, "--json", ...args], env, 30 * 60_000);
   const wallMs = performance.now() - started;
-  const peakMiB = await sample?.stop();
+  const peakMiB = measureHost ? await recordedPeak(measureHost, from) : undefined;
   const lines = jsonLines(result.stdout);
   const completed = lines.filter((l) => l.type === "completed");
   if (result.exitCode !== 0 || completed.some((c) => c["status"] !== "success")) throw new Error(`deploy failed: ${result.stdout}\n${result.stderr}`);
@@ -100,8 +123,8 @@ async function deploy(target: string, args: string[], sampleHost?: string): Prom
 const samples = {
   prebuilt: [] as Deploy[],
   evaluated: [] as Deploy[],
-  prebuiltSampled: [] as Deploy[],
-  evaluatedSampled: [] as Deploy[],
+  prebuiltMeasured: [] as Deploy[],
+  evaluatedMeasured: [] as Deploy[],
   oneHost: [] as Deploy[],
   all: [] as Deploy[],
 };
@@ -117,9 +140,9 @@ for (let i = 0; i < rounds; i++) {
 
   await flake.bump();
   await buildAll();
-  samples.prebuiltSampled.push(await deploy("host01", [], "host01"));
-  samples.evaluatedSampled.push(await deploy("host01", ["--no-prebuilt"], "host01"));
-  say(`round ${i + 1}: sampled prebuilt ${JSON.stringify(samples.prebuiltSampled.at(-1))}, evaluated ${JSON.stringify(samples.evaluatedSampled.at(-1))}`);
+  samples.prebuiltMeasured.push(await deploy("host01", [], "host01"));
+  samples.evaluatedMeasured.push(await deploy("host01", ["--no-prebuilt"], "host01"));
+  say(`round ${i + 1}: measured prebuilt ${JSON.stringify(samples.prebuiltMeasured.at(-1))}, evaluated ${JSON.stringify(samples.evaluatedMeasured.at(-1))}`);
 }
 load.after = loadavg().map((n) => round(n, 2));
 
@@ -144,14 +167,14 @@ console.log(
       load,
       prebuilt: summary(samples.prebuilt),
       evaluated: summary(samples.evaluated),
-      prebuiltSampled: summary(samples.prebuiltSampled),
-      evaluatedSampled: summary(samples.evaluatedSampled),
+      prebuiltMeasured: summary(samples.prebuiltMeasured),
+      evaluatedMeasured: summary(samples.evaluatedMeasured),
       oneHost: summary(samples.oneHost),
       all12: summary(samples.all),
       ratios: {
         prebuiltVsEvaluatedDeployTime: ratio(med(samples.prebuilt.map((x) => x.deployMs)), med(samples.evaluated.map((x) => x.deployMs))),
         prebuiltVsEvaluatedWallTime: ratio(med(samples.prebuilt.map((x) => x.wallMs)), med(samples.evaluated.map((x) => x.wallMs))),
-        prebuiltVsEvaluatedPeakRss: ratio(med(samples.prebuiltSampled.map((x) => x.peakMiB as number)), med(samples.evaluatedSampled.map((x) => x.peakMiB as number))),
+        prebuiltVsEvaluatedPeakRss: ratio(med(samples.prebuiltMeasured.map((x) => x.peakMiB as number)), med(samples.evaluatedMeasured.map((x) => x.peakMiB as number))),
         all12VsOneHostWallTime: ratio(med(samples.all.map((x) => x.wallMs)), med(samples.oneHost.map((x) => x.wallMs))),
       },
     },

@@ -24,12 +24,40 @@ import { loadavg } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { execa } from "execa";
+import { processTree } from "../src/nix/process-tree.js";
 import { spawnBuilder, type BuilderProcess } from "../test/support/daemon.js";
-import { machine, percentile, round, sampler, startBench, timedBuild, type Bench } from "./support.js";
+import { machine, percentile, round, startBench, timedBuild, type Bench } from "./support.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const rounds = Number(process.argv[2] ?? 1);
 const say = (what: string) => process.stderr.write(`${new Date().toISOString()} ${what}\n`);
+
+async function rssOf(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, "utf8").catch(() => "");
+  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
+}
+
+/** Samples the summed RSS (MiB) of `root`'s descendants (not `root` itself unless `withRoot`) until stopped. */
+function sampler(root: number, withRoot = false): { stop(): Promise<number> } {
+  let peak = 0;
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      const pids = (await processTree(root)).filter((pid) => withRoot || pid !== root);
+      let sum = 0;
+      for (const pid of pids) sum += await rssOf(pid);
+      peak = Math.max(peak, sum);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  })();
+  return {
+    async stop() {
+      running = false;
+      await loop;
+      return peak;
+    },
+  };
+}
 
 /** A nix command, timed, with the peak RSS of its process tree. */
 async function measured(args: string[]): Promise<{ ms: number; peakMiB: number }> {

@@ -9,7 +9,6 @@ import { join } from "node:path";
 import { cpus, totalmem } from "node:os";
 import { execFileSync } from "node:child_process";
 import type { NatsConnection } from "nats";
-import { processTree } from "../src/nix/process-tree.js";
 import { ROOT } from "../test/support/cli.js";
 import { startBuilder, type BuilderProcess } from "../test/support/daemon.js";
 import { createFixtureFlake, type FixtureFlake } from "../test/support/flake.js";
@@ -90,27 +89,5 @@ export function machine(): Record<string, string | number> {
     memoryGiB: round(totalmem() / 1024 ** 3, 0),
     node: process.version,
     nix: execFileSync("nix", ["--version"]).toString().trim(),
-  };
-}
-
-/** Samples the summed RSS (MiB) of `root`'s descendants (not `root` itself unless `withRoot`) until stopped. */
-export function sampler(root: number, withRoot = false, everyMs = 50): { stop(): Promise<number> } {
-  let peak = 0;
-  let running = true;
-  const loop = (async () => {
-    while (running) {
-      const pids = (await processTree(root)).filter((pid) => withRoot || pid !== root);
-      let sum = 0;
-      for (const pid of pids) sum += await rssMiB(pid).catch(() => 0);
-      peak = Math.max(peak, sum);
-      await new Promise((resolve) => setTimeout(resolve, everyMs));
-    }
-  })();
-  return {
-    async stop() {
-      running = false;
-      await loop;
-      return peak;
-    },
   };
 }
