@@ -111,7 +111,11 @@ describe("a refusal by NATS ends the wait at once", () => {
 });
 
 describe("the MCP build tool", () => {
-  it("waits for a builder started later, with a progress notification saying so, and builds", async () => {
+  it.each([
+    ["a builder started later", false],
+    ["NATS and then a builder started later", true],
+  ])("waits for %s, with a progress notification saying so, and builds", async (_what, natsDown) => {
+    if (natsDown) await nats.stop();
     const transport = new StdioClientTransport({ command: process.execPath, args: [CLI, "mcp", "--enable-builds"], env: { ...env(), HOMELAB_DEPLOY_LOG_LEVEL: "info" }, stderr: "pipe" });
     const client = new Client({ name: "homelab-deploy-test", version: "1.0.0" });
     await client.connect(transport);
@@ -127,6 +131,7 @@ describe("the MCP build tool", () => {
       },
     }) as Promise<CallToolResult>;
     await waiting;
+    if (natsDown) await nats.start();
     await startTinyBuilder();
     const result = await call;
     expect(result.isError).toBeFalsy();
