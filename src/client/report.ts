@@ -7,7 +7,7 @@
  */
 import { formatDuration } from "../util/duration.js";
 import { formatSize } from "../util/size.js";
-import { textTable } from "../util/table.js";
+import { formatTable, type Paint } from "./table.js";
 import type {
   BuildResponse,
   CancelResponse,
@@ -40,7 +40,6 @@ export interface Output {
   columns?: number;
 }
 
-type Paint = (color: "green" | "red" | "yellow" | "dim" | "bold", text: string) => string;
 
 /**
  * Five SGR codes, by hand. When to colour (a terminal, no NO_COLOR, not
@@ -235,9 +234,10 @@ function resultDetail(result: HostResult): string {
 export function summaryTable(final: FinalResponse, paint: Paint = (_c, t) => t, width?: number): string[] {
   if (final.type !== "completed" || final.results.length === 0) return [];
   const rows = final.results.map((r) => [r.host, r.status, formatDuration(r.durationMs), r.status === "success" ? changesCell(r.changes) : "", resultDetail(r)]);
-  const header = ["HOST", "STATUS", "DURATION", "CHANGES", "RESULT"];
-  const colourStatus = (column: number, cell: string) => (column === 1 ? paint(STATUS_COLOR[cell as HostStatus] ?? "dim", cell) : cell);
-  return textTable(header, rows, { ...(width !== undefined ? { width } : {}), paint: colourStatus });
+  return formatTable(["HOST", "STATUS", "DURATION", "CHANGES", "RESULT"], rows, {
+    width,
+    colour: { column: 1, paint, colourOf: (status) => STATUS_COLOR[status as HostStatus] ?? "dim" },
+  });
 }
 
 /** The terminal width a table is cut to, on a terminal only. */
@@ -477,6 +477,5 @@ export function describeHistory(history: HistoryResponse, now = Date.now()): str
     `${formatDuration(Math.max(0, now - Date.parse(e.finishedAt)))} ago`,
     e.status === "success" ? (e.storePath ?? "") : firstLine(e.error ?? ""),
   ]);
-  const header = ["HOST", "STATUS", "DURATION", "REVISION", "REF", "FINISHED", "RESULT"];
-  return textTable(header, rows);
+  return formatTable(["HOST", "STATUS", "DURATION", "REVISION", "REF", "FINISHED", "RESULT"], rows);
 }
