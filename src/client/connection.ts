@@ -142,6 +142,7 @@ export async function connectClient(settings: ClientSettings, logger: Logger, op
       options.onRetry?.(err, wait);
       logger.info({ err: err.message, retryInMs: wait }, "NATS not reachable; trying again");
       await sleep(wait, undefined, { signal: options.signal }).catch(() => undefined);
+      if (options.signal?.aborted) throw err;
     }
   }
 }

@@ -220,37 +220,52 @@ export async function askEveryBuilder<N extends ControlName>(
   return combineAnswers(name, await gatherControl(nc, name, body, options));
 }
 
+/** How often `discoverEveryBuilder` asks again while a repo it waits for is still loading. */
+const DISCOVER_POLL_MS = 250;
 /**
- * A builder answers build.discover once its fetches are done or after 1.5 s
- * (src/builder/control.ts), whichever is first: wait that long for the
- * others after the first answer, or a builder still fetching is missed.
+ * The whole list waits at most this long for repos still loading, then
+ * shows them as still fetching: one repo whose git server hangs must not
+ * hold up the list of all of them.
  */
-export const DISCOVER_GATHER = { quietMs: 1_800, maxAfterFirstMs: 5_000 } as const;
+export const LIST_ALL_SETTLE_MS = 1_000;
+/** A refresh waits for the fetches it asked for (each builder bounds them by its build.fetchTimeout). */
+export const REFRESH_SETTLE_MS = 600_000;
 
 export interface DiscoverOptions {
   refresh: boolean;
   /** Only this repo's loading matters (the others are shown as they are). */
   repo?: string | undefined;
   ackTimeoutMs: number;
-  /** Longest to keep asking while a repo of interest is still loading. */
-  settleMs: number;
+  /** Longest to keep asking while a repo of interest is still loading (default: discoverSettleMs). */
+  settleMs?: number;
   pollMs?: number;
   signal?: AbortSignal;
 }
 
 /**
+ * How long a list waits for repos still loading: a refresh for its
+ * fetches; one repo asked for by name up to the ack timeout (that repo is
+ * what the caller wants); the whole list only briefly.
+ */
+export function discoverSettleMs(options: Pick<DiscoverOptions, "refresh" | "repo" | "ackTimeoutMs">): number {
+  if (options.refresh) return Math.max(options.ackTimeoutMs, REFRESH_SETTLE_MS);
+  if (options.repo !== undefined) return options.ackTimeoutMs;
+  return Math.min(options.ackTimeoutMs, LIST_ALL_SETTLE_MS);
+}
+
+/**
  * `build.discover` to every builder, asked again (without refresh) while a
- * repo of interest is still `loading` at one of them: builders answer with
- * what they have and fetch in the background, so one hung repo never holds
- * up the answer.
+ * repo of interest is still `loading` at one of them: builders answer at
+ * once with what they have and fetch in the background, so one hung repo
+ * never holds up the answer.
  */
 export async function discoverEveryBuilder(nc: NatsConnection, options: DiscoverOptions): Promise<Combined<"discover">> {
   const { ackTimeoutMs, signal, repo } = options;
-  const pollMs = options.pollMs ?? 1_000;
-  const deadline = Date.now() + options.settleMs;
+  const pollMs = options.pollMs ?? DISCOVER_POLL_MS;
+  const deadline = Date.now() + (options.settleMs ?? discoverSettleMs(options));
   let body: Record<string, unknown> | undefined = options.refresh ? { refresh: true } : undefined;
   for (;;) {
-    const combined = await askEveryBuilder(nc, "discover", body, { ackTimeoutMs, signal, ...DISCOVER_GATHER });
+    const combined = await askEveryBuilder(nc, "discover", body, { ackTimeoutMs, signal });
     if (!combined.ok) return combined;
     const pending = combined.answers.some((a) => a.repos.some((r) => r.loading === true && (repo === undefined || r.name === repo)));
     if (!pending || Date.now() + pollMs > deadline || signal?.aborted) return combined;

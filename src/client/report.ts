@@ -6,6 +6,7 @@
  * a terminal and never when NO_COLOR is set.
  */
 import { formatDuration } from "../util/duration.js";
+import { formatSize } from "../util/size.js";
 import { formatTable, type Paint } from "./table.js";
 import type {
   BuildResponse,
@@ -40,6 +41,13 @@ export interface Output {
 }
 
 
+/**
+ * Five SGR codes, by hand. When to colour (a terminal, no NO_COLOR, not
+ * TERM=dumb) is decided here either way; Node's util.styleText is not in
+ * Node 20.9 (engines; it came in 20.12), and picocolors would change what
+ * is written (each colour closed with its own reset, 39 or 22, instead of
+ * 0) for no gain in five colours that are never nested.
+ */
 const CODES = { green: 32, red: 31, yellow: 33, dim: 2, bold: 1 } as const;
 
 export function painter(out: Output, env: NodeJS.ProcessEnv = process.env): Paint {
@@ -59,7 +67,7 @@ function shortRev(revision: string | null): string {
   return revision ? revision.slice(0, 12) : "(unknown revision)";
 }
 
-export function plural(n: number, word: string): string {
+function plural(n: number, word: string): string {
   return `${n} ${word}${n === 1 ? "" : "s"}`;
 }
 
@@ -72,15 +80,9 @@ export function firstLine(text: string): string {
   return line.length > 160 ? `${line.slice(0, 160)}…` : line;
 }
 
-function bytes(n: number): string {
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(0)} KiB`;
-  if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
-  return `${(n / 1024 ** 3).toFixed(2)} GiB`;
-}
-
 /** "+1.2 MiB", "-340 KiB". */
 export function signedBytes(n: number): string {
-  return `${n < 0 ? "-" : "+"}${bytes(Math.abs(n))}`;
+  return `${n < 0 ? "-" : "+"}${formatSize(Math.abs(n), "display")}`;
 }
 
 function versionsText(versions: string[]): string {
@@ -129,7 +131,7 @@ export function progressText(progress: Pick<Progress, "derivations" | "substitut
   const parts = [`${progress.derivations.done}/${progress.derivations.expected} derivations`];
   if (progress.derivations.failed > 0) parts.push(`${progress.derivations.failed} failed`);
   if (progress.substitutions.expected > 0) parts.push(`${progress.substitutions.done}/${progress.substitutions.expected} paths substituted`);
-  if (progress.downloadedBytes > 0) parts.push(`${bytes(progress.downloadedBytes)} downloaded`);
+  if (progress.downloadedBytes > 0) parts.push(`${formatSize(progress.downloadedBytes, "display")} downloaded`);
   if (progress.building) {
     const { drv, phase, machine } = progress.building;
     parts.push(`building ${drv}${machine ? ` on ${machine}` : ""}${phase ? ` (${phase})` : ""}`);
@@ -475,8 +477,5 @@ export function describeHistory(history: HistoryResponse, now = Date.now()): str
     `${formatDuration(Math.max(0, now - Date.parse(e.finishedAt)))} ago`,
     e.status === "success" ? (e.storePath ?? "") : firstLine(e.error ?? ""),
   ]);
-  const header = ["HOST", "STATUS", "DURATION", "REVISION", "REF", "FINISHED", "RESULT"];
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] as string).length)));
-  const format = (cells: string[]) => cells.map((cell, i) => (i === cells.length - 1 ? cell : cell.padEnd(widths[i] as number))).join("  ").trimEnd();
-  return [format(header), ...rows.map(format)];
+  return formatTable(["HOST", "STATUS", "DURATION", "REVISION", "REF", "FINISHED", "RESULT"], rows);
 }

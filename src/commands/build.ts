@@ -113,12 +113,10 @@ async function runList(repo: string | undefined, extra: string | undefined, flag
   if (extra !== undefined) throw new UsageError("--list takes at most one argument: the repo");
   if (repo !== undefined && !isValidRepoName(repo)) throw new UsageError(`invalid repo name ${JSON.stringify(repo)}`);
   const ackTimeoutMs = durationFlag("--ack-timeout", flags.ackTimeout);
-  // Builders answer at once with what they have and fetch in the
-  // background; a refresh waits for the fetch it asked for (each builder
-  // bounds it by its build.fetchTimeout), a plain list only for a first load.
-  const settleMs = flags.refresh ? Math.max(ackTimeoutMs, 600_000) : ackTimeoutMs;
   return withClient(flags, async (nc, signal) => {
-    const combined = await discoverEveryBuilder(nc, { refresh: flags.refresh === true, repo, ackTimeoutMs, settleMs, signal });
+    // Builders answer at once and fetch in the background; how long to ask
+    // again while a repo is still loading is discoverSettleMs's.
+    const combined = await discoverEveryBuilder(nc, { refresh: flags.refresh === true, repo, ackTimeoutMs, signal });
     return printCombined(flags, combined, (discovers) => {
       const repos = reposOf(discovers);
       if (repo !== undefined && !repos.includes(repo)) {

@@ -66,23 +66,26 @@ export function registerBuildTools(server: McpServer, context: ToolContext): voi
 
 async function runBuild(context: ToolContext, request: BuildTarget, extra: Extra) {
   const { logger } = context;
-  const nc = await context.link.connection();
   const { notify, waiting } = progressNotifier(request, extra, logger);
   const finished = new Map<string, HostFinished>();
   logger.info({ ...request }, "build requested over MCP");
-  // As the CLI does: while no builder is listening (it restarts), ask again for --wait-for-builder.
+  // As the CLI does: while NATS cannot be reached yet or no builder is
+  // listening (it restarts), ask again for --wait-for-builder.
+  const until = Date.now() + context.waitForBuilderMs;
   const wait = {
-    until: Date.now() + context.waitForBuilderMs,
+    until,
     onWaiting: (err: Error) => {
       logger.info({ ...request, err: err.message }, "no builder is listening yet; asking again");
       waiting();
     },
   };
+  const signal = AbortSignal.any([extra.signal, context.shutdown]);
+  const nc = await context.link.connection({ retryForMs: context.waitForBuilderMs, signal, onRetry: () => waiting() });
   try {
     const final = await requestBuildWaiting(nc, request, {
       ackTimeoutMs: context.ackTimeoutMs,
       idleTimeoutMs: context.idleTimeoutMs,
-      signal: AbortSignal.any([extra.signal, context.shutdown]),
+      signal,
       onMessage: (message) => {
         if (message.type === "host_finished") finished.set(message.host, message);
         notify(message);

@@ -26,7 +26,7 @@ export async function runMcp(options: McpOptions): Promise<number> {
   const enableDeploy = options.enableDeploy === true;
   const logger = clientLogger(settings);
   keepServing(logger);
-  const link = new NatsLink(() => connectClient(settings, logger), settings.natsUrl, logger);
+  const link = new NatsLink((connect) => connectClient(settings, logger, connect), settings.natsUrl, logger);
   const shutdown = new AbortController();
   const server = createMcpServer({ enableBuilds, enableDeploy, link, logger, ackTimeoutMs, idleTimeoutMs, waitForBuilderMs, shutdown: shutdown.signal });
   const transport = new StdioServerTransport();
