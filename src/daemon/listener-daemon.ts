@@ -15,6 +15,7 @@ import { Listener } from "../listener/listener.js";
 import { ListenerMetrics } from "../listener/metrics.js";
 import { NatsTransport } from "../nats/transport.js";
 import { NixRunner } from "../nix/runner.js";
+import { ProcessLedger } from "../nix/process-ledger.js";
 import { NixStore } from "../nix/store.js";
 import { HttpServer } from "../observability/http-server.js";
 import { Readiness } from "../observability/readiness.js";
@@ -23,9 +24,12 @@ import { seedSourceOf, type Daemon } from "./daemon.js";
 
 export async function startListenerDaemon(config: ListenerConfig, logger: Logger): Promise<Daemon> {
   const { host, tier } = config;
-  // No process ledger: a switch-to-configuration must outlive a listener
-  // it restarts, and the next start must not end it.
-  const nix = new NixRunner({ nixBin: config.nixBin, killGraceMs: config.killGrace, logTailLines: 50 });
+  // A listener killed while nix fetched or built left it running: end it
+  // first. switch-to-configuration is never recorded (activation.ts): it
+  // must outlive a listener it restarts.
+  const ledger = new ProcessLedger(config.stateDir, logger.child({ component: "processes" }), config.killGrace);
+  await ledger.reapLeftovers();
+  const nix = new NixRunner({ nixBin: config.nixBin, killGraceMs: config.killGrace, logTailLines: 50, ledger });
   const transport = new NatsTransport({
     servers: natsServers(config),
     name: config.nats.name ?? `homelab-deploy-listener@${host}`,
