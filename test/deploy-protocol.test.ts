@@ -1,3 +1,5 @@
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import {
   DeployDiscoverResponseSchema,
@@ -11,6 +13,7 @@ import {
   isValidTier,
 } from "../src/deploy-protocol.js";
 import { MAX_REQUEST_BYTES, parseRequestBody } from "../src/util/json.js";
+import { ROOT } from "./support/cli.js";
 
 const SYSTEM = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-web1-25.05";
 const encode = (text: string): Uint8Array => new TextEncoder().encode(text);
@@ -174,5 +177,22 @@ describe("deploy answers", () => {
       version: "1.0.0",
     };
     expect(DeployDiscoverResponseSchema.parse(answer)).toEqual(answer);
+  });
+});
+
+describe("docs/protocol.md's deploy section", () => {
+  it("shows only deploy messages the schemas accept, every type at least once", async () => {
+    const doc = await readFile(join(ROOT, "docs", "protocol.md"), "utf8");
+    const blocks = [...doc.matchAll(/```json deploy\n([\s\S]*?)```/g)].map((m) => JSON.parse(m[1] as string) as { type: string });
+    for (const block of blocks) {
+      const parsed = DeployResponseSchema.safeParse(block);
+      expect(parsed.success, `${JSON.stringify(block)}\n${parsed.error?.message}`).toBe(true);
+    }
+    expect(new Set(blocks.map((b) => b.type))).toEqual(new Set(["accepted", "rejected", "started", "progress", "activating", "health", "resumed", "completed"]));
+    const discover = [...doc.matchAll(/```json deploy-discover\n([\s\S]*?)```/g)].map((m) => JSON.parse(m[1] as string) as unknown);
+    expect(discover).toHaveLength(1);
+    for (const answer of discover) expect(DeployDiscoverResponseSchema.safeParse(answer).success).toBe(true);
+    const request = /```json\n(\{"action"[\s\S]*?)```/.exec(doc)?.[1];
+    expect(parseRequestBody(encode(request ?? ""), DeployRequestSchema, "").ok).toBe(true);
   });
 });

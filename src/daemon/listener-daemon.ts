@@ -6,7 +6,7 @@
  * `done` resolves with the exit code and the command exits.
  */
 import { natsServers } from "../config.js";
-import { ExitCode, errorMessage, exitCodeOf } from "../errors.js";
+import { errorMessage } from "../errors.js";
 import type { ListenerConfig } from "../listener-config.js";
 import type { Logger } from "../logger.js";
 import { Activation } from "../listener/activation.js";
@@ -15,17 +15,21 @@ import { Listener } from "../listener/listener.js";
 import { ListenerMetrics } from "../listener/metrics.js";
 import { NatsTransport } from "../nats/transport.js";
 import { NixRunner } from "../nix/runner.js";
+import { ProcessLedger } from "../nix/process-ledger.js";
 import { NixStore } from "../nix/store.js";
 import { HttpServer } from "../observability/http-server.js";
 import { Readiness } from "../observability/readiness.js";
 import { VERSION } from "../version.js";
-import { seedSourceOf, type Daemon } from "./daemon.js";
+import { seedSourceOf, stoppable, type Daemon } from "./daemon.js";
 
 export async function startListenerDaemon(config: ListenerConfig, logger: Logger): Promise<Daemon> {
   const { host, tier } = config;
-  // No process ledger: a switch-to-configuration must outlive a listener
-  // it restarts, and the next start must not end it.
-  const nix = new NixRunner({ nixBin: config.nixBin, killGraceMs: config.killGrace, logTailLines: 50 });
+  // A listener killed while nix fetched or built left it running: end it
+  // first. switch-to-configuration is never recorded (activation.ts): it
+  // must outlive a listener it restarts.
+  const ledger = new ProcessLedger(config.stateDir, logger.child({ component: "processes" }), config.killGrace);
+  await ledger.reapLeftovers();
+  const nix = new NixRunner({ nixBin: config.nixBin, killGraceMs: config.killGrace, logTailLines: 50, ledger });
   const transport = new NatsTransport({
     servers: natsServers(config),
     name: config.nats.name ?? `homelab-deploy-listener@${host}`,
@@ -36,9 +40,9 @@ export async function startListenerDaemon(config: ListenerConfig, logger: Logger
   const metrics = new ListenerMetrics({ tier, host, version: VERSION, stateDir: config.stateDir, logger: logger.child({ component: "metrics" }) });
   await metrics.load();
   const activation = new Activation({ nix, host, repoUrl: config.repo.url, system: config.system, timeouts: config.timeouts });
-  let resolveDone: (code: number) => void = () => undefined;
-  const done = new Promise<number>((resolve) => (resolveDone = resolve));
-  let stopping: Promise<void> | undefined;
+  let daemon: Daemon | undefined;
+  // A deploy taken up at start may finish before the daemon below exists.
+  let unitChanged = false;
   const listener = new Listener({
     host,
     tier,
@@ -54,9 +58,12 @@ export async function startListenerDaemon(config: ListenerConfig, logger: Logger
     inFlight: new InFlightStore(config.stateDir),
     metrics,
     logger: logger.child({ component: "listener" }),
-    onUnitChanged: () => void stop(ExitCode.ok),
+    onUnitChanged: () => {
+      unitChanged = true;
+      void daemon?.stop();
+    },
   });
-  const readiness = new Readiness({ natsState: () => transport.state, nix, initialNix: await nix.version() });
+  const readiness = new Readiness({ natsState: () => transport.state, nix, initialNix: await nix.version(), accepting: "accepting deploys" });
   const http = new HttpServer({ listen: config.metrics.listen, registry: metrics.registry, readiness: () => readiness.report(), logger: logger.child({ component: "http" }) });
   await http.start();
   readiness.start();
@@ -72,22 +79,13 @@ export async function startListenerDaemon(config: ListenerConfig, logger: Logger
   await transport.flush().catch((err: unknown) => logger.warn({ err: errorMessage(err) }, "NATS flush after subscribing failed"));
   logger.info({ version: VERSION, host, tier, roles: config.roles, subjects: listener.subjects() }, "listener ready");
 
-  const stop = (code: number = ExitCode.ok) => {
-    stopping ??= (async () => {
-      logger.info("stopping: finishing the deploy in flight");
-      readiness.stop();
-      await listener.stop();
-      await transport.stop();
-      await metrics.flush();
-      await http.stop();
-      logger.info("stopped");
-      resolveDone(code);
-    })();
-    return stopping;
-  };
-  transport.onFatal((err) => {
-    logger.fatal({ err: errorMessage(err) }, "lost the NATS connection for good");
-    void stop(exitCodeOf(err));
+  daemon = stoppable(logger, transport, "stopping: finishing the deploy in flight", async () => {
+    readiness.stop();
+    await listener.stop();
+    await transport.stop();
+    await metrics.flush();
+    await http.stop();
   });
-  return { stop: () => stop(ExitCode.ok), done };
+  if (unitChanged) void daemon.stop();
+  return daemon;
 }

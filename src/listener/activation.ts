@@ -7,6 +7,8 @@
  */
 import { access, constants } from "node:fs/promises";
 import { describeFailure, flakeUrlWithRef, supportsRef, type NixRunner, type RunResult } from "../nix/runner.js";
+import { cannotRun, type ProcessResult } from "../nix/supervisor.js";
+import { RingBuffer } from "../util/ring-buffer.js";
 import type { NixProgress } from "../nix/log.js";
 import { isSystemOfHost, type DeployAction, type DeployError, type DeployErrorCode } from "../deploy-protocol.js";
 import { isStorePath } from "../store-path.js";
@@ -29,27 +31,35 @@ function fail<T>(code: DeployErrorCode, message: string, cause?: string): Step<T
   return { ok: false, error: { code, message, ...(cause ? { cause } : {}) } };
 }
 
-/** Why a command that is not nix (switch-to-configuration, a health command) did not succeed. */
-export function commandFailure(run: RunResult, bin: string): string {
-  switch (run.outcome) {
+/** A program that is not nix (switch-to-configuration, a health command), as it ended, with its last lines. */
+export interface CommandRun {
+  result: ProcessResult;
+  tail: string[];
+  timeoutMs: number;
+}
+
+/** Why such a command did not succeed. */
+export function commandFailure({ result, timeoutMs }: CommandRun, bin: string): string {
+  switch (result.outcome) {
     case "spawn_failed":
-      return `cannot run ${bin}: ${run.spawnError ?? "spawn failed"}`;
+      return cannotRun(bin, result);
     case "timeout":
-      return `${bin} timed out after ${Math.round(run.timeoutMs / 1000)}s; its process tree was killed`;
+      return `${bin} timed out after ${Math.round(timeoutMs / 1000)}s; its process tree was killed`;
     case "cancelled":
       return `${bin} was stopped`;
     case "exited":
-      return run.signal ? `${bin} was killed by ${run.signal}` : `${bin} exited with code ${run.exitCode ?? "?"}`;
+      return result.signal ? `${bin} was killed by ${result.signal}` : `${bin} exited with code ${result.exitCode ?? "?"}`;
   }
 }
 
-/** Why it failed and the last lines it wrote, as a DeployError's cause. */
-function causeOf(run: RunResult, bin: string, isNix = false): string {
-  const tail = run.log.logTail().slice(-10);
-  return [isNix ? describeFailure(run, bin) : commandFailure(run, bin), ...tail].join("\n");
+/** Why nix-env failed and the last lines it wrote, as a DeployError's cause. */
+function nixCause(run: RunResult, bin: string): string {
+  return [describeFailure(run, bin), ...run.log.logTail().slice(-10)].join("\n");
 }
 
-function succeeded(run: RunResult): boolean {
+const TAIL_LINES = 10;
+
+function succeeded(run: ProcessResult): boolean {
   return run.outcome === "exited" && run.exitCode === 0;
 }
 
@@ -93,7 +103,7 @@ export class Activation {
   async setProfile(toplevel: string): Promise<Step<number | null>> {
     const { nix, system } = this.options;
     const run = await nix.run(["-p", system.profile, "--set", toplevel], { timeoutMs: this.options.timeouts.switch }, nix.nixEnvBin);
-    if (!succeeded(run)) return fail("profile_failed", `cannot set the system profile ${system.profile} to ${toplevel}`, causeOf(run, nix.nixEnvBin, true));
+    if (!succeeded(run)) return fail("profile_failed", `cannot set the system profile ${system.profile} to ${toplevel}`, nixCause(run, nix.nixEnvBin));
     return { ok: true, value: await profileGeneration(system.profile) };
   }
 
@@ -101,21 +111,36 @@ export class Activation {
   async switchGeneration(generation: number): Promise<Step<void>> {
     const { nix, system } = this.options;
     const run = await nix.run(["-p", system.profile, "--switch-generation", String(generation)], { timeoutMs: this.options.timeouts.switch }, nix.nixEnvBin);
-    if (!succeeded(run)) return fail("rollback_failed", `cannot switch the system profile back to generation ${generation}`, causeOf(run, nix.nixEnvBin, true));
+    if (!succeeded(run)) return fail("rollback_failed", `cannot switch the system profile back to generation ${generation}`, nixCause(run, nix.nixEnvBin));
     return { ok: true, value: undefined };
   }
 
-  /** `<toplevel>/bin/switch-to-configuration <action>`. */
+  /**
+   * `<toplevel>/bin/switch-to-configuration <action>`. Not recorded in the
+   * process ledger: it may restart the listener itself, and must finish
+   * even then (the next start must not end it).
+   */
   async switchTo(toplevel: string, action: DeployAction): Promise<Step<void>> {
     const bin = `${toplevel}/${SWITCH}`;
-    const run = await this.options.nix.run([action], { timeoutMs: this.options.timeouts.switch }, bin);
-    if (!succeeded(run)) return fail("switch_failed", `switch-to-configuration ${action} of ${toplevel} failed`, causeOf(run, bin));
+    const run = await this.runCommand(bin, [action], this.options.timeouts.switch, { record: false });
+    if (!succeeded(run.result)) {
+      return fail("switch_failed", `switch-to-configuration ${action} of ${toplevel} failed`, [commandFailure(run, bin), ...run.tail].join("\n"));
+    }
     return { ok: true, value: undefined };
   }
 
-  /** Runs the health commands too (same process handling: timeout, process tree killed). */
-  get runner(): NixRunner {
-    return this.options.nix;
+  /** Runs a program through the daemon's process supervisor, keeping its last stderr lines. */
+  async runCommand(bin: string, args: readonly string[], timeoutMs: number, { record = true } = {}): Promise<CommandRun> {
+    const tail = new RingBuffer<string>(TAIL_LINES);
+    const result = await this.options.nix.supervisor.run(bin, args, {
+      timeoutMs,
+      stdout: "ignore",
+      onStderrLine: (line) => {
+        if (line.trim()) tail.push(line);
+      },
+      record,
+    });
+    return { result, tail: tail.toArray(), timeoutMs };
   }
 
   /** The system the profile's current generation is. */

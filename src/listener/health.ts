@@ -5,13 +5,13 @@
  * `confirmTimeoutMs`, because a host that cannot reach NATS after its
  * switch can no longer be deployed (deploy-rs's "magic rollback" idea).
  */
-import type { NixRunner } from "../nix/runner.js";
-import { commandFailure } from "./activation.js";
+import { commandFailure, type Activation } from "./activation.js";
 import type { HealthCheckResult } from "../deploy-protocol.js";
 import { withinMs } from "../util/within.js";
 
 export interface HealthOptions {
-  runner: NixRunner;
+  /** Runs the commands through the daemon's process supervisor (timeout, whole process tree ended). */
+  activation: Activation;
   commands: string[][];
   timeoutMs: number;
   confirmTimeoutMs: number;
@@ -48,11 +48,11 @@ async function runChecks(options: HealthOptions): Promise<HealthCheckResult[]> {
       results.push({ argv, ok: false, exitCode: null, durationMs: 0, error: "not run: the health timeout had passed" });
       continue;
     }
-    const run = await options.runner.run(args, { timeoutMs: left }, bin);
-    const ok = run.outcome === "exited" && run.exitCode === 0;
-    const tail = run.log.logTail().slice(-5).join("\n");
+    const run = await options.activation.runCommand(bin, args, left);
+    const ok = run.result.outcome === "exited" && run.result.exitCode === 0;
+    const tail = run.tail.slice(-5).join("\n");
     const error = ok ? undefined : [commandFailure(run, bin), tail].filter(Boolean).join("\n");
-    results.push({ argv, ok, exitCode: run.exitCode ?? null, durationMs: run.durationMs, ...(error ? { error } : {}) });
+    results.push({ argv, ok, exitCode: run.result.exitCode ?? null, durationMs: run.result.durationMs, ...(error ? { error } : {}) });
   }
   return results;
 }

@@ -301,7 +301,7 @@ export class Listener {
     await this.save(deploy, { phase: "checking" });
     const { health, activation, transport } = this.options;
     const report = await checkHealth({
-      runner: activation.runner,
+      activation,
       commands: health.commands,
       timeoutMs: health.timeout,
       confirmTimeoutMs: health.confirmTimeout,

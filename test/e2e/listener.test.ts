@@ -91,6 +91,8 @@ describe("deploying a prebuilt system", () => {
       // nix put it into the listener's own store from the cache (trusting only the test key).
       expect(listener.hasPath(v2[host] as string)).toBe(true);
     }
+    // The new systems carry the same listener unit: the listeners keep running.
+    expect(web1.process.child.exitCode).toBeNull();
     const metrics = await scrape(await metricsBaseUrl(web1.process));
     expect(valueOf(metrics, "homelab_deploy_deploys_total", { tier: "test", host: "web1", action: "switch", status: "success" })).toBe(1);
     expect(valueOf(metrics, "homelab_deploy_deploy_last_success_timestamp", { tier: "test", host: "web1" })).toBeGreaterThan(0);
@@ -277,4 +279,47 @@ describe("refusals", () => {
     expect(await inbox.waitFor(() => true)).toEqual({ type: "(empty)", status: 503 });
     expect(await impostor.activations()).toEqual([]);
   }, 60_000);
+});
+
+describe("systems that change more", () => {
+  it("without a toplevel, builds the host's configuration from its repo (at a ref) and switches to it", async () => {
+    const web1 = await listenerOn("web1", { sharedStore: true, repoUrl: fixture.flake.url });
+    const { inbox, final } = await deploy("deploy.test.web1");
+    expect(types(inbox)).toEqual(["accepted", "started", "activating", "health", "completed"]);
+    expect(inbox.messages[0]).toMatchObject({ action: "switch", toplevel: null, ref: null });
+    expect(inbox.messages.find((m) => m.type === "started")).toMatchObject({ prebuilt: false, toplevel: null });
+    // The repo's head is what the builder built last: the same system.
+    expect(final).toMatchObject({ status: "success", toplevel: v2["web1"] });
+
+    await fixture.flake.branch("feature");
+    const onBranch = await deploy("deploy.test.web1", { ref: "feature" });
+    expect(onBranch.final).toMatchObject({ status: "success", previous: v2["web1"] });
+    expect(onBranch.final.toplevel).toMatch(/-nixos-system-web1-26\.05\.feature-[0-9a-f]+$/);
+    expect(await web1.activations()).toEqual([
+      ["switch", v2["web1"]],
+      ["switch", onBranch.final.toplevel],
+    ]);
+  }, 180_000);
+
+  it("a new kernel is a pending reboot; a new listener unit makes the listener exit once it has answered", async () => {
+    await fixture.flake.editFlake((text) => text.replace('kernelVersion = "6.6.1"', 'kernelVersion = "6.6.2"').replace('unitVersion = "1"', 'unitVersion = "2"'));
+    const { web1: v3 } = await fixture.build(["web1"]);
+    const web1 = await listenerOn("web1");
+    const { final } = await deploy("deploy.test.web1", { toplevel: v3 });
+    expect(final).toMatchObject({ status: "success", toplevel: v3, rebootRequired: true });
+    // The unit changed: exit 0 after the final answer, so that systemd starts the new version.
+    expect(await web1.process.exited).toBe(0);
+    expect(web1.process.logs.some((l) => l.msg === "the deploy changed the listener's own unit; exiting so that systemd starts the new version")).toBe(true);
+
+    await web1.start();
+    const inbox = await Inbox.open(deployer, "deploy.responses.");
+    cleanups.push(async () => inbox.close());
+    inbox.send("deploy.discover");
+    expect(await inbox.waitFor((m) => m.type === "discover")).toMatchObject({ current: v3, booted: v1["web1"], rebootRequired: true });
+    const metrics = await scrape(await metricsBaseUrl(web1.process));
+    expect(valueOf(metrics, "homelab_deploy_reboot_required", { tier: "test", host: "web1" })).toBe(1);
+    expect(valueOf(metrics, "homelab_deploy_reboot_required_since_timestamp", { tier: "test", host: "web1" })).toBeGreaterThan(0);
+    expect(valueOf(metrics, "homelab_deploy_deploys_total", { tier: "test", host: "web1", action: "switch", status: "success" })).toBe(0);
+    expect(valueOf(metrics, "homelab_deploy_deploy_last_success_timestamp", { tier: "test", host: "web1" })).toBeGreaterThan(0);
+  }, 180_000);
 });

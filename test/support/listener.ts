@@ -84,6 +84,12 @@ export interface ListenerSetup {
   repoUrl?: string;
   health?: Record<string, unknown>;
   rollback?: boolean;
+  /**
+   * Use the shared store, without substituters, instead of a store of its
+   * own: for deploys evaluated on the host (a chroot store cannot build
+   * without a sandbox).
+   */
+  sharedStore?: boolean;
   extra?: Record<string, unknown>;
 }
 
@@ -123,15 +129,17 @@ export async function createListener(fixture: DeployFixture, setup: ListenerSetu
   await mkdir(join(root, "profiles"), { recursive: true });
   await writeFile(join(root, "activations"), "");
   const tier = setup.tier ?? "test";
-  const nixConfig = [
-    process.env["NIX_CONFIG"] ?? "",
-    `store = local?root=${storeRoot}`,
-    `substituters = file://${fixture.cache}`,
-    `trusted-public-keys = ${fixture.publicKey}`,
-    "require-sigs = true",
-    // No build users: see test/support/nix-store.ts.
-    "build-users-group =",
-  ].join("\n");
+  const nixConfig = setup.sharedStore
+    ? (process.env["NIX_CONFIG"] ?? "")
+    : [
+        process.env["NIX_CONFIG"] ?? "",
+        `store = local?root=${storeRoot}`,
+        `substituters = file://${fixture.cache}`,
+        `trusted-public-keys = ${fixture.publicKey}`,
+        "require-sigs = true",
+        // No build users: see test/support/nix-store.ts.
+        "build-users-group =",
+      ].join("\n");
   const env = { NIX_CONFIG: nixConfig, HOMELAB_DEPLOY_FIXTURE_ROOT: root };
   const config = {
     host: setup.host,
@@ -145,6 +153,8 @@ export async function createListener(fixture: DeployFixture, setup: ListenerSetu
     rollback: setup.rollback ?? true,
     system: { profile: join(root, "profiles", "system"), current: join(root, "current"), booted: join(root, "booted") },
     timeouts: { fetch: "2m", build: "2m", switch: "1m" },
+    // The fixture systems carry the listener's unit, as NixOS's /etc does.
+    selfUnit: join(root, "current", "etc", "systemd", "system", "homelab-deploy-listener.service"),
     killGrace: "1s",
     log: { level: "debug" },
     ...setup.extra,
