@@ -18,6 +18,7 @@ import { supportsRef, type NixRunner } from "../nix/runner.js";
 import {
   ALL_HOSTS,
   BuildRequestSchema,
+  RESPONSE_PREFIX,
   CONTROL_NAMES,
   classifySubject,
   isValidHostName,
@@ -50,6 +51,8 @@ export interface BuilderOptions {
   toplevels: ToplevelCache;
   keeper: Keeper;
   history: BuildHistory;
+  /** Told after every write of jobs.json: undefined when it worked, else why it failed. */
+  onJobsSaved?: (error: string | undefined) => void;
 }
 
 type Validated = { ok: true; repo: string; target: string; ref: string | null } | { ok: false; rejection: Rejected };
@@ -71,7 +74,7 @@ export class Builder {
 
   constructor(private readonly options: BuilderOptions) {
     const { config, transport, events, logger, nix, catalog, toplevels, keeper } = options;
-    this.queue = new JobQueue({ maxQueue: config.build.maxQueue, stateDir: config.stateDir, logger });
+    this.queue = new JobQueue({ maxQueue: config.build.maxQueue, stateDir: config.stateDir, logger, ...(options.onJobsSaved ? { onSaved: options.onJobsSaved } : {}) });
     this.responder = new BuildResponder(transport, events, logger);
     this.runner = new JobRunner({ config, nix, catalog, responder: this.responder, events, logger, toplevels, keeper, queue: this.queue });
     this.recovery = new JobRecovery({ config, queue: this.queue, responder: this.responder, logger });
@@ -140,6 +143,9 @@ export class Builder {
    * control subjects, which the control subscriptions answer instead.
    */
   handle(msg: Msg, via: "builds" | "control"): void {
+    // Answers (other builders' ones: our own are not echoed, see noEcho in
+    // the daemon) share build.>: dropped before anything else is looked at.
+    if (msg.subject.startsWith(RESPONSE_PREFIX)) return;
     const kind = classifySubject(msg.subject);
     if (kind.kind === "response") return;
     if (via === "builds" && kind.kind === "control") return;

@@ -13,10 +13,11 @@ import { z } from "zod";
 import type { Job, RestoredJob, JobSpec } from "../job.js";
 import type { Logger } from "../logger.js";
 import { HostResultSchema } from "../protocol.js";
+import { STATE_FILES } from "../state-files.js";
 import { StateFile } from "../util/state-file.js";
 
 /** The file's name under the state directory. */
-export const JOBS_FILE = "jobs.json";
+export const JOBS_FILE = STATE_FILES.jobs;
 
 const SavedJobSchema = z.object({
   id: z.string().regex(/^j[0-9a-f]{10}$/),
@@ -63,6 +64,8 @@ export interface JobStoreOptions {
   maxJobs: number;
   /** The queue as it is now, running job first. */
   snapshot: () => SavedJob[];
+  /** Told after every write: undefined when it worked, else why it failed. */
+  onSaved?: ((error: string | undefined) => void) | undefined;
 }
 
 export class JobStore {
@@ -77,6 +80,7 @@ export class JobStore {
       snapshot: () => ({ version: 1 as const, jobs: options.snapshot().slice(0, options.maxJobs) }),
       mode: 0o600,
       writer: "thread",
+      ...(options.onSaved ? { onSaved: options.onSaved } : {}),
     });
   }
 

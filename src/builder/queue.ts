@@ -32,6 +32,8 @@ export interface JobQueueOptions {
   /** Where jobs.json goes; without it the queue lives in memory only. */
   stateDir?: string;
   logger?: Logger;
+  /** Told after every write of jobs.json: undefined when it worked, else why it failed. */
+  onSaved?: (error: string | undefined) => void;
 }
 
 export class JobQueue {
@@ -49,7 +51,7 @@ export class JobQueue {
     this.store =
       options.stateDir === undefined
         ? undefined
-        : new JobStore({ stateDir: options.stateDir, maxJobs: options.maxQueue + 1, logger: options.logger, snapshot: () => this.snapshot() });
+        : new JobStore({ stateDir: options.stateDir, maxJobs: options.maxQueue + 1, logger: options.logger, snapshot: () => this.snapshot(), onSaved: options.onSaved });
   }
 
   get file(): string | undefined {

@@ -8,6 +8,7 @@
  * memory and in `<stateDir>/toplevels.json`, so a restart does not cost an
  * evaluation either; a missing or unusable file just means a cold start.
  */
+import { STATE_FILES } from "../state-files.js";
 import { existsSync } from "node:fs";
 import { readStateFile } from "../util/regular-file.js";
 import { join } from "node:path";
@@ -18,7 +19,7 @@ import type { Logger } from "../logger.js";
 import { LruMap } from "../util/lru.js";
 import { DrvPathSchema } from "./store-path.js";
 
-export const TOPLEVEL_CACHE_FILE = "toplevels.json";
+export const TOPLEVEL_CACHE_FILE = STATE_FILES.toplevels;
 const CAPACITY = 8;
 
 // Only a store derivation may reach `nix-store --realise`, whether from nix

@@ -12,6 +12,7 @@
  * so that neither the event loop nor the request waits behind the other.
  */
 import type { z } from "zod";
+import { errorMessage } from "../errors.js";
 import { writeFileAtomic, writeFileAtomicOffThread } from "./atomic-file.js";
 import { readStateFile, type StateFileRead } from "./regular-file.js";
 import { SaveLoop } from "./save-loop.js";
@@ -24,6 +25,8 @@ export interface StateFileOptions<T> {
   /** Default 0o640; 0o600 for files that name requesters. */
   mode?: number;
   writer?: "async" | "thread";
+  /** Told after every write: undefined when it worked, else why it failed (for /readyz and metrics). */
+  onSaved?: (error: string | undefined) => void;
 }
 
 export class StateFile<T> {
@@ -55,9 +58,15 @@ export class StateFile<T> {
     return this.loop.flush();
   }
 
-  private write(): Promise<void> {
+  private async write(): Promise<void> {
     const body = `${JSON.stringify(this.options.snapshot())}\n`;
     const mode = this.options.mode ?? 0o640;
-    return this.options.writer === "thread" ? writeFileAtomicOffThread(this.file, body, mode) : writeFileAtomic(this.file, body, mode);
+    try {
+      await (this.options.writer === "thread" ? writeFileAtomicOffThread(this.file, body, mode) : writeFileAtomic(this.file, body, mode));
+    } catch (err) {
+      this.options.onSaved?.(errorMessage(err));
+      throw err;
+    }
+    this.options.onSaved?.(undefined);
   }
 }
