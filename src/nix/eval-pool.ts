@@ -266,7 +266,7 @@ interface WorkerContext {
 class EvalWorker {
   private readonly nonce = randomBytes(6).toString("hex");
   private readonly log: NixLogState;
-  private readonly process: SupervisedProcess<"replace" | "memory">;
+  private readonly nix: SupervisedProcess<"replace" | "memory">;
   private readonly spawnedAt = performance.now();
   /** The host it announced last and has not finished. */
   private current: { host: string; startedAt: number } | undefined;
@@ -294,7 +294,7 @@ class EvalWorker {
     const { options, lockedUrl, signal, stats } = context;
     this.log = new NixLogState(options.logTailLines);
     const args = ["eval", "--json", "--log-format", "internal-json", `${lockedUrl}#nixosConfigurations`, "--apply", workerExpression(queue, this.nonce)];
-    this.process = options.supervisor.start<"replace" | "memory">(options.nixBin, args, {
+    this.nix = options.supervisor.start<"replace" | "memory">(options.nixBin, args, {
       timeoutMs: options.hostTimeoutMs,
       signal,
       stdout: "ignore",
@@ -306,7 +306,7 @@ class EvalWorker {
       },
     });
     stats.processes += 1;
-    options.logger.debug({ worker: slot, pid: this.process.pid, hosts: queue.length }, "evaluation worker started");
+    options.logger.debug({ worker: slot, pid: this.nix.pid, hosts: queue.length }, "evaluation worker started");
   }
 
   private get logger(): Logger {
@@ -325,13 +325,13 @@ class EvalWorker {
       return;
     }
     // Ended for memory: the host it was on is settled as it was then.
-    if (this.process.endingFor === "replace" || this.process.endingFor === "memory") return;
-    const { slot, queue, process } = this;
+    if (this.nix.endingFor === "replace" || this.nix.endingFor === "memory") return;
+    const { slot, queue, nix } = this;
     if (marker.kind === "start") {
       this.current = { host: marker.host, startedAt: performance.now() };
       this.announced = true;
-      process.resetTimeout();
-      this.logger.debug({ worker: slot, pid: process.pid, host: marker.host }, "evaluating host");
+      nix.resetTimeout();
+      this.logger.debug({ worker: slot, pid: nix.pid, host: marker.host }, "evaluating host");
       return;
     }
     if (marker.host !== queue[0]) return;
@@ -344,15 +344,15 @@ class EvalWorker {
     if (queue.length === 0) return;
     // Paused while its RSS is read: a worker left running would be well
     // into the next host (and its memory) by the time it is replaced.
-    process.pause();
+    nix.pause();
     await this.checkMemory();
-    process.resume();
+    nix.resume();
   }
 
   /** Between two hosts: past maxMemoryBytes, the worker is discarded as it is (paused, so no grace) and a fresh one takes the rest. */
   private async checkMemory(): Promise<void> {
-    if (this.process.endingFor) return;
-    this.sampled(await this.process.rss());
+    if (this.nix.endingFor) return;
+    this.sampled(await this.nix.rss());
   }
 
   /** An RSS sample, while a host evaluates or between two. */
@@ -369,45 +369,45 @@ class EvalWorker {
    * not stop evaluating on SIGTERM, and every moment costs memory.
    */
   private overMemory(rss: number): void {
-    const { process, queue } = this;
-    if (process.endingFor || queue.length === 0) return;
+    const { nix, queue } = this;
+    if (nix.endingFor || queue.length === 0) return;
     if (this.evaluated === 0) {
       this.overRss = rss;
-      process.kill("memory", 0);
+      nix.kill("memory", 0);
       return;
     }
     this.replacedForMemory(rss);
-    process.kill("replace", 0);
+    nix.kill("replace", 0);
   }
 
   /** Counts and logs a replacement; the host it was on, if any, stays at the front of the queue for a fresh worker. */
   private replacedForMemory(rss: number | undefined): void {
-    const { process, queue, slot } = this;
+    const { nix, queue, slot } = this;
     const { stats, options } = this.context;
     stats.replacedForMemory += 1;
     const where = this.current ? { during: this.current.host } : { after: this.lastEvaluated };
     this.logger.info(
-      { worker: slot, pid: process.pid, ...(rss === undefined ? {} : { rss: formatSize(rss) }), evalMaxMemory: formatSize(options.maxMemoryBytes), ...where, remaining: queue.length },
+      { worker: slot, pid: nix.pid, ...(rss === undefined ? {} : { rss: formatSize(rss) }), evalMaxMemory: formatSize(options.maxMemoryBytes), ...where, remaining: queue.length },
       "evaluation worker replaced: over build.evalMaxMemory",
     );
   }
 
   /** The host a fresh worker could not evaluate within maxMemoryBytes fails on its own. */
   private failForMemory(victim: string, durationMs: number, how: string): void {
-    const { queue, slot, process } = this;
+    const { queue, slot, nix } = this;
     const { stats, options } = this.context;
     queue.shift();
     stats.lost += 1;
     this.fail(victim, { status: "eval_error", durationMs, error: `evaluation exceeded evalMaxMemory (${formatSize(options.maxMemoryBytes)}): ${how}` }, false);
-    this.logger.warn({ worker: slot, pid: process.pid, host: victim, evalMaxMemory: formatSize(options.maxMemoryBytes) }, "evaluation exceeded build.evalMaxMemory; a fresh worker goes on with the rest");
+    this.logger.warn({ worker: slot, pid: nix.pid, host: victim, evalMaxMemory: formatSize(options.maxMemoryBytes) }, "evaluation exceeded build.evalMaxMemory; a fresh worker goes on with the rest");
   }
 
   async run(): Promise<void> {
-    const result = await this.process.result;
+    const result = await this.nix.result;
     await this.handled;
-    const { queue, slot, process, current } = this;
+    const { queue, slot, nix, current } = this;
     const { stats, options } = this.context;
-    const pid = process.pid;
+    const pid = nix.pid;
     const victim = current?.host ?? queue[0];
     const durationMs = Math.round(performance.now() - (current?.startedAt ?? this.spawnedAt));
     if (result.outcome === "replace" || victim === undefined) return;
