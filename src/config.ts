@@ -141,6 +141,8 @@ const BuildSchema = z.strictObject({
   evalWorkers: z.number().int().min(1).max(64).default(defaultEvalWorkers),
   /** `all`: the most one evaluation worker may hold, enforced while a host evaluates (bytes; src/nix/eval-pool.ts). */
   evalMaxMemory: SizeSchema.default(2 * 1024 ** 3),
+  /** `all`: a worker evaluates at most this many hosts, then a fresh one goes on (1: one process per host); unset, no limit. */
+  evalHostsPerWorker: z.number().int().min(1).max(10_000).optional(),
   /** Distinct successful default-branch toplevels per host kept as GC roots. */
   keepGenerations: z.number().int().min(1).max(100).default(2),
   /** How long a ref build (and a host gone from the flake) stays a GC root after it was built. */

@@ -47,6 +47,8 @@ export interface EvalPoolOptions {
   workers: number;
   /** The most a worker may hold (RSS of its tree, and nix's GC heap): past it a worker is replaced, or the host it evaluates first fails. */
   maxMemoryBytes: number;
+  /** A worker evaluates at most this many hosts; a fresh one goes on with the rest (1: one process per host). */
+  hostsPerWorker?: number;
   /** Longest one host's evaluation may take (the first host's includes fetching and loading the flake). */
   hostTimeoutMs: number;
   logTailLines: number;
@@ -265,6 +267,8 @@ interface WorkerContext {
  */
 class EvalWorker {
   private readonly nonce = randomBytes(6).toString("hex");
+  /** The front of the queue it evaluates (all of it unless hostsPerWorker). */
+  private readonly hosts: string[];
   private readonly log: NixLogState;
   private readonly nix: SupervisedProcess<"replace" | "memory">;
   private readonly spawnedAt = performance.now();
@@ -293,7 +297,8 @@ class EvalWorker {
   ) {
     const { options, lockedUrl, signal, stats } = context;
     this.log = new NixLogState(options.logTailLines);
-    const args = ["eval", "--json", "--log-format", "internal-json", `${lockedUrl}#nixosConfigurations`, "--apply", workerExpression(queue, this.nonce)];
+    this.hosts = queue.slice(0, options.hostsPerWorker ?? queue.length);
+    const args = ["eval", "--json", "--log-format", "internal-json", `${lockedUrl}#nixosConfigurations`, "--apply", workerExpression(this.hosts, this.nonce)];
     this.nix = options.supervisor.start<"replace" | "memory">(options.nixBin, args, {
       timeoutMs: options.hostTimeoutMs,
       signal,
@@ -306,7 +311,7 @@ class EvalWorker {
       },
     });
     stats.processes += 1;
-    options.logger.debug({ worker: slot, pid: this.nix.pid, hosts: queue.length }, "evaluation worker started");
+    options.logger.debug({ worker: slot, pid: this.nix.pid, hosts: this.hosts.length }, "evaluation worker started");
   }
 
   private get logger(): Logger {
@@ -341,7 +346,7 @@ class EvalWorker {
     const durationMs = Math.round(performance.now() - (this.current?.startedAt ?? this.spawnedAt));
     this.current = undefined;
     this.context.settle({ host: marker.host, ok: true, drvPath: marker.drvPath, durationMs });
-    if (queue.length === 0) return;
+    if (this.evaluated === this.hosts.length) return;
     // Paused while its RSS is read: a worker left running would be well
     // into the next host (and its memory) by the time it is replaced.
     nix.pause();
@@ -370,7 +375,8 @@ class EvalWorker {
    */
   private overMemory(rss: number): void {
     const { nix, queue } = this;
-    if (nix.endingFor || queue.length === 0) return;
+    // Done with its share: it is exiting by itself.
+    if (nix.endingFor || this.evaluated === this.hosts.length) return;
     if (this.evaluated === 0) {
       this.overRss = rss;
       nix.kill("memory", 0);
@@ -432,8 +438,8 @@ class EvalWorker {
       return;
     }
     if (result.exitCode === 0) {
-      // Every host was announced, or nix printed something we did not expect.
-      for (const host of queue.splice(0)) this.fail(host, { status: "eval_error", durationMs: 0, error: "nix eval ended without evaluating this host" }, false);
+      // Every host of its share was announced (the rest is for a fresh worker), or nix printed something we did not expect.
+      for (const host of queue.splice(0, this.hosts.length - this.evaluated)) this.fail(host, { status: "eval_error", durationMs: 0, error: "nix eval ended without evaluating this host" }, false);
       return;
     }
     const nixError = this.log.mainError();

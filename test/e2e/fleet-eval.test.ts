@@ -159,6 +159,22 @@ describe("target all: evaluation by a pool of workers", () => {
     expect(logged(builder, "every host's toplevel .drv is known from an earlier evaluation of this revision")).toHaveLength(1);
   });
 
+  it("build.evalHostsPerWorker 1 evaluates each host in a process of its own", async () => {
+    const { flake, builder, buildAll } = await setup({ evalWorkers: 1, evalHostsPerWorker: 1 });
+    await flake.bump();
+    const { exitCode, final } = await buildAll();
+    expect(exitCode).toBe(0);
+    expect(final.results.map((r) => r.status)).toEqual(HOSTS.map(() => "success"));
+    expect(logged(builder, "evaluated every host")[0]).toMatchObject({ processes: 5, replacedForMemory: 0, lost: 0 });
+    const evaluating = logged(builder, "evaluating host");
+    expect(evaluating.map((l) => l["host"])).toEqual(HOSTS);
+    expect(new Set(evaluating.map((l) => l["pid"])).size).toBe(5);
+    expect(logged(builder, "evaluation worker started").map((l) => l["hosts"])).toEqual([1, 1, 1, 1, 1]);
+    const metrics = await scrape(await metricsBaseUrl(builder));
+    expect(valueOf(metrics, "homelab_deploy_eval_workers_total", { repo: "fleet", outcome: "started" })).toBe(5);
+    expect(valueOf(metrics, "homelab_deploy_eval_workers_total", { repo: "fleet", outcome: "replaced" })).toBe(0);
+  });
+
   it("a worker past build.evalMaxMemory while it evaluates a host is replaced, and a fresh worker evaluates that host", async () => {
     // One big host (about 170 MiB) fits in 256 MiB in a fresh worker; a
     // second one on top of it does not, so it is evaluated again alone.
