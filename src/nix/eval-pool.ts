@@ -21,6 +21,8 @@
  *    (the memory may be theirs); a fresh worker over it fails its host
  *    ("evaluation exceeded evalMaxMemory"). Between two hosts the worker
  *    is paused and checked once more, and replaced if it is over;
+ *    `hostsPerWorker` bounds how many hosts one process takes (1: one
+ *    process per host, which is fastest where hosts share little);
  *  - no `tryEval`: it would swallow nix's message and position. An error
  *    ends the process instead; the host it was on (the last "start") gets
  *    nix's message and file:line, and a fresh process goes on with the
@@ -84,7 +86,7 @@ export interface EvalPoolStats {
   replacedForMemory: number;
   /** Died (killed from outside, or nix failed, or past maxMemoryBytes on its first host) while evaluating a host. */
   lost: number;
-  /** Highest RSS seen at a check, in bytes. */
+  /** Highest RSS of one worker seen by a sample or a check between hosts, in bytes. */
   peakRssBytes: number;
 }
 
