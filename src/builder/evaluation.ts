@@ -30,13 +30,13 @@ export function startEvaluation(setup: EvaluationSetup): EvalPool {
   const failed: string[] = [];
   const pool = new EvalPool(lockedUrl, hosts, {
     nixBin: build.nixBin,
+    supervisor: nix.supervisor,
     workers: build.evalWorkers,
     maxMemoryBytes: build.evalMaxMemory,
+    ...(build.evalHostsPerWorker ? { hostsPerWorker: build.evalHostsPerWorker } : {}),
     hostTimeoutMs: build.timeout,
-    killGraceMs: build.killGrace,
     logTailLines: build.logTailLines,
     logger: logger.child({ jobId: job.id, repo: job.spec.repo }),
-    ledger: nix.ledger,
     signal: job.abort.signal,
     onEvaluated: (evaluation, counts) => {
       if (!evaluation.ok) failed.push(evaluation.host);

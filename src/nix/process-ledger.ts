@@ -1,6 +1,7 @@
 /**
- * The nix process groups a builder has started, in <stateDir>/nix-processes.json,
- * so that a builder that was killed (OOM, crash, SIGKILL outside systemd)
+ * The process groups a daemon has started through the supervisor
+ * (supervisor.ts), in <stateDir>/nix-processes.json, so that a daemon that
+ * was killed (OOM, crash, SIGKILL outside systemd)
  * leaves behind a list of what may still be running: the next start ends
  * those before it builds anything, and two builds never overlap.
  *
@@ -16,7 +17,7 @@ import { z } from "zod";
 import type { Logger } from "../logger.js";
 import { writeFileAtomicSync } from "../util/atomic-file.js";
 import { readStateFile } from "../util/regular-file.js";
-import { isAlive, killProcessTree } from "./process-tree.js";
+import { isAlive, killProcessTree, statSync } from "./process-tree.js";
 
 const EntrySchema = z.object({
   pid: z.number().int().positive(),
@@ -34,16 +35,12 @@ export interface ProcessIdentity {
 
 /** Start time and command line of a live process, or undefined if it is gone. */
 export function processIdentity(pid: number): ProcessIdentity | undefined {
+  const stat = statSync(pid);
+  if (!stat) return undefined;
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const cmdline = readFileSync(`/proc/${pid}/cmdline`);
-    // Fields after the command name (which may hold spaces and ")"): state is field 3, starttime field 22.
-    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    const startTime = rest[22 - 3];
-    if (startTime === undefined) return undefined;
-    const args = cmdline.toString("utf8").split("\0");
+    const args = readFileSync(`/proc/${pid}/cmdline`).toString("utf8").split("\0");
     if (args.at(-1) === "") args.pop();
-    return { startTime, cmdline: args };
+    return { startTime: stat.startTime, cmdline: args };
   } catch {
     return undefined;
   }
@@ -60,12 +57,8 @@ function bootId(): string {
 /** Gone, or a zombie (not our child: whoever adopted it reaps it, perhaps never in a container). */
 function gone(pid: number): boolean {
   if (!isAlive(pid)) return true;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
-  } catch {
-    return true;
-  }
+  const state = statSync(pid)?.state;
+  return state === undefined || state === "Z";
 }
 
 async function untilGone(pid: number, withinMs: number): Promise<void> {
