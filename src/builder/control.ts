@@ -4,7 +4,7 @@
  */
 import type { HostCatalog } from "./catalog.js";
 import { repoNamed, type Config } from "../config.js";
-import type { Job } from "./queue.js";
+import type { Job } from "../job.js";
 import {
   CancelRequestSchema,
   DiscoverRequestSchema,

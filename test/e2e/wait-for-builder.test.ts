@@ -70,7 +70,8 @@ describe("a build asked before the builder is there", () => {
 
   it("waits for NATS too: a server that is down when the client starts, then the builder", async () => {
     await nats.stop();
-    const client = spawnCli(["build", "tiny", "b"], env());
+    // The window from the environment, as a systemd unit sets it; long enough for NATS and a builder to start on a loaded machine.
+    const client = spawnCli(["build", "tiny", "b"], { ...env(), HOMELAB_DEPLOY_WAIT_FOR_BUILDER: "2m" });
     let stdout = "";
     client.stdout?.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
     await until(() => stdout, /^waiting for a builder: cannot reach NATS at /m, "the client to say it cannot reach NATS yet");
