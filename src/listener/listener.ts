@@ -305,7 +305,8 @@ export class Listener {
       commands: health.commands,
       timeoutMs: health.timeout,
       confirmTimeoutMs: health.confirmTimeout,
-      confirmNats: () => transport.flush(),
+      // Only a flush over a live connection counts (a closed one "flushes" at once).
+      confirmNats: () => (transport.state === "connected" ? transport.flush() : Promise.reject(new Error(`NATS is ${transport.state}`))),
     });
     this.send(deploy, { type: "health", ok: report.ok, checks: report.checks, natsConfirmed: report.natsConfirmed });
     if (report.ok) return { status: "success" };
