@@ -324,7 +324,7 @@ describe("refusals", () => {
     const impostor = await listenerOn("web1", { tier: "prod", role: "testListener" });
     const admin = await connectAs(fixture.nats.url, fixture.nats.identities.adminDeployer);
     cleanups.push(() => admin.close());
-    await eventually(async () => (fixture.nats.log().includes("Subscription Violation") ? true : undefined), "the server refusing the subscriptions");
+    await eventually(async () => (/Subscription Violation.*"deploy\.prod\.web1"/.test(fixture.nats.log()) ? true : undefined), "the server refusing the subscription");
     const inbox = await Inbox.open(admin, "deploy.responses.");
     inbox.send("deploy.prod.web1", { toplevel: v2["web1"] });
     // NATS itself answers: nobody may (and so nobody does) subscribe to it.
