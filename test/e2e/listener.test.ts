@@ -69,6 +69,8 @@ describe("deploying a prebuilt system", () => {
       expect(listener.hasPath(v2[host] as string)).toBe(false);
       const { inbox, final } = await deploy(`deploy.test.${host}`, { action: "switch", toplevel: v2[host] });
       expect(types(inbox)).toEqual(["accepted", "started", "activating", "health", "completed"]);
+      // nix's progress while it fetched, if it said any: a snapshot repeating started's number.
+      for (const progress of inbox.messages.filter((m) => m.type === "progress")) expect(progress).toMatchObject({ phase: "fetching", seq: 2 });
       const [accepted, started, activating, health] = inbox.messages.filter((m) => m.type !== "progress");
       expect(accepted).toMatchObject({ seq: 1, host, action: "switch", toplevel: v2[host] });
       expect(started).toMatchObject({ seq: 2, prebuilt: true, toplevel: v2[host] });
