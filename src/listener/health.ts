@@ -25,14 +25,11 @@ export interface HealthReport {
   natsConfirmed: boolean;
 }
 
+/** Between failed flushes (e.g. while nats.js reconnects after the switch restarted the network). */
+const CONFIRM_RETRY_MS = 500;
+
 export async function checkHealth(options: HealthOptions): Promise<HealthReport> {
-  const nats = withinMs(
-    options.confirmNats().then(
-      () => true,
-      () => false,
-    ),
-    options.confirmTimeoutMs,
-  ).then((confirmed) => confirmed === true);
+  const nats = confirmWithin(options.confirmNats, options.confirmTimeoutMs);
   const checks = await runChecks(options);
   const natsConfirmed = await nats;
   return { ok: natsConfirmed && checks.every((c) => c.ok), checks, natsConfirmed };
@@ -55,4 +52,23 @@ async function runChecks(options: HealthOptions): Promise<HealthCheckResult[]> {
     results.push({ argv, ok, exitCode: run.result.exitCode ?? null, durationMs: run.result.durationMs, ...(error ? { error } : {}) });
   }
   return results;
+}
+
+/** True once `confirm` resolves, retrying a failed one, within `timeoutMs`; a hanging attempt counts until the deadline. */
+async function confirmWithin(confirm: () => Promise<void>, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const left = deadline - Date.now();
+    if (left <= 0) return false;
+    const attempt = await withinMs(
+      confirm().then(
+        () => "ok" as const,
+        () => "failed" as const,
+      ),
+      left,
+    );
+    if (attempt === "ok") return true;
+    if (attempt === undefined) return false;
+    await new Promise((resolve) => setTimeout(resolve, Math.min(CONFIRM_RETRY_MS, Math.max(0, deadline - Date.now()))));
+  }
 }

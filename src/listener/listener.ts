@@ -43,6 +43,7 @@ import type { NixProgress } from "../nix/log.js";
 import { LogThrottle } from "../util/log-throttle.js";
 import { parseRequestBody } from "../util/json.js";
 import type { Activation, Step } from "./activation.js";
+import { deployCutSteps } from "./fit-payload.js";
 import { checkHealth } from "./health.js";
 import type { InFlight, InFlightStore } from "./in-flight.js";
 import type { ListenerMetrics } from "./metrics.js";
@@ -106,7 +107,7 @@ export class Listener {
 
   constructor(private readonly options: ListenerOptions) {
     this.ignoredLog = new LogThrottle(options.logger, 60_000, 10);
-    this.responder = new Responder<DeployResponse, Deploy>({ transport: options.transport, logger: options.logger, numbering: DEPLOY_NUMBERING });
+    this.responder = new Responder<DeployResponse, Deploy>({ transport: options.transport, logger: options.logger, numbering: DEPLOY_NUMBERING, cutSteps: deployCutSteps });
   }
 
   /** The subjects this listener takes requests on. */
@@ -305,7 +306,8 @@ export class Listener {
       commands: health.commands,
       timeoutMs: health.timeout,
       confirmTimeoutMs: health.confirmTimeout,
-      confirmNats: () => transport.flush(),
+      // Only a flush over a live connection counts (a closed one "flushes" at once).
+      confirmNats: () => (transport.state === "connected" ? transport.flush() : Promise.reject(new Error(`NATS is ${transport.state}`))),
     });
     this.send(deploy, { type: "health", ok: report.ok, checks: report.checks, natsConfirmed: report.natsConfirmed });
     if (report.ok) return { status: "success" };

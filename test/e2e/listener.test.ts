@@ -10,7 +10,8 @@
  * does not exist, so any evaluation would fail the deploy.
  */
 import type { NatsConnection } from "nats";
-import { mkdtemp, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -68,6 +69,8 @@ describe("deploying a prebuilt system", () => {
       expect(listener.hasPath(v2[host] as string)).toBe(false);
       const { inbox, final } = await deploy(`deploy.test.${host}`, { action: "switch", toplevel: v2[host] });
       expect(types(inbox)).toEqual(["accepted", "started", "activating", "health", "completed"]);
+      // nix's progress while it fetched, if it said any: a snapshot repeating started's number.
+      for (const progress of inbox.messages.filter((m) => m.type === "progress")) expect(progress).toMatchObject({ phase: "fetching", seq: 2 });
       const [accepted, started, activating, health] = inbox.messages.filter((m) => m.type !== "progress");
       expect(accepted).toMatchObject({ seq: 1, host, action: "switch", toplevel: v2[host] });
       expect(started).toMatchObject({ seq: 2, prebuilt: true, toplevel: v2[host] });
@@ -230,6 +233,57 @@ describe("restarts", () => {
     expect(await web1.activations()).toEqual([["switch", v2["web1"]]]);
     expect(await web1.current()).toBe(v2["web1"]);
   }, 120_000);
+
+  it("a deploy left mid-switch whose system is not running is rolled back by the restarted listener", async () => {
+    // What a listener killed inside switch-to-configuration leaves (before
+    // the new system's activation got far): the profile at the new
+    // generation, deploy.json at "activating", the old system still running.
+    const listener = await createListener(fixture, { host: "web1" });
+    await listener.install(v1["web1"] as string);
+    await listener.nix("nix-store", ["--realise", v2["web1"] as string]);
+    await listener.nix("nix-env", ["-p", join(listener.root, "profiles", "system"), "--set", v2["web1"] as string]);
+    const inbox = await Inbox.open(deployer, "deploy.responses.");
+    cleanups.push(async () => inbox.close());
+    await mkdir(join(listener.root, "state"), { recursive: true });
+    const saved = {
+      version: 1,
+      deployId: "d0123456789",
+      action: "switch",
+      ref: null,
+      requested: v2["web1"],
+      requesters: [inbox.subject],
+      seq: 3,
+      startedAt: Date.now(),
+      phase: "activating",
+      toplevel: v2["web1"],
+      previous: v1["web1"],
+      previousGeneration: 1,
+      generation: 2,
+      restarts: 0,
+    };
+    await writeFile(join(listener.root, "state", "deploy.json"), JSON.stringify(saved));
+    await listener.start();
+    cleanups.push(() => listener.process.stop("SIGKILL"));
+    const final = await inbox.final();
+    expect(inbox.messages.map((m) => [m.type, m.seq])).toEqual([
+      ["resumed", 4],
+      ["completed", 5],
+    ]);
+    expect(inbox.messages[0]).toMatchObject({ deployId: "d0123456789", activated: false });
+    expect(final).toMatchObject({ status: "rolled_back", generation: 1, error: { code: "interrupted" } });
+    expect(await listener.activations()).toEqual([["switch", v1["web1"]]]);
+    expect(await listener.profile()).toBe(v1["web1"]);
+    expect(existsSync(join(listener.root, "state", "deploy.json"))).toBe(false);
+
+    // A deploy cut short while fetching changed nothing: it fails, nothing is switched.
+    await listener.process.stop("SIGKILL");
+    const second = await Inbox.open(deployer, "deploy.responses.");
+    cleanups.push(async () => second.close());
+    await writeFile(join(listener.root, "state", "deploy.json"), JSON.stringify({ ...saved, deployId: "d0123456780", phase: "preparing", seq: 2, requesters: [second.subject] }));
+    await listener.start();
+    expect(await second.final()).toMatchObject({ seq: 4, status: "failure", error: { code: "interrupted", message: expect.stringContaining("nothing was switched") } });
+    expect(await listener.activations()).toEqual([["switch", v1["web1"]]]);
+  }, 120_000);
 });
 
 describe("refusals", () => {
@@ -272,7 +326,7 @@ describe("refusals", () => {
     const impostor = await listenerOn("web1", { tier: "prod", role: "testListener" });
     const admin = await connectAs(fixture.nats.url, fixture.nats.identities.adminDeployer);
     cleanups.push(() => admin.close());
-    await eventually(async () => (fixture.nats.log().includes("Subscription Violation") ? true : undefined), "the server refusing the subscriptions");
+    await eventually(async () => (/Subscription Violation.*"deploy\.prod\.web1"/.test(fixture.nats.log()) ? true : undefined), "the server refusing the subscription");
     const inbox = await Inbox.open(admin, "deploy.responses.");
     inbox.send("deploy.prod.web1", { toplevel: v2["web1"] });
     // NATS itself answers: nobody may (and so nobody does) subscribe to it.

@@ -114,6 +114,8 @@ export interface ListenerHost {
   knob(knob: "fail-switch" | "pause-nats" | "kill-listener", toplevel: string): Promise<void>;
   /** Whether this host's own store has the path (fetched from the cache). */
   hasPath(path: string): boolean;
+  /** Runs nix-store / nix-env on this host's store. */
+  nix(bin: "nix-store" | "nix-env", args: string[]): Promise<unknown>;
 }
 
 /** A listener user per tier in test/support/nats-server.ts. */
@@ -198,6 +200,7 @@ export async function createListener(fixture: DeployFixture, setup: ListenerSetu
       await writeFile(join(root, knob), `${toplevel}\n`, { flag: "a" });
     },
     hasPath: (path) => existsSync(join(storeRoot, path)),
+    nix,
   };
   return host;
 }
