@@ -33,6 +33,7 @@ export function startEvaluation(setup: EvaluationSetup): EvalPool {
     supervisor: nix.supervisor,
     workers: build.evalWorkers,
     maxMemoryBytes: build.evalMaxMemory,
+    ...(build.evalHostsPerWorker ? { hostsPerWorker: build.evalHostsPerWorker } : {}),
     hostTimeoutMs: build.timeout,
     logTailLines: build.logTailLines,
     logger: logger.child({ jobId: job.id, repo: job.spec.repo }),

@@ -12,9 +12,17 @@
  *  - one process for several hosts pays the shared part (nixpkgs) once per
  *    process, not once per host;
  *  - every evaluated host stays alive in its process (nixosConfigurations
- *    keeps it referenced), so a process grows with each host: between two
- *    hosts the worker's RSS (summed over its process tree) is checked, and
- *    past `maxMemoryBytes` it is replaced by a fresh process for the rest;
+ *    keeps it referenced), so a process grows with each host. `maxMemoryBytes`
+ *    is a ceiling on the worker (its process tree's RSS), enforced while a
+ *    host evaluates: the RSS is sampled every MEMORY_SAMPLE_MS, and Boehm's
+ *    GC_MAXIMUM_HEAP_SIZE makes nix itself stop ("out of memory") should
+ *    the heap outrun the samples. A worker over it that has evaluated
+ *    other hosts first is replaced, and its host goes to a fresh worker
+ *    (the memory may be theirs); a fresh worker over it fails its host
+ *    ("evaluation exceeded evalMaxMemory"). Between two hosts the worker
+ *    is paused and checked once more, and replaced if it is over;
+ *    `hostsPerWorker` bounds how many hosts one process takes (1: one
+ *    process per host, which is fastest where hosts share little);
  *  - no `tryEval`: it would swallow nix's message and position. An error
  *    ends the process instead; the host it was on (the last "start") gets
  *    nix's message and file:line, and a fresh process goes on with the
@@ -39,8 +47,10 @@ export interface EvalPoolOptions {
   supervisor: Supervisor;
   /** Worker processes evaluating at the same time (at most one per host). */
   workers: number;
-  /** Past this RSS a worker is replaced by a fresh process after the host it is on. */
+  /** The most a worker may hold (RSS of its tree, and nix's GC heap): past it a worker is replaced, or the host it evaluates first fails. */
   maxMemoryBytes: number;
+  /** A worker evaluates at most this many hosts; a fresh one goes on with the rest (1: one process per host). */
+  hostsPerWorker?: number;
   /** Longest one host's evaluation may take (the first host's includes fetching and loading the flake). */
   hostTimeoutMs: number;
   logTailLines: number;
@@ -72,11 +82,11 @@ export interface EvalCounts {
 export interface EvalPoolStats {
   /** Worker processes started, replacements included. */
   processes: number;
-  /** Replaced because they passed maxMemoryBytes. */
+  /** Replaced because they passed maxMemoryBytes (their host, if any, went to a fresh worker). */
   replacedForMemory: number;
-  /** Died (killed from outside, or nix failed) while evaluating a host. */
+  /** Died (killed from outside, or nix failed, or past maxMemoryBytes on its first host) while evaluating a host. */
   lost: number;
-  /** Highest RSS seen at a check, in bytes. */
+  /** Highest RSS of one worker seen by a sample or a check between hosts, in bytes. */
   peakRssBytes: number;
 }
 
@@ -92,6 +102,16 @@ function deferred<T>(): Deferred<T> {
 }
 
 const MARKER = "trace: @homelab-deploy-eval-";
+
+/**
+ * How often a worker's RSS is read while it evaluates. A runaway host
+ * allocates a few hundred MiB a second; nix's own heap cap
+ * (GC_MAXIMUM_HEAP_SIZE) stops it between two samples if need be.
+ */
+const MEMORY_SAMPLE_MS = 250;
+
+/** nix's words when Boehm's heap cannot grow (GC_MAXIMUM_HEAP_SIZE): Nix 2.8 and current Nix. */
+const OUT_OF_MEMORY = /^(?:error:\s*)?out of memory/;
 
 /**
  * The `--apply` expression a worker runs. Host names are checked against
@@ -249,13 +269,20 @@ interface WorkerContext {
  */
 class EvalWorker {
   private readonly nonce = randomBytes(6).toString("hex");
+  /** The front of the queue it evaluates (all of it unless hostsPerWorker). */
+  private readonly hosts: string[];
   private readonly log: NixLogState;
-  private readonly process: SupervisedProcess<"replace">;
+  private readonly nix: SupervisedProcess<"replace" | "memory">;
   private readonly spawnedAt = performance.now();
   /** The host it announced last and has not finished. */
   private current: { host: string; startedAt: number } | undefined;
   /** It reached the first host: the flake itself loaded. */
   private announced = false;
+  /** Hosts it evaluated: past maxMemoryBytes with none, the host it is on is to blame. */
+  private evaluated = 0;
+  private lastEvaluated: string | undefined;
+  /** The RSS that made it end for memory. */
+  private overRss: number | undefined;
   /**
    * Lines are handled one after another, each after the memory check the
    * one before started: once a worker is being replaced, what it still
@@ -272,17 +299,21 @@ class EvalWorker {
   ) {
     const { options, lockedUrl, signal, stats } = context;
     this.log = new NixLogState(options.logTailLines);
-    const args = ["eval", "--json", "--log-format", "internal-json", `${lockedUrl}#nixosConfigurations`, "--apply", workerExpression(queue, this.nonce)];
-    this.process = options.supervisor.start<"replace">(options.nixBin, args, {
+    this.hosts = queue.slice(0, options.hostsPerWorker ?? queue.length);
+    const args = ["eval", "--json", "--log-format", "internal-json", `${lockedUrl}#nixosConfigurations`, "--apply", workerExpression(this.hosts, this.nonce)];
+    this.nix = options.supervisor.start<"replace" | "memory">(options.nixBin, args, {
       timeoutMs: options.hostTimeoutMs,
       signal,
       stdout: "ignore",
+      env: { GC_MAXIMUM_HEAP_SIZE: String(options.maxMemoryBytes) },
+      rssSampleMs: MEMORY_SAMPLE_MS,
+      onRss: (bytes) => this.sampled(bytes),
       onStderrLine: (line) => {
         this.handled = this.handled.then(() => this.handle(line));
       },
     });
     stats.processes += 1;
-    options.logger.debug({ worker: slot, pid: this.process.pid, hosts: queue.length }, "evaluation worker started");
+    options.logger.debug({ worker: slot, pid: this.nix.pid, hosts: this.hosts.length }, "evaluation worker started");
   }
 
   private get logger(): Logger {
@@ -300,53 +331,98 @@ class EvalWorker {
       this.log.push(line);
       return;
     }
-    if (this.process.endingFor === "replace") return;
-    const { slot, queue, process } = this;
+    // Ended for memory: the host it was on is settled as it was then.
+    if (this.nix.endingFor === "replace" || this.nix.endingFor === "memory") return;
+    const { slot, queue, nix } = this;
     if (marker.kind === "start") {
       this.current = { host: marker.host, startedAt: performance.now() };
       this.announced = true;
-      process.resetTimeout();
-      this.logger.debug({ worker: slot, pid: process.pid, host: marker.host }, "evaluating host");
+      nix.resetTimeout();
+      this.logger.debug({ worker: slot, pid: nix.pid, host: marker.host }, "evaluating host");
       return;
     }
     if (marker.host !== queue[0]) return;
     queue.shift();
+    this.evaluated += 1;
+    this.lastEvaluated = marker.host;
     const durationMs = Math.round(performance.now() - (this.current?.startedAt ?? this.spawnedAt));
     this.current = undefined;
     this.context.settle({ host: marker.host, ok: true, drvPath: marker.drvPath, durationMs });
-    if (queue.length === 0) return;
+    if (this.evaluated === this.hosts.length) return;
     // Paused while its RSS is read: a worker left running would be well
     // into the next host (and its memory) by the time it is replaced.
-    process.pause();
-    await this.checkMemory(marker.host);
-    process.resume();
+    nix.pause();
+    await this.checkMemory();
+    nix.resume();
   }
 
   /** Between two hosts: past maxMemoryBytes, the worker is discarded as it is (paused, so no grace) and a fresh one takes the rest. */
-  private async checkMemory(after: string): Promise<void> {
-    const { process, queue, slot } = this;
+  private async checkMemory(): Promise<void> {
+    if (this.nix.endingFor) return;
+    this.sampled(await this.nix.rss());
+  }
+
+  /** An RSS sample, while a host evaluates or between two. */
+  private sampled(rss: number): void {
     const { stats, options } = this.context;
-    if (process.endingFor) return;
-    const rss = await process.rss();
     stats.peakRssBytes = Math.max(stats.peakRssBytes, rss);
-    if (rss <= options.maxMemoryBytes || process.endingFor || queue.length === 0) return;
+    if (rss > options.maxMemoryBytes) this.overMemory(rss);
+  }
+
+  /**
+   * Over the ceiling. A worker that evaluated other hosts is replaced (they
+   * may hold the memory) and its host, if it is on one, goes to a fresh
+   * worker; a fresh worker's host is to blame. Killed at once: nix does
+   * not stop evaluating on SIGTERM, and every moment costs memory.
+   */
+  private overMemory(rss: number): void {
+    const { nix, queue } = this;
+    // Done with its share: it is exiting by itself.
+    if (nix.endingFor || this.evaluated === this.hosts.length) return;
+    if (this.evaluated === 0) {
+      this.overRss = rss;
+      nix.kill("memory", 0);
+      return;
+    }
+    this.replacedForMemory(rss);
+    nix.kill("replace", 0);
+  }
+
+  /** Counts and logs a replacement; the host it was on, if any, stays at the front of the queue for a fresh worker. */
+  private replacedForMemory(rss: number | undefined): void {
+    const { nix, queue, slot } = this;
+    const { stats, options } = this.context;
     stats.replacedForMemory += 1;
+    const where = this.current ? { during: this.current.host } : { after: this.lastEvaluated };
     this.logger.info(
-      { worker: slot, pid: process.pid, rss: formatSize(rss), evalMaxMemory: formatSize(options.maxMemoryBytes), after, remaining: queue.length },
+      { worker: slot, pid: nix.pid, ...(rss === undefined ? {} : { rss: formatSize(rss) }), evalMaxMemory: formatSize(options.maxMemoryBytes), ...where, remaining: queue.length },
       "evaluation worker replaced: over build.evalMaxMemory",
     );
-    process.kill("replace", 0);
+  }
+
+  /** The host a fresh worker could not evaluate within maxMemoryBytes fails on its own. */
+  private failForMemory(victim: string, durationMs: number, how: string): void {
+    const { queue, slot, nix } = this;
+    const { stats, options } = this.context;
+    queue.shift();
+    stats.lost += 1;
+    this.fail(victim, { status: "eval_error", durationMs, error: `evaluation exceeded evalMaxMemory (${formatSize(options.maxMemoryBytes)}): ${how}` }, false);
+    this.logger.warn({ worker: slot, pid: nix.pid, host: victim, evalMaxMemory: formatSize(options.maxMemoryBytes) }, "evaluation exceeded build.evalMaxMemory; a fresh worker goes on with the rest");
   }
 
   async run(): Promise<void> {
-    const result = await this.process.result;
+    const result = await this.nix.result;
     await this.handled;
-    const { queue, slot, process, current } = this;
+    const { queue, slot, nix, current } = this;
     const { stats, options } = this.context;
-    const pid = process.pid;
+    const pid = nix.pid;
     const victim = current?.host ?? queue[0];
     const durationMs = Math.round(performance.now() - (current?.startedAt ?? this.spawnedAt));
     if (result.outcome === "replace" || victim === undefined) return;
+    if (result.outcome === "memory") {
+      this.failForMemory(victim, durationMs, `its nix eval reached ${formatSize(this.overRss ?? 0)} and was killed`);
+      return;
+    }
     if (result.outcome === "cancelled") {
       for (const host of queue.splice(0)) this.fail(host, { status: "cancelled", durationMs: host === victim ? durationMs : 0, error: "cancelled; the nix process tree was killed" }, false);
       return;
@@ -364,11 +440,20 @@ class EvalWorker {
       return;
     }
     if (result.exitCode === 0) {
-      // Every host was announced, or nix printed something we did not expect.
-      for (const host of queue.splice(0)) this.fail(host, { status: "eval_error", durationMs: 0, error: "nix eval ended without evaluating this host" }, false);
+      // Every host of its share was announced (the rest is for a fresh worker), or nix printed something we did not expect.
+      for (const host of queue.splice(0, this.hosts.length - this.evaluated)) this.fail(host, { status: "eval_error", durationMs: 0, error: "nix eval ended without evaluating this host" }, false);
       return;
     }
     const nixError = this.log.mainError();
+    if (nixError && !result.signal && OUT_OF_MEMORY.test(nixError.message)) {
+      // Boehm's heap reached GC_MAXIMUM_HEAP_SIZE before a sample did.
+      if (this.evaluated > 0) {
+        this.replacedForMemory(undefined);
+        return;
+      }
+      this.failForMemory(victim, durationMs, "nix's heap reached it and nix stopped");
+      return;
+    }
     if (nixError && !result.signal) {
       const error = nixError.message.replace(/^error:\s*/, "");
       const location = sourceLocation(nixError);

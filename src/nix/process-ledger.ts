@@ -10,6 +10,7 @@
  * since boot), the boot it started in and its command line: only a process
  * matching all three is ended.
  */
+import { STATE_FILES } from "../state-files.js";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
@@ -75,7 +76,7 @@ export class ProcessLedger {
     private readonly logger: Logger,
     private readonly killGraceMs: number,
   ) {
-    this.file = join(stateDir, "nix-processes.json");
+    this.file = join(stateDir, STATE_FILES.nixProcesses);
   }
 
   /**

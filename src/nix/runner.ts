@@ -35,6 +35,10 @@ export interface RunOptions {
   signal?: AbortSignal;
   /** Called with the log state whenever nix reports visible progress. */
   onProgress?: (progress: NixProgress) => void;
+  /** Samples the process tree's RSS this often: `peakRssBytes` in the result. */
+  rssSampleMs?: number;
+  /** false: left out of the process ledger (supervisor.ts: a switch that restarts its own daemon). */
+  record?: boolean;
 }
 
 export type RunOutcome = ProcessOutcome;
@@ -141,10 +145,12 @@ export class NixRunner {
 
   async run(args: readonly string[], options: RunOptions, bin = this.options.nixBin): Promise<RunResult> {
     const log = new NixLogState(this.options.logTailLines);
-    const { timeoutMs, signal, onProgress } = options;
+    const { timeoutMs, signal, onProgress, rssSampleMs, record } = options;
     const result = await this.supervisor.run(bin, args, {
       timeoutMs,
       ...(signal ? { signal } : {}),
+      ...(rssSampleMs ? { rssSampleMs } : {}),
+      ...(record === false ? { record } : {}),
       onStderrLine: (line) => {
         if (log.push(line)) onProgress?.(log.progress);
       },
