@@ -1,5 +1,5 @@
 /**
- * The builder's state files under `stateDir`, by name, in one place: their
+ * The daemons' state files under `stateDir`, by name, in one place: their
  * owners write them, and the daemon's start-up check, the state-health
  * metrics and /readyz go through this list, so a new file cannot be
  * missed there. What each holds, and what deleting it loses, is in
@@ -18,6 +18,14 @@ export const STATE_FILES = {
   nixProcesses: "nix-processes.json",
   /** The Prometheus counters across restarts (src/observability/state.ts). */
   metrics: "metrics.json",
+} as const;
+
+/** The deploy listener's state files under its own `stateDir` (src/listener/). */
+export const LISTENER_STATE_FILES = {
+  /** The deploy in flight, answered after a restart (src/listener/in-flight.ts). */
+  inFlight: "deploy.json",
+  /** The last deploy, last success and pending-reboot timestamps (src/listener/metrics.ts). */
+  metrics: "listener-metrics.json",
 } as const;
 
 export type StateFileName = (typeof STATE_FILES)[keyof typeof STATE_FILES];

@@ -10,10 +10,8 @@ import { unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { DeployActionSchema } from "../deploy-protocol.js";
-import { writeFileAtomic } from "../util/atomic-file.js";
-import { readStateFile } from "../util/regular-file.js";
-
-export const IN_FLIGHT_FILE = "deploy.json";
+import { LISTENER_STATE_FILES } from "../state-files.js";
+import { StateFile } from "../util/state-file.js";
 
 export const InFlightSchema = z.object({
   version: z.literal(1),
@@ -46,18 +44,22 @@ export type InFlightRead = { status: "none" } | { status: "found"; deploy: InFli
 
 export class InFlightStore {
   readonly file: string;
+  private current: InFlight | null = null;
+  /** Names the requesters, hence 0o600. */
+  private readonly state: StateFile<InFlight | null>;
 
   constructor(stateDir: string) {
-    this.file = join(stateDir, IN_FLIGHT_FILE);
+    this.file = join(stateDir, LISTENER_STATE_FILES.inFlight);
+    this.state = new StateFile({ file: this.file, schema: InFlightSchema.nullable(), snapshot: () => this.current, mode: 0o600 });
   }
 
   async load(): Promise<InFlightRead> {
-    const read = await readStateFile(this.file, InFlightSchema);
+    const read = await this.state.read();
     switch (read.status) {
       case "missing":
         return { status: "none" };
       case "loaded":
-        return { status: "found", deploy: read.value };
+        return read.value === null ? { status: "none" } : { status: "found", deploy: read.value };
       case "corrupt":
         return { status: "unusable", why: `${this.file} is not a saved deploy` };
       case "unreadable":
@@ -67,10 +69,14 @@ export class InFlightStore {
 
   /** Throws when it cannot be written: a deploy that cannot be saved is not started. */
   async save(deploy: InFlight): Promise<void> {
-    await writeFileAtomic(this.file, `${JSON.stringify(deploy)}\n`, 0o600);
+    this.current = deploy;
+    await this.state.save();
   }
 
   async clear(): Promise<void> {
+    this.current = null;
+    // A save still being written must not bring the file back after the unlink.
+    await this.state.flush();
     await unlink(this.file).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== "ENOENT") throw err;
     });

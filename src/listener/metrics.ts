@@ -14,11 +14,8 @@ import { Counter, Gauge, Registry } from "prom-client";
 import { z } from "zod";
 import { DeployActionSchema, DeployStatusSchema, type DeployAction, type DeployStatus } from "../deploy-protocol.js";
 import type { Logger } from "../logger.js";
-import { writeFileAtomic } from "../util/atomic-file.js";
-import { readStateFile } from "../util/regular-file.js";
-import { SaveLoop } from "../util/save-loop.js";
-
-export const LISTENER_METRICS_FILE = "listener-metrics.json";
+import { LISTENER_STATE_FILES } from "../state-files.js";
+import { StateFile } from "../util/state-file.js";
 
 const SavedSchema = z.object({
   lastDeploy: z.number().nullable(),
@@ -46,13 +43,19 @@ export class ListenerMetrics {
   private readonly rebootSince: Gauge<"tier" | "host">;
   private readonly ignored: Counter;
   private saved: Saved = { lastDeploy: null, lastSuccess: null, rebootRequiredSince: null };
-  private readonly file: string;
+  private readonly state: StateFile<Saved>;
   private readonly now: () => number;
-  private readonly saves = new SaveLoop(() => this.save());
 
   constructor(private readonly options: ListenerMetricsOptions) {
     this.labels = { tier: options.tier, host: options.host };
-    this.file = join(options.stateDir, LISTENER_METRICS_FILE);
+    this.state = new StateFile({
+      file: join(options.stateDir, LISTENER_STATE_FILES.metrics),
+      schema: SavedSchema,
+      snapshot: () => this.saved,
+      onSaved: (error) => {
+        if (error !== undefined) options.logger.warn({ file: this.state.file, err: error }, "cannot save the deploy timestamps");
+      },
+    });
     this.now = options.now ?? Date.now;
     const registers = [this.registry];
     this.deploys = new Counter({
@@ -93,9 +96,9 @@ export class ListenerMetrics {
   }
 
   async load(): Promise<void> {
-    const read = await readStateFile(this.file, SavedSchema);
+    const read = await this.state.read();
     if (read.status === "loaded") this.saved = read.value;
-    else if (read.status !== "missing") this.options.logger.warn({ file: this.file, status: read.status }, "cannot read the saved deploy timestamps; starting from none");
+    else if (read.status !== "missing") this.options.logger.warn({ file: this.state.file, status: read.status }, "cannot read the saved deploy timestamps; starting from none");
     this.publish();
   }
 
@@ -109,7 +112,7 @@ export class ListenerMetrics {
     this.saved.lastDeploy = now;
     if (status === "success") this.saved.lastSuccess = now;
     this.publish();
-    this.saves.request();
+    this.save();
   }
 
   /** Whether a reboot is pending now (at start and after every deploy). */
@@ -118,7 +121,7 @@ export class ListenerMetrics {
     const changed = since !== this.saved.rebootRequiredSince;
     this.saved.rebootRequiredSince = since;
     this.publish();
-    if (changed) this.saves.request();
+    if (changed) this.save();
   }
 
   private publish(): void {
@@ -131,12 +134,11 @@ export class ListenerMetrics {
 
   /** Resolves once every change is written. */
   flush(): Promise<void> {
-    return this.saves.flush();
+    return this.state.flush();
   }
 
-  private async save(): Promise<void> {
-    await writeFileAtomic(this.file, `${JSON.stringify(this.saved)}\n`).catch((err: unknown) =>
-      this.options.logger.warn({ file: this.file, err: String(err) }, "cannot save the deploy timestamps"),
-    );
+  /** Written behind the work: a failure is the warning onSaved logs, never the deploy's. */
+  private save(): void {
+    this.state.save().catch(() => undefined);
   }
 }
