@@ -231,9 +231,9 @@ export class JobRunner {
     Object.assign(job, { currentHost: host, hostIndex: index, hostStartedAt: startedAt, progress: null, expectedMs });
     responder.toJob(job, { type: "host_started", jobId: job.id, host, index, total, startedAt: new Date(startedAt).toISOString(), expectedMs });
     logger.info({ jobId: job.id, repo: job.spec.repo, host, index, total }, "building host");
-    const throttle = new ProgressThrottle(this.progressIntervalMs, (progress) => {
+    const throttle = new ProgressThrottle(this.progressIntervalMs, (progress, sentAt) => {
       job.progress = progress;
-      responder.toJob(job, { type: "progress", jobId: job.id, host, index, total, elapsedMs: Date.now() - startedAt, expectedMs, ...progress });
+      responder.toJob(job, { type: "progress", jobId: job.id, host, index, total, elapsedMs: sentAt - startedAt, expectedMs, ...progress });
     });
     const run = { timeoutMs: config.build.timeout, signal: job.abort.signal, onProgress: (progress: NixProgress) => throttle.update(progress) };
     // A cached .drv may have been garbage-collected since: then evaluate again.
