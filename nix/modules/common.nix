@@ -130,13 +130,16 @@ rec {
     }) files;
 
   # Hardening both units share; docs/deployment.md says why each is safe.
-  # Not set: MemoryDenyWriteExecute (Node's V8 JIT needs writable and
-  # executable memory and would crash), PrivateUsers and PrivateNetwork (the
-  # nix daemon identifies its client by uid over the socket; NATS, Vault and
-  # git are on the network), ProcSubset=pid (libuv reads /proc/stat and
-  # /proc/meminfo; untested with nix and git).
+  # PrivateUsers is: the nix daemon learns its client's uid from the kernel
+  # (SO_PEERCRED), which reports it as the daemon's namespace sees it, the
+  # real one; nixpkgs' harmonia module runs the same way. Not set:
+  # MemoryDenyWriteExecute (Node's V8 JIT needs writable and executable
+  # memory and would crash), PrivateNetwork (NATS, Vault and git are on the
+  # network), ProcSubset=pid (libuv reads /proc/stat and /proc/meminfo;
+  # untested with nix and git).
   hardening = {
     NoNewPrivileges = true;
+    PrivateUsers = true;
     ProtectSystem = "strict";
     ProtectHome = true;
     PrivateTmp = true;
