@@ -129,7 +129,7 @@ export class JobRunner {
     const earlier = new Map(job.results.map((r) => [r.host, r]));
     // Hosts are evaluated side by side while they are built one at a time,
     // in order: all of them for a new revision; for a resumed `all` (the
-    // builder restarted mid-job, as when nix-cache02 switches to its own
+    // builder restarted mid-job, as when the build host switches to its own
     // new configuration) the unfinished ones whose .drv is not known.
     const toEvaluate = plan.value.evaluate
       ? hosts

@@ -312,6 +312,7 @@ describe("assertions", () => {
     ],
     ["no repos", (d) => ((builderOf(d).settings.repos = {}), (schedulerOf(d).enable = false)), "services.homelab-deploy.builder.settings.repos: expected at least one repo"],
     ["a reserved repo name", (d) => (builderOf(d).settings.repos.status = { url: "git+https://example.org/x.git" }), "services.homelab-deploy.builder.settings.repos.status: invalid repo name"],
+    ["the control request history as a repo name", (d) => (builderOf(d).settings.repos.history = { url: "git+https://example.org/x.git" }), "services.homelab-deploy.builder.settings.repos.history: invalid repo name"],
     ["a shell metacharacter in a scheduled repo", (d) => ((schedulerOf(d).repos = ["nixos; rm -rf /"]), (builderOf(d).enable = false)), 'services.homelab-deploy.scheduledBuilds.repos: invalid repo name "nixos; rm -rf /"'],
     ["a scheduled repo that looks like an option", (d) => ((schedulerOf(d).repos = ["--ref"]), (builderOf(d).enable = false)), 'invalid repo name "--ref"'],
     ["a scheduled repo the builder does not have", (d) => (schedulerOf(d).repos = ["nixos-servers", "gunter"]), '"gunter" is not a repo of services.homelab-deploy.builder.settings.repos'],
