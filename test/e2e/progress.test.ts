@@ -207,12 +207,12 @@ describe("a builder that goes silent", () => {
         HOMELAB_DEPLOY_NKEY_SEED_FILE: lonely.identities.testDeployer.seedFile,
       });
       await own.waitForLog((l) => l.msg === "building host");
-      const killedAt = Date.now();
       await own.stop("SIGKILL");
       const result = await client;
+      // The idle timeout ended the wait (the CLI's own words say which timer fired); a client
+      // that waited on would hit the test's timeout instead.
       expect(result.exitCode).toBe(2);
       expect(String(result.stderr)).toMatch(/sent nothing for 2s; it may have restarted/);
-      expect(Date.now() - killedAt).toBeLessThan(8_000);
     } finally {
       await own.stop("SIGKILL");
       await lonely.stop();
