@@ -89,7 +89,6 @@ in
       '';
     };
 
-
     openFirewall = mkOption {
       type = types.bool;
       default = false;
@@ -162,7 +161,7 @@ in
         NIX_CONFIG = "extra-experimental-features = nix-command flakes";
       };
       # A fatal problem (bad Vault credentials, a key NATS keeps refusing)
-      # restarts 5 times in a minute, then the unit stays failed.
+      # restarts 5 times in ten minutes, then the unit stays failed.
       startLimitIntervalSec = 600;
       startLimitBurst = 5;
       serviceConfig = common.hardening // {
