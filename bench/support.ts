@@ -30,9 +30,21 @@ export const PACKAGED_NODE_OPTIONS = (JSON.parse(readFileSync(join(ROOT, "packag
   "homelab-deploy"
 ].nodeOptions;
 
+export interface BenchOptions {
+  /** Another build's dist/cli.js, to compare with (default: this checkout's). */
+  cli?: string | undefined;
+  /** nats-server's monitoring endpoints (`bench.nats.monitorUrl`). */
+  monitor?: boolean;
+}
+
 /** `fixture`: as createFixtureFlake takes it. */
-export async function startBench(fixture: string | readonly string[], build: Record<string, unknown> = {}, nodeOptions = PACKAGED_NODE_OPTIONS): Promise<Bench> {
-  const nats = await startNatsServer();
+export async function startBench(
+  fixture: string | readonly string[],
+  build: Record<string, unknown> = {},
+  nodeOptions = PACKAGED_NODE_OPTIONS,
+  { cli, monitor = false }: BenchOptions = {},
+): Promise<Bench> {
+  const nats = await startNatsServer({ monitor });
   const flake = await createFixtureFlake(fixture);
   const builder = await startBuilder({
     natsUrl: nats.url,
@@ -41,7 +53,7 @@ export async function startBench(fixture: string | readonly string[], build: Rec
     build: { timeout: "30m", ...build },
     extra: { log: { level: "info" } },
     env: { NODE_OPTIONS: nodeOptions },
-  });
+  }, cli ? { cli } : {});
   const nc = await connectAs(nats.url, nats.identities.testDeployer);
   const bench: Bench = {
     nats,
