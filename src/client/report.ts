@@ -75,7 +75,7 @@ function positionText(position: number): string {
   return position === 0 ? "starting now" : `${plural(position, "job")} ahead`;
 }
 
-function firstLine(text: string): string {
+export function firstLine(text: string): string {
   const line = text.split("\n")[0] ?? "";
   return line.length > 160 ? `${line.slice(0, 160)}…` : line;
 }
@@ -112,7 +112,7 @@ export function changesText(changes: Changes | null | undefined, shown = 2): str
 }
 
 /** The CHANGES cell: "3 packages, +1.2 MiB", "none", "-" without a comparison. */
-function changesCell(changes: Changes | null | undefined): string {
+export function changesCell(changes: Changes | null | undefined): string {
   if (!changes) return "-";
   const count = changedCount(changes);
   const size = changes.sizeDeltaBytes !== 0 ? `, ${signedBytes(changes.sizeDeltaBytes)}` : "";
@@ -241,7 +241,7 @@ export function summaryTable(final: FinalResponse, paint: Paint = (_c, t) => t, 
 }
 
 /** The terminal width a table is cut to, on a terminal only. */
-function tableWidth(out: Output): number | undefined {
+export function tableWidth(out: Output): number | undefined {
   return out.isTTY ? (out.columns ?? 120) : undefined;
 }
 
