@@ -34,8 +34,8 @@ const SizeSchema = z.union([z.string(), z.number()]).transform((value, ctx) => {
 /**
  * Half the CPUs, 1 to 4: each worker may hold one heavy NixOS host's
  * evaluation (1–4.5 GB) and keeps a core busy, while builds (one at a time,
- * but nix runs a derivation's build on many cores) need the rest; on
- * nix-cache02 (8 cores, 16 GB) that is 4 workers × (2 GiB + one host).
+ * but nix runs a derivation's build on many cores) need the rest; on a
+ * build host with 8 cores and 16 GB that is 4 workers × (2 GiB + one host).
  */
 export function defaultEvalWorkers(cpus = availableParallelism()): number {
   return Math.min(4, Math.max(1, Math.floor(cpus / 2)));
@@ -79,7 +79,7 @@ export const VaultPathSchema = z.string().regex(/^(?!.*(?:^|\/)\.{1,2}(?:\/|$))[
 const VaultAddressSchema = z
   .string({ error: (issue) => (issue.input === undefined ? "required: the Vault server URL (or set VAULT_ADDR)" : undefined) })
   .regex(/^https?:\/\/[^\s/?#]+\/?$/, {
-  message: "expected a Vault address like https://vault.home.2rjus.net:8200",
+  message: "expected a Vault address like https://vault.example.org:8200",
 });
 
 const VaultRetrySchema = z
@@ -125,7 +125,7 @@ const BuildSchema = z.strictObject({
   timeout: DurationSchema.default(3_600_000),
   /** Fetching a repo (nix flake metadata --refresh): a hung git server costs at most this. */
   fetchTimeout: DurationSchema.default(120_000),
-  /** Listing a repo's hosts and the single evaluation of every host of an `all` job. */
+  /** Listing a repo's hosts (`build --list`, and an `all` job's host list); each host's evaluation, like its build, is bounded by `timeout`. */
   resolveTimeout: DurationSchema.default(600_000),
   maxQueue: z.number().int().min(1).max(10_000).default(32),
   logTailLines: z.number().int().min(1).max(1_000).default(50),

@@ -113,11 +113,13 @@ describe("config", () => {
   });
 
   it("rejects repo names that cannot be subjects or collide with control subjects", () => {
-    for (const name of ["responses", "status", "bad name", "a.b", "-x"]) {
+    for (const name of ["responses", "discover", "status", "cancel", "history", "bad name", "a.b", "-x"]) {
       expect(problems({ ...base, repos: { [name]: { url: "github:a/b" } } })).toEqual([
         expect.stringMatching(new RegExp(`^repos\\.${name.replace(".", "\\.")}: invalid name`)),
       ]);
     }
+    // The error names every reserved word, history (the newest control request) included.
+    expect(problems({ ...base, repos: { history: { url: "github:a/b" } } })[0]).toMatch(/not one of responses, discover, status, cancel, history$/);
   });
 
   it("requires repos and an NKey source", () => {

@@ -30,7 +30,9 @@ let
 
   metricsPort = common.listenPort (settings.metrics.listen or null);
 
-  nixAllowedUsers = config.nix.settings.allowed-users or [ "*" ];
+  # Created by the module only under its default names; any other user and
+  # group are the operator's to define.
+  defaultUser = "homelab-deploy";
 in
 {
   options.services.homelab-deploy.builder = {
@@ -40,14 +42,14 @@ in
 
     user = mkOption {
       type = types.str;
-      default = "homelab-deploy";
-      description = "System user the builder runs as (created by the module). It talks to the nix daemon as an ordinary allowed user; it is not made a trusted user.";
+      default = defaultUser;
+      description = "System user the builder runs as. The module creates it when it is the default; another user must be defined elsewhere. It is added to nix's `extra-allowed-users`, not made a trusted user.";
     };
 
     group = mkOption {
       type = types.str;
-      default = "homelab-deploy";
-      description = "Group of the builder's user (created by the module).";
+      default = defaultUser;
+      description = "Group of the builder's user. The module creates it when it is the default.";
     };
 
     settings = mkOption {
@@ -68,22 +70,6 @@ in
         `metrics.listen` (0.0.0.0:9973) and the credential file paths; what
         is set here wins, except the credential files, which come from
         `nkeySeedFile` and `vault.*`.
-      '';
-    };
-
-    memoryMax = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      example = "12G";
-      description = ''
-        systemd's `MemoryMax=` for the unit: a ceiling on the daemon and the
-        nix processes it runs itself, i.e. the evaluation workers of an
-        `all` job (builds run in the nix daemon's cgroup, not here). Size it
-        above `build.evalWorkers × (build.evalMaxMemory + your largest host)`
-        plus ~100 MB for the daemon; if it is reached anyway, the kernel
-        kills the largest process, a nix evaluation worker, which costs that
-        one host (`OOMPolicy=continue` keeps the daemon running). See
-        docs/deployment.md. `null`: no ceiling.
       '';
     };
 
@@ -112,23 +98,23 @@ in
           assertion = (settings.repos or { }) != { };
           message = "services.homelab-deploy.builder.settings.repos: expected at least one repo, e.g. repos.nixos-servers.url = \"git+https://…\".";
         }
-        {
-          assertion = builtins.elem "*" nixAllowedUsers || builtins.elem cfg.user nixAllowedUsers || builtins.elem "@${cfg.group}" nixAllowedUsers;
-          message = "services.homelab-deploy.builder: nix.settings.allowed-users must let the builder use the nix daemon: add \"${cfg.user}\" (or \"@${cfg.group}\").";
-        }
       ]
       ++ map (name: {
         assertion = common.isValidRepoName name;
         message = "services.homelab-deploy.builder.settings.repos.${name}: invalid repo name; expected ${common.repoNameRule}.";
       }) (builtins.attrNames (settings.repos or { }));
 
-    users.users.${cfg.user} = {
+    # Appended to whatever allowed-users says (nixpkgs' harmonia module lets
+    # its user in the same way): the builder is an ordinary daemon client.
+    nix.settings.extra-allowed-users = [ cfg.user ];
+
+    users.users.${cfg.user} = mkIf (cfg.user == defaultUser) {
       isSystemUser = true;
       group = cfg.group;
       home = stateDir;
       description = "homelab-deploy builder";
     };
-    users.groups.${cfg.group} = { };
+    users.groups.${cfg.group} = mkIf (cfg.group == defaultUser) { };
 
     networking.firewall.allowedTCPPorts = optional cfg.openFirewall metricsPort;
 
@@ -138,6 +124,8 @@ in
       description = "homelab-deploy builder: Nix builds requested over NATS";
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
+      # Every build goes through the nix daemon: without its socket there is nothing to do.
+      requires = [ "nix-daemon.socket" ];
       after = [ "network-online.target" "nix-daemon.socket" ];
       # git: nix runs it to fetch git+https/git+ssh flakes.
       path = [ config.nix.package pkgs.git ];
@@ -151,16 +139,14 @@ in
         NIX_CONFIG = "extra-experimental-features = nix-command flakes";
       };
       # A fatal problem (bad Vault credentials, a key NATS keeps refusing)
-      # restarts 5 times in a minute, then the unit stays failed.
-      unitConfig = {
-        StartLimitIntervalSec = "10min";
-        StartLimitBurst = 5;
-      };
+      # restarts 5 times in ten minutes, then the unit stays failed.
+      startLimitIntervalSec = 600;
+      startLimitBurst = 5;
       serviceConfig = common.hardening // {
         Type = "exec";
         User = cfg.user;
         Group = cfg.group;
-        ExecStart = "${cfg.package}/bin/homelab-deploy builder --config ${configFile}";
+        ExecStart = "${lib.getExe cfg.package} builder --config ${configFile}";
         Restart = "on-failure";
         RestartSec = "10s";
         # SIGTERM to the daemon alone: it stops nix itself, saves the queue and
@@ -171,7 +157,9 @@ in
         KillSignal = "SIGTERM";
         TimeoutStopSec = "30s";
         # An OOM-killed nix evaluation worker costs one host, not the
-        # daemon: the daemon reports it and a fresh worker goes on.
+        # daemon: the daemon reports it and a fresh worker goes on. The
+        # ceiling itself is the operator's serviceConfig.MemoryMax (NixOS's
+        # own option; docs/deployment.md, "Memory").
         OOMPolicy = "continue";
         LoadCredential = common.loadCredential cfg;
         CacheDirectory = unit;
@@ -179,7 +167,6 @@ in
         # The nix daemon's socket: connecting needs it reachable, nothing else under /nix is written.
         ReadWritePaths = [ "/nix/var/nix/daemon-socket" ] ++ optional (!stateInVarLib) stateDir;
       }
-      // optionalAttrs (cfg.memoryMax != null) { MemoryMax = cfg.memoryMax; }
       // optionalAttrs stateInVarLib {
         StateDirectory = removePrefix "/var/lib/" stateDir;
         StateDirectoryMode = "0750";

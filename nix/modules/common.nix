@@ -180,14 +180,17 @@ rec {
     }) files;
 
   # Hardening the builder's and the scheduler's units share (the listener
-  # runs as root, unhardened: it switches the system); docs/deployment.md says why each is safe.
-  # Not set: MemoryDenyWriteExecute (Node's V8 JIT needs writable and
-  # executable memory and would crash), PrivateUsers and PrivateNetwork (the
-  # nix daemon identifies its client by uid over the socket; NATS, Vault and
-  # git are on the network), ProcSubset=pid (libuv reads /proc/stat and
-  # /proc/meminfo; untested with nix and git).
+  # runs as root, unhardened: it switches the system); docs/deployment.md
+  # says why each is safe. PrivateUsers is set: the nix daemon learns its
+  # client's uid from the kernel (SO_PEERCRED), which reports it as the
+  # daemon's namespace sees it, the real one; nixpkgs' harmonia module runs
+  # the same way. Not set: MemoryDenyWriteExecute (Node's V8 JIT needs
+  # writable and executable memory and would crash), PrivateNetwork (NATS,
+  # Vault and git are on the network), ProcSubset=pid (libuv reads
+  # /proc/stat and /proc/meminfo; untested with nix and git).
   hardening = {
     NoNewPrivileges = true;
+    PrivateUsers = true;
     ProtectSystem = "strict";
     ProtectHome = true;
     PrivateTmp = true;

@@ -161,6 +161,8 @@ in
       description = "homelab-deploy listener: switches this host to the systems deployed over NATS";
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
+      # Every realise and build goes through the nix daemon (NIX_REMOTE=daemon).
+      requires = [ "nix-daemon.socket" ];
       after = [ "network-online.target" "nix-daemon.socket" ];
       # A switch must not stop or restart the listener in the middle of the
       # deploy it is answering: the listener itself exits after its final
@@ -177,15 +179,13 @@ in
         NIX_REMOTE = "daemon";
         NIX_CONFIG = "extra-experimental-features = nix-command flakes";
       };
-      unitConfig = {
-        StartLimitIntervalSec = "10min";
-        StartLimitBurst = 5;
-      };
+      startLimitIntervalSec = 600;
+      startLimitBurst = 5;
       # Root and no hardening: it switches the whole system (profile,
       # bootloader, every unit), which nothing less than root may do.
       serviceConfig = {
         Type = "exec";
-        ExecStart = "${cfg.package}/bin/homelab-deploy listener --config ${configFile}";
+        ExecStart = "${lib.getExe cfg.package} listener --config ${configFile}";
         Restart = "always";
         RestartSec = "5s";
         # SIGTERM to the listener alone: it saves the deploy in flight and

@@ -23,7 +23,7 @@ let
     for repo in ${escapeShellArgs cfg.repos}; do
       echo "scheduled build: $repo, all hosts"
       code=0
-      ${escapeShellArgs [ "${cfg.package}/bin/homelab-deploy" "build" ]} ${escapeShellArgs cfg.extraArgs} -- "$repo" all || code=$?
+      ${escapeShellArgs [ (lib.getExe cfg.package) "build" ]} ${escapeShellArgs cfg.extraArgs} -- "$repo" all || code=$?
       if [ "$code" -ne 0 ]; then
         echo "scheduled build: $repo failed (exit code $code)" >&2
         if [ "$code" -gt "$worst" ]; then worst=$code; fi

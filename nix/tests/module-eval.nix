@@ -1,7 +1,8 @@
 # checks.<system>.module-eval: the modules (builder, scheduler, listener) evaluated by the real NixOS
 # module system (with nixpkgs' own types, systemd and users modules) for a
-# configuration like nix-cache02's. Fails when an assertion fails or an
-# option does not type-check; its output is the unit files NixOS writes.
+# configuration like nix-cache02's, with allowed-users narrowed to @wheel.
+# Fails when an assertion fails or an option does not exist or does not
+# type-check; its output is the unit files and the nix.conf NixOS writes.
 # test/nixos/module.test.ts checks the same with a stand-in where nixpkgs is
 # not available.
 { pkgs, nixpkgs, system, module }:
@@ -20,6 +21,8 @@ let
         boot.loader.grub.enable = false;
         fileSystems."/".device = "/dev/null";
         system.stateVersion = "25.05";
+        # Narrowed: the builder gets in through the module's extra-allowed-users.
+        nix.settings.allowed-users = [ "@wheel" ];
         services.homelab-deploy.builder = {
           enable = true;
           openFirewall = true;
@@ -61,6 +64,12 @@ else
   pkgs.runCommand "homelab-deploy-module-eval" { } ''
     mkdir $out
     ${builtins.concatStringsSep "\n" (map (unit: "cp ${config.systemd.units.${unit}.unit}/${unit} $out/${unit}") units)}
+    cp ${config.environment.etc."nix/nix.conf".source} $out/nix.conf
+    grep -Fx 'allowed-users = @wheel' $out/nix.conf
+    grep -Fx 'extra-allowed-users = homelab-deploy' $out/nix.conf
+    grep -Fx 'Requires=nix-daemon.socket' $out/homelab-deploy-builder.service
+    grep -Fx 'StartLimitBurst=5' $out/homelab-deploy-builder.service
+    grep -Fx 'PrivateUsers=true' $out/homelab-deploy-builder.service
     grep -Fx 'ProtectSystem=strict' $out/homelab-deploy-builder.service
     grep -Fx 'User=homelab-deploy' $out/homelab-deploy-builder.service
     grep -Fx 'StateDirectory=homelab-deploy' $out/homelab-deploy-builder.service

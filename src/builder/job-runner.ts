@@ -96,7 +96,7 @@ export class JobRunner {
     const earlier = new Map(job.results.map((r) => [r.host, r]));
     // Hosts are evaluated side by side while they are built one at a time,
     // in order: all of them for a new revision; for a resumed `all` (the
-    // builder restarted mid-job, as when nix-cache02 switches to its own
+    // builder restarted mid-job, as when the build host switches to its own
     // new configuration) the unfinished ones whose .drv is not known.
     const toEvaluate = plan.value.evaluate
       ? hosts
@@ -198,9 +198,9 @@ export class JobRunner {
     Object.assign(job, { currentHost: host, hostIndex: index, hostStartedAt: startedAt, progress: null, expectedMs });
     responder.toJob(job, { type: "host_started", jobId: job.id, host, index, total, startedAt: new Date(startedAt).toISOString(), expectedMs });
     logger.info({ jobId: job.id, repo: job.spec.repo, host, index, total }, "building host");
-    const throttle = new ProgressThrottle(this.progressIntervalMs, (progress) => {
+    const throttle = new ProgressThrottle(this.progressIntervalMs, (progress, sentAt) => {
       job.progress = progress;
-      responder.toJob(job, { type: "progress", jobId: job.id, host, index, total, elapsedMs: Date.now() - startedAt, expectedMs, ...progress });
+      responder.toJob(job, { type: "progress", jobId: job.id, host, index, total, elapsedMs: sentAt - startedAt, expectedMs, ...progress });
     });
     const run = { timeoutMs: config.build.timeout, signal: job.abort.signal, onProgress: (progress: NixProgress) => throttle.update(progress) };
     // A cached .drv may have been garbage-collected since: then evaluate again.

@@ -20,8 +20,6 @@ import { ConnectionError, errorMessage } from "../errors.js";
 import { publicKeyOf, type SeedSource } from "./credentials.js";
 import { Backoff, delay } from "../util/backoff.js";
 
-// Kept importable from here for code written before backoff.ts existed.
-
 export interface TransportOptions {
   servers: string[];
   name: string;

@@ -126,7 +126,7 @@ export class BuildMetrics {
     });
     this.rejected = new Counter({
       name: "homelab_deploy_requests_rejected_total",
-      help: "Requests (builds, and build.discover/status/cancel) answered with rejected, by code.",
+      help: "Requests (builds, and build.discover/status/cancel/history) answered with rejected, by code.",
       labelNames: ["code"],
       registers,
     });

@@ -27,6 +27,9 @@ export class Backoff {
   }
 }
 
-export function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
+/**
+ * The wait between two tries: Node's own promise timer, under the name the
+ * retry loops use. `delay(ms, undefined, { signal })` rejects with an
+ * AbortError (and clears its timer) when the signal aborts.
+ */
+export { setTimeout as delay } from "node:timers/promises";

@@ -313,7 +313,8 @@ describe("subjects the builder must not answer", () => {
     deployer.publish("build.fixture.alpha", new Uint8Array(), { reply: "_INBOX.abc" });
     deployer.publish("build.fixture.alpha", new Uint8Array(), { reply: "deploy.responses.x" });
     await deployer.flush();
-    const drops = async () => builder.logs.slice(before).filter((l) => String(l.msg).startsWith("dropping a request"));
+    // The drop warnings: the subject and the (missing or foreign) reply subject as fields.
+    const drops = async () => builder.logs.slice(before).filter((l) => l.level === 40 && l.subject === "build.fixture.alpha" && "reply" in l);
     for (let i = 0; i < 50 && (await drops()).length < 3; i++) await sleep(100);
     expect((await drops()).map((l) => l.reply)).toEqual([null, "_INBOX.abc", "deploy.responses.x"]);
     expect(builder.logs.slice(before).filter((l) => l.msg === "job queued")).toEqual([]);
@@ -356,13 +357,13 @@ describe("a requester with no builder", () => {
     const lonely = await startNatsServer();
     try {
       const env = { HOMELAB_DEPLOY_NATS_URL: lonely.url, HOMELAB_DEPLOY_NKEY_SEED_FILE: lonely.identities.testDeployer.seedFile };
-      const t0 = Date.now();
       // --wait-for-builder 0: not asking again (that wait is wait-for-builder.test.ts's).
       const none = await runCli(["build", "fixture", "alpha", "--ack-timeout", "5s", "--wait-for-builder", "0"], env);
       expect(none.exitCode).toBe(2);
+      // NATS's no-responders answer, not the 5 s --ack-timeout running out ("no builder answered
+      // … within 5s"): which of the two ended the wait is in the error, no clock needed.
       expect(none.stderr).toMatch(/no builder is listening on build\.fixture\.alpha/);
-      // NATS's no-responders answer comes at once; we do not wait for the timeout.
-      expect(Date.now() - t0).toBeLessThan(4_000);
+      expect(none.stderr).not.toContain("no builder answered");
       const down = await runCli(["build", "fixture", "alpha", "--wait-for-builder", "0"], { ...env, HOMELAB_DEPLOY_NATS_URL: "nats://127.0.0.1:1" });
       expect(down.exitCode).toBe(2);
       expect(down.stderr).toMatch(/cannot reach NATS at nats:\/\/127\.0\.0\.1:1/);
@@ -390,9 +391,10 @@ describe("shutdown", () => {
       await own.waitForLog((l) => l.msg === "job queued" && l.target === "alpha");
       const pid = await flake.slowPid();
       expect(isRunning(pid)).toBe(true);
-      const { code, ms } = await own.stop("SIGTERM");
+      // 0, not 1: the daemon met its own stop deadline (9.5 s; past it, it exits 1 saying
+      // "graceful stop took too long"). Timing the exit from here would also time this machine.
+      const { code } = await own.stop("SIGTERM");
       expect(code).toBe(0);
-      expect(ms).toBeLessThan(10_000);
       const [r1, r2] = await Promise.all([running, queued]);
       const final1 = finalOf(jsonLines(String(r1.stdout)));
       const final2 = finalOf(jsonLines(String(r2.stdout)));

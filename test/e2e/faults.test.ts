@@ -121,13 +121,14 @@ describe("a nix that fails oddly", () => {
   garbage-fail) head -c 3000 /dev/urandom >&2; exit 1 ;;
 esac`;
     // "nix build" and "nix-store --realise" misbehave; everything else is the
-    // real nix (in mode slow-fetch, after five seconds for "nix flake ...").
-    const slowFetch = `if [ "$1" = flake ] && [ "$(cat ${modeFile})" = slow-fetch ]; then sleep 5; fi`;
+    // real nix (in mode slow-fetch, "nix flake ..." only once the test opens the gate).
+    const gate = join(dir, "gate");
+    const slowFetch = `if [ "$1" = flake ] && [ "$(cat ${modeFile})" = slow-fetch ]; then while [ ! -e ${gate} ]; do sleep 0.1; done; fi`;
     await writeFile(join(dir, "nix"), `#!/bin/sh\n${slowFetch}\nif [ "$1" = build ]; then\n${misbehave}\nfi\nexec ${realNix} "$@"\n`);
     await writeFile(join(dir, "nix-store"), `#!/bin/sh\n${misbehave}\nexec ${realNix}-store "$@"\n`);
     await chmod(join(dir, "nix"), 0o755);
     await chmod(join(dir, "nix-store"), 0o755);
-    return { dir, mode: (mode: string) => writeFile(modeFile, mode) };
+    return { dir, mode: (mode: string) => writeFile(modeFile, mode), openGate: () => writeFile(gate, "") };
   }
 
   it("reports exit 137, garbage output and a missing nix as clear per-host failures, and keeps serving", async () => {
@@ -171,9 +172,11 @@ esac`;
     expect(builder.logs.filter((l) => l.msg === "job crashed" || l.msg === "unexpected error while handling a request")).toEqual([]);
   });
 
-  it("accepts a request within seconds while the host list is still being fetched", async () => {
+  it("accepts a request while the host list is still being fetched", async () => {
     const odd = await oddNix();
     await odd.mode("slow-fetch");
+    // Whatever happens, no fetch is left waiting on the gate.
+    cleanups.push(() => odd.openGate());
     const nats = await startNatsServer();
     cleanups.push(() => nats.stop());
     const flake = await createFixtureFlake("tiny-flake");
@@ -186,14 +189,16 @@ esac`;
     cleanups.push(() => builder.stop("SIGKILL"));
     const nc = await connectAs(nats.url, nats.identities.testDeployer);
     cleanups.push(() => nc.close());
-    // The host list is loading (its fetch takes 5 s): the answer must not wait for it.
+    // The host list is loading, and its fetch cannot end before the test opens the gate: the
+    // answer must not wait for it. An order of events, not a time: accepted comes first.
     const inbox = await Inbox.open(nc);
-    const sent = Date.now();
     inbox.send("build.fixture.a");
-    expect(await inbox.waitFor((m) => m.type === "accepted" || m.type === "rejected", 10_000)).toMatchObject({ type: "accepted" });
-    expect(Date.now() - sent).toBeLessThan(4_500);
-    expect(builder.logs.some((l) => l.msg === "the host list is still loading; accepting the request unchecked")).toBe(true);
+    expect(await inbox.waitFor((m) => m.type === "accepted" || m.type === "rejected", 30_000)).toMatchObject({ type: "accepted", repo: "fixture", target: "a" });
+    expect(builder.logs.some((l) => l.msg === "loaded the repo's hosts" && l.repo === "fixture")).toBe(false);
+    expect(builder.logs.find((l) => l.msg === "the host list is still loading; accepting the request unchecked")).toMatchObject({ repo: "fixture" });
+    await odd.openGate();
     expect(await inbox.final(60_000)).toMatchObject({ type: "completed", status: "success" });
+    expect(builder.logs.some((l) => l.msg === "loaded the repo's hosts" && l.repo === "fixture")).toBe(true);
   });
 
   it("says nix is missing from PATH, per host", async () => {
@@ -279,9 +284,10 @@ describe("SIGTERM with a full queue", () => {
       queued.push(inbox);
     }
     const pid = await flake.slowPid();
-    const { code, ms } = await builder.stop("SIGTERM");
+    // 0, not 1: the daemon met its own stop deadline (9.5 s; past it, it exits 1 saying
+    // "graceful stop took too long"). Timing the exit from here would also time this machine.
+    const { code } = await builder.stop("SIGTERM");
     expect(code).toBe(0);
-    expect(ms).toBeLessThan(10_000);
     const interrupted = { type: "interrupted", resumes: true, reason: expect.stringContaining("SIGTERM") };
     expect(await running.waitFor((m) => m.type === "interrupted", 5_000)).toMatchObject(interrupted);
     for (const inbox of queued) expect(await inbox.waitFor((m) => m.type === "interrupted", 5_000)).toMatchObject(interrupted);

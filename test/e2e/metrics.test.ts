@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { jsonLines, ROOT, runCli, spawnCli } from "../support/cli.js";
 import { spawnBuilder, startBuilder, type BuilderProcess, type BuilderSetup } from "../support/daemon.js";
 import { createFixtureFlake, type FixtureFlake } from "../support/flake.js";
+import { BUILD_DURATION_BUCKETS } from "../../src/observability/metrics.js";
 import { eventually, metricsBaseUrl, samplesOf, scrape, valueOf, type Exposition } from "../support/metrics.js";
 import { startNatsServer, type NatsServer } from "../support/nats-server.js";
 import { STATE_FILE_NAMES } from "../../src/state-files.js";
@@ -27,9 +28,12 @@ function clientEnv(): Record<string, string> {
   return { HOMELAB_DEPLOY_NATS_URL: nats.url, HOMELAB_DEPLOY_NKEY_SEED_FILE: nats.identities.testDeployer.seedFile };
 }
 
-async function build(repo: string, target: string): Promise<{ exitCode: number; status: unknown }> {
+/** The CLI's exit code and the final status; `durationMs` of each host as its host_finished said. */
+async function build(repo: string, target: string, durations?: Map<string, number>): Promise<{ exitCode: number; status: unknown }> {
   const result = await runCli(["build", repo, target, "--json"], clientEnv());
-  return { exitCode: result.exitCode, status: jsonLines(result.stdout).at(-1)?.status };
+  const messages = jsonLines(result.stdout);
+  for (const m of messages) if (m.type === "host_finished") durations?.set(m["host"] as string, m["durationMs"] as number);
+  return { exitCode: result.exitCode, status: messages.at(-1)?.status };
 }
 
 async function restart(): Promise<void> {
@@ -112,10 +116,11 @@ describe("/metrics after real builds", () => {
   it("counts a success, a failure and a timeout by repo, host and status", async () => {
     await flake.bump();
     const before = nowSeconds();
-    expect(await build("fixture", "alpha")).toEqual({ exitCode: 0, status: "success" });
+    const durations = new Map<string, number>();
+    expect(await build("fixture", "alpha", durations)).toEqual({ exitCode: 0, status: "success" });
     const afterSuccess = nowSeconds();
-    expect(await build("fixture", "broken")).toEqual({ exitCode: 1, status: "failure" });
-    expect(await build("fixture", "slow")).toEqual({ exitCode: 1, status: "failure" });
+    expect(await build("fixture", "broken", durations)).toEqual({ exitCode: 1, status: "failure" });
+    expect(await build("fixture", "slow", durations)).toEqual({ exitCode: 1, status: "failure" });
     const after = nowSeconds();
 
     const metrics = await scrape(baseUrl);
@@ -135,17 +140,25 @@ describe("/metrics after real builds", () => {
       ["cancelled", "eval_error", "failure", "success", "timeout"],
     );
 
-    // The histogram: one observation per host; the timeout took build.timeout (2 s) or a little more.
+    // The histogram: one observation per host, in seconds, of the duration its host_finished
+    // reported (compared with that, not with a clock: how long a host takes is this machine's
+    // business); the timeout took build.timeout (2 s) or more.
     const duration = (suffix: string, h: string, extra: Record<string, string> = {}) =>
       valueOf(metrics, `homelab_deploy_build_duration_seconds_${suffix}`, fixture({ host: h, ...extra }));
     expect(duration("count", "alpha")).toBe(1);
     expect(duration("count", "slow")).toBe(1);
     expect(duration("sum", "slow")).toBeGreaterThanOrEqual(2);
-    expect(duration("sum", "slow")).toBeLessThan(15);
-    expect(duration("bucket", "alpha", { le: "5" })).toBe(1);
-    expect(duration("bucket", "slow", { le: "5" })).toBe(1);
-    expect(duration("bucket", "slow", { le: "14400" })).toBe(1);
-    expect(duration("bucket", "slow", { le: "+Inf" })).toBe(1);
+    for (const h of ["alpha", "slow"]) {
+      const seconds = (durations.get(h) as number) / 1000;
+      expect(duration("sum", h)).toBeCloseTo(seconds, 6);
+      // Counted in the first bucket that holds it and every one above, not in the one below.
+      const index = BUILD_DURATION_BUCKETS.findIndex((le) => seconds <= le);
+      expect(index).toBeGreaterThanOrEqual(0);
+      if (index > 0) expect(duration("bucket", h, { le: String(BUILD_DURATION_BUCKETS[index - 1]) })).toBe(0);
+      expect(duration("bucket", h, { le: String(BUILD_DURATION_BUCKETS[index]) })).toBe(1);
+      expect(duration("bucket", h, { le: "14400" })).toBe(1);
+      expect(duration("bucket", h, { le: "+Inf" })).toBe(1);
+    }
 
     const lastSuccess = valueOf(metrics, "homelab_deploy_build_last_success_timestamp", fixture()) as number;
     const last = valueOf(metrics, "homelab_deploy_build_last_timestamp", fixture()) as number;
@@ -178,6 +191,7 @@ describe("/metrics after real builds", () => {
     const own = await extraBuilder({ build: { timeout: "8s" } });
     try {
       const url = await metricsBaseUrl(own);
+      const askedAt = nowSeconds();
       const slow = spawnCli(["build", "fixture", "slow", "--json"], clientEnv());
       await own.waitForLog((l) => l.msg === "building host" && l.host === "slow");
       const queued = spawnCli(["build", "fixture", "gamma", "--json"], clientEnv());
@@ -186,9 +200,10 @@ describe("/metrics after real builds", () => {
       const during = await scrape(url);
       expect(valueOf(during, "homelab_deploy_build_running")).toBe(1);
       expect(valueOf(during, "homelab_deploy_queue_depth")).toBe(1);
+      // Since the job started: after the test asked for it, and not after this scrape.
       const since = valueOf(during, "homelab_deploy_build_running_since_timestamp", fixture({ target: "slow" })) as number;
-      expect(nowSeconds() - since).toBeGreaterThanOrEqual(0);
-      expect(nowSeconds() - since).toBeLessThan(8);
+      expect(since).toBeGreaterThanOrEqual(askedAt - 1);
+      expect(since).toBeLessThanOrEqual(nowSeconds() + 1);
       expect(samplesOf(during, "homelab_deploy_build_running_since_timestamp")).toHaveLength(1);
 
       await Promise.all([slow, queued]);
@@ -254,7 +269,8 @@ describe("the state file", () => {
       baseUrl = await metricsBaseUrl(builder);
       const warnings = builder.logs.filter((l) => (l.level ?? 0) >= 40);
       expect(warnings).toHaveLength(1);
-      expect(warnings[0]).toMatchObject({ file: STATE_FILE(), msg: expect.stringMatching(/state file is corrupt/) });
+      // Corrupt, not missing: the warning says what is wrong with it (`problem`).
+      expect(warnings[0]).toMatchObject({ file: STATE_FILE(), problem: expect.any(String) });
       const metrics = await scrape(baseUrl);
       expect(valueOf(metrics, "homelab_deploy_builds_total", fixture({ status: "success" }))).toBe(0);
       expect(samplesOf(metrics, "homelab_deploy_build_host_total")).toEqual([]);
@@ -389,9 +405,10 @@ describe("the HTTP server's life", () => {
     const url = baseUrl;
     // A keep-alive connection, as Prometheus holds one, must not hold the stop up.
     expect((await fetch(`${url}/metrics`, { keepalive: true })).status).toBe(200);
-    const { code, ms } = await builder.stop();
+    // 0, not 1: the daemon met its own stop deadline (9.5 s; past it, it exits 1 saying
+    // "graceful stop took too long"). Timing the exit from here would also time this machine.
+    const { code } = await builder.stop();
     expect(code).toBe(0);
-    expect(ms).toBeLessThan(10_000);
     await expect(fetch(`${url}/healthz`)).rejects.toThrow();
     builder = await spawnBuilder(builder.configFile);
     baseUrl = await metricsBaseUrl(builder);

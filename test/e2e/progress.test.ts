@@ -57,9 +57,12 @@ describe("progress", () => {
     expect(progress.at(-1)?.derivations).toMatchObject({ done: 5, expected: 5 });
     const built = new Set(progress.map((p) => p.building?.drv).filter(Boolean));
     expect([...built].some((drv) => /^dep[1-4]$|^multi-system$/.test(String(drv)))).toBe(true);
-    // Rate limit: snapshots are taken at least 250 ms apart (the last one is flushed at the end).
+    // Rate limit: snapshots go out at least the builder's 250 ms apart (the last one is flushed at
+    // the end). Exact, not approximate: a message's elapsedMs is the clock reading the throttle
+    // counts the interval from (it used to read the clock a second time, so a builder descheduled
+    // between the two readings stamped two messages less than 240 ms apart).
     const gaps = progress.slice(0, -1).map((p, i) => (progress[i + 1]?.elapsedMs ?? 0) - p.elapsedMs);
-    for (const gap of gaps.slice(0, -1)) expect(gap).toBeGreaterThanOrEqual(240);
+    for (const gap of gaps.slice(0, -1)) expect(gap).toBeGreaterThanOrEqual(250);
     // Progress comes between host_started and host_finished.
     const types = messages.map((m) => m.type);
     expect(types.indexOf("host_started")).toBeLessThan(types.indexOf("progress"));
@@ -204,12 +207,12 @@ describe("a builder that goes silent", () => {
         HOMELAB_DEPLOY_NKEY_SEED_FILE: lonely.identities.testDeployer.seedFile,
       });
       await own.waitForLog((l) => l.msg === "building host");
-      const killedAt = Date.now();
       await own.stop("SIGKILL");
       const result = await client;
+      // The idle timeout ended the wait (the CLI's own words say which timer fired); a client
+      // that waited on would hit the test's timeout instead.
       expect(result.exitCode).toBe(2);
       expect(String(result.stderr)).toMatch(/sent nothing for 2s; it may have restarted/);
-      expect(Date.now() - killedAt).toBeLessThan(8_000);
     } finally {
       await own.stop("SIGKILL");
       await lonely.stop();

@@ -189,9 +189,10 @@ describe("the builder is stopped (SIGTERM) in the middle of `all`", () => {
     await t.builder.waitForLog((l) => l.msg === "evaluated every host", 60_000);
     const queued = spawnCli(["build", "fixture", "h01"], t.env);
     await t.builder.waitForLog((l) => l.msg === "job queued" && l.target === "h01");
-    const { code, ms } = await t.builder.stop("SIGTERM");
+    // 0, not 1: the daemon met its own stop deadline (9.5 s; past it, it exits 1 saying
+    // "graceful stop took too long"). Timing the exit from here would also time this machine.
+    const { code } = await t.builder.stop("SIGTERM");
     expect(code).toBe(0);
-    expect(ms).toBeLessThan(10_000);
     expect(await processesMatching(t.flake.dir)).toEqual([]);
     const saved = JSON.parse(await readFile(join(JSON.parse(await readFile(t.builder.configFile, "utf8")).stateDir as string, "jobs.json"), "utf8"));
     expect(saved.jobs.map((j: { target: string; running: boolean }) => [j.target, j.running])).toEqual([

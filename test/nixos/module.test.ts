@@ -5,6 +5,14 @@
  * into unit files is checked against docs/deployment.md and the daemon's
  * own config loader; then the units' commands are run: the builder from
  * its ExecStart and rendered config, the scheduled build's script as is.
+ *
+ * What a stand-in cannot catch (test/fixtures/nix-module-eval/README.md):
+ * it knows only the modules' own options, so a definition of a NixOS option
+ * that does not exist or has the wrong type (a misspelt `startLimitBurst`,
+ * `nix.settings` values nix.conf cannot hold) passes here; so do priority
+ * and ordering effects (mkDefault, mkForce, mkBefore) and anything another
+ * NixOS module adds. `nix flake check` (checks.module-eval, checks.vm) runs
+ * the real module system and a VM where nixpkgs can be fetched.
  */
 import { execFile } from "node:child_process";
 import { chmod, copyFile, mkdtemp, readFile, writeFile, mkdir } from "node:fs/promises";
@@ -40,7 +48,6 @@ function nixCache02(): Record<string, any> {
         builder: {
           enable: true,
           openFirewall: true,
-          memoryMax: "12G",
           vault: { ...VAULT },
           settings: {
             nats: { url: "nats://nats.home.2rjus.net:4222" },
@@ -117,6 +124,7 @@ describe("services.homelab-deploy.builder", () => {
     expect(evaluation.failedAssertions).toEqual([]);
     const unit = service(evaluation, BUILDER);
     const [bin, subcommand, flag, configFile] = execStart(unit);
+    // lib.getExe: the package's meta.mainProgram, not a hard-coded name.
     expect([bin, subcommand, flag]).toEqual([`${packages["homelab-deploy"]}/bin/homelab-deploy`, "builder", "--config"]);
     expect(configFile).toMatch(/^\/nix\/store\/[a-z0-9]{32}-homelab-deploy-builder\.json$/);
 
@@ -165,7 +173,20 @@ describe("services.homelab-deploy.builder", () => {
     expect(unit.path).toEqual([packages.nix, packages.git]);
     expect(unit.wantedBy).toEqual(["multi-user.target"]);
     expect(unit.after).toEqual(["network-online.target", "nix-daemon.socket"]);
-    expect(unit.unitConfig).toEqual({ StartLimitIntervalSec: "10min", StartLimitBurst: 5 });
+    expect(unit.requires).toEqual(["nix-daemon.socket"]);
+    // NixOS's typed options for [Unit]'s StartLimit*, not raw unitConfig.
+    expect(unit).toMatchObject({ startLimitIntervalSec: 600, startLimitBurst: 5 });
+    expect(unit.unitConfig).toBeUndefined();
+  });
+
+  it("creates the user and group only under the module's default names", async () => {
+    const definitions = nixCache02();
+    Object.assign(definitions["services"]["homelab-deploy"]["builder"], { user: "nixbuilder", group: "builders" });
+    const evaluation = await evalModules(definitions, packages);
+    expect(evaluation.failedAssertions).toEqual([]);
+    expect(evaluation.output.users).toEqual({ users: {}, groups: {} });
+    expect(service(evaluation, BUILDER).serviceConfig).toMatchObject({ User: "nixbuilder", Group: "builders" });
+    expect(evaluation.output.nix?.settings?.["extra-allowed-users"]).toEqual(["nixbuilder"]);
   });
 
   it("writes exactly the unit settings and hardening docs/deployment.md documents", async () => {
@@ -174,14 +195,14 @@ describe("services.homelab-deploy.builder", () => {
     expect(unit.serviceConfig["MemoryDenyWriteExecute"]).toBeUndefined();
   });
 
-  it("keeps running when the kernel OOM-kills an evaluation worker, and sets MemoryMax only when memoryMax is given", async () => {
-    const withCeiling = service(await evalModules(nixCache02(), packages), BUILDER);
-    expect(withCeiling.serviceConfig).toMatchObject({ OOMPolicy: "continue", MemoryMax: "12G" });
-    const definitions = nixCache02();
-    delete definitions["services"]["homelab-deploy"]["builder"].memoryMax;
-    const without = service(await evalModules(definitions, packages), BUILDER);
-    expect(without.serviceConfig["OOMPolicy"]).toBe("continue");
-    expect(without.serviceConfig["MemoryMax"]).toBeUndefined();
+  it("keeps running when the kernel OOM-kills an evaluation worker, and leaves MemoryMax to NixOS's own option", async () => {
+    const unit = service(await evalModules(nixCache02(), packages), BUILDER);
+    expect(unit.serviceConfig["OOMPolicy"]).toBe("continue");
+    expect(unit.serviceConfig["MemoryMax"]).toBeUndefined();
+    // The module's memoryMax duplicated serviceConfig.MemoryMax and is gone.
+    const old = nixCache02();
+    old["services"]["homelab-deploy"]["builder"].memoryMax = "12G";
+    await expect(evalModules(old, packages)).rejects.toThrow("The option `services.homelab-deploy.builder.memoryMax' does not exist.");
   });
 
   it("takes the firewall port from metrics.listen and keeps a state directory outside /var/lib writable", async () => {
@@ -291,6 +312,7 @@ describe("assertions", () => {
     ],
     ["no repos", (d) => ((builderOf(d).settings.repos = {}), (schedulerOf(d).enable = false)), "services.homelab-deploy.builder.settings.repos: expected at least one repo"],
     ["a reserved repo name", (d) => (builderOf(d).settings.repos.status = { url: "git+https://example.org/x.git" }), "services.homelab-deploy.builder.settings.repos.status: invalid repo name"],
+    ["the control request history as a repo name", (d) => (builderOf(d).settings.repos.history = { url: "git+https://example.org/x.git" }), "services.homelab-deploy.builder.settings.repos.history: invalid repo name"],
     ["a shell metacharacter in a scheduled repo", (d) => ((schedulerOf(d).repos = ["nixos; rm -rf /"]), (builderOf(d).enable = false)), 'services.homelab-deploy.scheduledBuilds.repos: invalid repo name "nixos; rm -rf /"'],
     ["a scheduled repo that looks like an option", (d) => ((schedulerOf(d).repos = ["--ref"]), (builderOf(d).enable = false)), 'invalid repo name "--ref"'],
     ["a scheduled repo the builder does not have", (d) => (schedulerOf(d).repos = ["nixos-servers", "gunter"]), '"gunter" is not a repo of services.homelab-deploy.builder.settings.repos'],
@@ -306,13 +328,16 @@ describe("assertions", () => {
     expect(failedAssertions[0]).toContain(message);
   });
 
-  it("requires nix's allowed-users to let the builder in, and takes the default (everyone)", async () => {
+  it("lets the builder's user into the nix daemon with extra-allowed-users, whatever allowed-users says (as harmonia's module does)", async () => {
+    // A narrowed allowed-users (this once failed an assertion that read allowed-users alone).
     const narrowed = await evalModules(nixCache02(), packages, { system: { nix: { settings: { "allowed-users": ["@wheel"] } } } });
-    expect(narrowed.failedAssertions).toEqual([
-      'services.homelab-deploy.builder: nix.settings.allowed-users must let the builder use the nix daemon: add "homelab-deploy" (or "@homelab-deploy").',
-    ]);
-    const withGroup = await evalModules(nixCache02(), packages, { system: { nix: { settings: { "allowed-users": ["@wheel", "@homelab-deploy"] } } } });
-    expect(withGroup.failedAssertions).toEqual([]);
+    expect(narrowed.failedAssertions).toEqual([]);
+    expect(narrowed.output.nix).toEqual({ settings: { "extra-allowed-users": ["homelab-deploy"] } });
+    // NixOS's default (everyone): the same, and allowed-users is left alone.
+    const defaults = await evalModules(nixCache02(), packages);
+    expect(defaults.output.nix?.settings).toEqual({ "extra-allowed-users": ["homelab-deploy"] });
+    // Not made trusted.
+    expect(defaults.output.nix?.settings).not.toHaveProperty("trusted-users");
   });
 
   it("refuses options that do not exist, values of the wrong type and a missing natsUrl, as NixOS does", async () => {

@@ -105,7 +105,7 @@ describe("StatePersister", () => {
     persister.request();
     await persister.flush();
     expect(lines.filter((l) => (l.level ?? 0) >= 40)).toEqual([
-      expect.objectContaining({ msg: expect.stringMatching(/cannot save the metrics state file/), err: expect.stringMatching(/ENOTDIR|EEXIST/) }),
+      expect.objectContaining({ file: join(dir, "file", "state", "metrics.json"), err: expect.stringMatching(/ENOTDIR|EEXIST/) }),
     ]);
   });
 });

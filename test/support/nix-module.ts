@@ -21,6 +21,9 @@ export interface Unit {
   wantedBy?: string[];
   wants?: string[];
   after?: string[];
+  requires?: string[];
+  startLimitBurst?: number;
+  startLimitIntervalSec?: number;
   path?: string[];
   environment?: Record<string, string>;
   unitConfig?: Record<string, unknown>;
@@ -35,6 +38,7 @@ export interface ModuleOutput {
   };
   users?: { users?: Record<string, Record<string, unknown>>; groups?: Record<string, unknown> };
   networking?: { firewall?: { allowedTCPPorts?: number[] } };
+  nix?: { settings?: Record<string, unknown> };
 }
 
 export interface Evaluation {

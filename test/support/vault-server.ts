@@ -81,8 +81,8 @@ export interface VaultServer {
   putSecret(mount: string, path: string, data: Record<string, unknown>): number;
   /** The next `count` requests get `status` with these errors instead of an answer. */
   failNext(count: number, status?: number, errors?: string[]): void;
-  /** The next `count` requests are answered only after `ms`. */
-  delayNext(count: number, ms: number): void;
+  /** The next `count` requests are never answered: the client has to give up on them (their status stays 0). */
+  hangNext(count: number): void;
   /** Runs `action` once, right after the first answer to a request that `matches`. */
   afterAnswer(matches: (request: RequestRecord) => boolean, action: () => void): void;
   start(): Promise<void>;
@@ -95,7 +95,7 @@ export interface VaultServerOptions {
   down?: boolean;
 }
 
-type Fault = { kind: "status"; status: number; errors: string[] } | { kind: "delay"; ms: number };
+type Fault = { kind: "status"; status: number; errors: string[] } | { kind: "hang" };
 
 /** The KV v2 mount every fresh Vault dev server has. */
 const DEFAULT_MOUNT = "secret";
@@ -209,7 +209,8 @@ export async function startVaultServer(options: VaultServerOptions = {}): Promis
     requests.push(record);
     const text = await readBody(req);
     const fault = faults.shift();
-    if (fault?.kind === "delay") await new Promise((resolve) => setTimeout(resolve, fault.ms));
+    // Hung: held until the client hangs up (or the server stops), then never answered.
+    if (fault?.kind === "hang") await new Promise((resolve) => res.once("close", resolve));
     if (res.destroyed) return;
     if (fault?.kind === "status") return fail(res, record, fault.status, fault.errors);
     let body: unknown;
@@ -256,8 +257,8 @@ export async function startVaultServer(options: VaultServerOptions = {}): Promis
     failNext(count, status = 500, errors = ["internal error"]) {
       for (let i = 0; i < count; i++) faults.push({ kind: "status", status, errors });
     },
-    delayNext(count, ms) {
-      for (let i = 0; i < count; i++) faults.push({ kind: "delay", ms });
+    hangNext(count) {
+      for (let i = 0; i < count; i++) faults.push({ kind: "hang" });
     },
     afterAnswer(matches, action) {
       afterAnswers.push({ matches, action });

@@ -115,7 +115,7 @@ describe("GcRoots", () => {
     await chmod(join(dir, "gcroots", "r", "ns2"), 0o444);
     clock.now += 1000;
     expect(await roots.add(build(paths[1] as string, null, "ns2"))).toBe(false);
-    expect(lines.some((l) => l.level === 40 && String(l.msg).includes("not protected from garbage collection"))).toBe(true);
+    expect(lines).toContainEqual(expect.objectContaining({ level: 40, repo: "r", host: "ns2", storePath: paths[1], err: expect.any(String) }));
     // A store path nix does not know: nix-store refuses, the old root stays.
     clock.now += 1000;
     expect(await roots.add(build(`${store.storeDir}/${"0".repeat(32)}-nixos-system-missing`))).toBe(false);
