@@ -10,39 +10,14 @@
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Inbox } from "../test/support/nats-client.js";
-import { machine, percentile, round, startBench } from "./support.js";
+import { acceptLatency, latencySummary as summary, machine, startBench } from "./support.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const count = Number(process.argv[2] ?? 1000);
 const bench = await startBench(join(here, "fixtures", "flood-flake"));
 const { nc, builder } = bench;
 
-const waiting = new Map<string, (at: number) => void>();
-nc.subscribe("build.responses.lat.>", {
-  callback: (_err, msg) => {
-    const resolve = waiting.get(msg.subject);
-    if (!resolve) return;
-    waiting.delete(msg.subject);
-    resolve(performance.now());
-  },
-});
-await nc.flush();
-
-async function measure(label: string, n: number): Promise<number[]> {
-  const samples: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const reply = `build.responses.lat.${label}.${i}`;
-    const answered = new Promise<number>((resolve) => waiting.set(reply, resolve));
-    const sent = performance.now();
-    nc.publish("build.bench.quiet", new Uint8Array(), { reply });
-    samples.push((await answered) - sent);
-  }
-  return samples;
-}
-
-function summary(samples: number[]) {
-  return { n: samples.length, p50: round(percentile(samples, 50), 2), p90: round(percentile(samples, 90), 2), p99: round(percentile(samples, 99), 2), max: round(Math.max(...samples), 2) };
-}
+const measure = await acceptLatency(nc, "build.bench.quiet");
 
 // Quiet: a build runs but prints nothing; requests join the job queued behind it.
 await bench.flake.bump();

@@ -31,7 +31,13 @@ export const PACKAGED_NODE_OPTIONS = (JSON.parse(readFileSync(join(ROOT, "packag
 ].nodeOptions;
 
 /** `fixture`: as createFixtureFlake takes it. */
-export async function startBench(fixture: string | readonly string[], build: Record<string, unknown> = {}, nodeOptions = PACKAGED_NODE_OPTIONS): Promise<Bench> {
+/** `extra`: more top-level config (e.g. a stateDir seeded beforehand). */
+export async function startBench(
+  fixture: string | readonly string[],
+  build: Record<string, unknown> = {},
+  nodeOptions = PACKAGED_NODE_OPTIONS,
+  extra: Record<string, unknown> = {},
+): Promise<Bench> {
   const nats = await startNatsServer();
   const flake = await createFixtureFlake(fixture);
   const builder = await startBuilder({
@@ -39,7 +45,7 @@ export async function startBench(fixture: string | readonly string[], build: Rec
     seedFile: nats.identities.builder.seedFile,
     repos: { bench: flake.url },
     build: { timeout: "30m", ...build },
-    extra: { log: { level: "info" } },
+    extra: { log: { level: "info" }, ...extra },
     env: { NODE_OPTIONS: nodeOptions },
   });
   const nc = await connectAs(nats.url, nats.identities.testDeployer);
@@ -67,6 +73,41 @@ export async function timedBuild(nc: NatsConnection, target: string): Promise<{ 
   const ms = performance.now() - started;
   inbox.close();
   return { ms, final, messages: inbox.messages };
+}
+
+/**
+ * Request → `accepted` latency: returns `measure(label, n)`, which sends n
+ * requests on `subject` one at a time (latency, not throughput) and
+ * resolves with each one's milliseconds to its first answer. Send them for
+ * a host queued behind a running build, so each is validated, joins the
+ * queued job and is answered `accepted`.
+ */
+export async function acceptLatency(nc: NatsConnection, subject: string): Promise<(label: string, n: number) => Promise<number[]>> {
+  const waiting = new Map<string, (at: number) => void>();
+  nc.subscribe("build.responses.lat.>", {
+    callback: (_err, msg) => {
+      const resolve = waiting.get(msg.subject);
+      if (!resolve) return;
+      waiting.delete(msg.subject);
+      resolve(performance.now());
+    },
+  });
+  await nc.flush();
+  return async (label, n) => {
+    const samples: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const reply = `build.responses.lat.${label}.${i}`;
+      const answered = new Promise<number>((resolve) => waiting.set(reply, resolve));
+      const sent = performance.now();
+      nc.publish(subject, new Uint8Array(), { reply });
+      samples.push((await answered) - sent);
+    }
+    return samples;
+  };
+}
+
+export function latencySummary(samples: number[]) {
+  return { n: samples.length, p50: round(percentile(samples, 50), 2), p90: round(percentile(samples, 90), 2), p99: round(percentile(samples, 99), 2), max: round(Math.max(...samples), 2) };
 }
 
 export async function rssMiB(pid: number): Promise<number> {

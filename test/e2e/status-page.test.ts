@@ -13,7 +13,7 @@ import { PageStatusSchema } from "../../src/observability/status-page/model.js";
 import { HistoryResponseSchema, RejectedSchema } from "../../src/protocol.js";
 import { launchChromium } from "../support/browser.js";
 import { jsonLines, runCli, spawnCli } from "../support/cli.js";
-import { startBuilder, type BuilderProcess } from "../support/daemon.js";
+import { spawnBuilder, startBuilder, type BuilderProcess } from "../support/daemon.js";
 import { createFixtureFlake, type FixtureFlake } from "../support/flake.js";
 import { metricsBaseUrl } from "../support/metrics.js";
 import { startNatsServer, type NatsServer } from "../support/nats-server.js";
@@ -232,5 +232,21 @@ describe("the status page's JSON", () => {
   it("answers only GET and HEAD", async () => {
     const post = await fetch(`${baseUrl}/`, { method: "POST", body: "x" });
     expect(post.status).toBe(405);
+  });
+});
+
+describe("after a restart", () => {
+  it("still shows each host's result and the failed host's log tail", async () => {
+    const { code } = await builder.stop();
+    expect(code).toBe(0);
+    builder = await spawnBuilder(builder.configFile);
+    baseUrl = await metricsBaseUrl(builder);
+    const { page, close } = await openPage();
+    await page.goto(baseUrl);
+    expect(await row(page, "gated").locator(".status").textContent()).toBe("built");
+    const cause = page.locator(`details[id="cause/fleet/hostile"]`);
+    await cause.locator("summary").click();
+    expect(await cause.locator("pre.log").textContent()).toContain("<img src=x onerror=window.__pwned=1>");
+    await close();
   });
 });
