@@ -180,6 +180,7 @@ describe("the status page", () => {
     // The build waits for the go file, so the page must show it running first.
     await page.locator('section#running[data-state="building"] .host-index').filter({ hasText: "host 1 of 1: gated" }).waitFor();
     await page.locator("section#running .derivations").filter({ hasText: /\d+ of \d+ built/ }).waitFor();
+    await page.locator("section#running .phase").filter({ hasText: "gated-system" }).waitFor();
     expect(await page.locator("section#running .elapsed").textContent()).toMatch(/\d/);
     if (process.env["HD_STATUS_SCREENSHOTS"]) {
       await page.screenshot({ path: join(process.env["HD_STATUS_SCREENSHOTS"], "status-page.png"), fullPage: true });

@@ -136,7 +136,7 @@ function hostRowHtml(repo: string, row: HostRow, now: number): Html {
   if (!e) {
     return html`<tr data-host="${row.host}" data-status="never"><th scope="row">${link}</th><td>${statusCell(row)}</td><td>–</td><td>–</td><td>${row.expectedMs !== null ? formatDuration(row.expectedMs) : "–"}</td><td>–</td><td>–</td><td>–</td></tr>`;
   }
-  const changes = e.status === "success" ? html`<span title="${changesText(e.changes, 5) ?? "nothing to compare with"}">${changesCell(e.changes)}</span>` : "–";
+  const changes = e.status === "success" && e.changes ? html`<span title="${changesText(e.changes, 5) ?? ""}">${changesCell(e.changes)}</span>` : "–";
   const root = e.status === "success" ? (row.gcRoot ? "kept" : "not kept") : row.gcRoot ? "last success kept" : "–";
   const tr = html`<tr data-host="${row.host}" data-status="${e.status}"><th scope="row">${link}</th><td>${statusCell(row)}</td><td>${ago(e.finishedAt, now)}</td><td>${formatDuration(e.durationMs)}</td><td>${row.expectedMs !== null ? formatDuration(row.expectedMs) : "–"}</td><td>${revisionCell(e)}</td><td>${changes}</td><td>${root}</td></tr>`;
   if (e.status === "success") return tr;
