@@ -54,7 +54,12 @@ export class HttpServer {
     const bound = server.address() as AddressInfo;
     const address = { host: bound.address, port: bound.port };
     this.options.logger.info(
-      { host: address.host, port: address.port, url: `http://${formatHost(address.host)}:${address.port}/metrics` },
+      {
+        host: address.host,
+        port: address.port,
+        url: `http://${formatHost(address.host)}:${address.port}/metrics`,
+        ...(this.options.page ? { statusPage: `http://${formatHost(address.host)}:${address.port}/` } : {}),
+      },
       "metrics server listening",
     );
     return address;
@@ -98,7 +103,7 @@ export class HttpServer {
         }
         default:
           if (this.options.page?.handle(req, res, path, new URLSearchParams(query))) return;
-          send(res, 404, "text/plain; charset=utf-8", "not found: try /, /metrics, /healthz or /readyz\n");
+          send(res, 404, "text/plain; charset=utf-8", `not found: try ${this.options.page ? "/, " : ""}/metrics, /healthz or /readyz\n`);
       }
     } catch (err) {
       this.options.logger.error({ err: errorMessage(err), path }, "metrics HTTP request failed");
