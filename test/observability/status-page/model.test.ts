@@ -98,3 +98,46 @@ describe("the status page's model", () => {
     expect(Buffer.byteLength(text)).toBeLessThan(100 * 1024);
   });
 });
+
+describe("the running job on the page", () => {
+  it("says which host of how many, derivations built of expected, the phase, elapsed and time left, the evaluation and the queue", () => {
+    const started = new Date(NOW - 20_000).toISOString();
+    const status: StatusResponse = {
+      ...IDLE,
+      running: {
+        jobId: "j00000000aa",
+        repo: "servers",
+        target: "all",
+        ref: "flake-update",
+        startedAt: started,
+        requesters: 1,
+        currentHost: "ns2",
+        hostIndex: 2,
+        totalHosts: 5,
+        hostStartedAt: new Date(NOW - 10_000).toISOString(),
+        progress: {
+          derivations: { done: 3, expected: 12, running: 1, failed: 0 },
+          substitutions: { done: 0, expected: 0, running: 0, failed: 0 },
+          downloadedBytes: 0,
+          expectedDownloadBytes: 0,
+          building: { drv: "unbound.conf", phase: "buildPhase" },
+        },
+        evaluation: { evaluated: 4, total: 5, failed: 1 },
+        expectedMs: 30_000,
+      },
+      queued: [{ jobId: "j00000000bb", repo: "servers", target: "ns1", ref: null, position: 1, requesters: 2, enqueuedAt: started }],
+    };
+    const history = new BuildHistory({ size: 10, logger: memoryLogger().logger });
+    const text = renderPage(pageStatus(source(history, [repo(["ns1"])], status), NOW), NOW)
+      .replace(/<[^>]+>/g, " ")
+      .replace(/\s+/g, " ");
+    expect(text).toContain("Building servers all at ref flake-update");
+    expect(text).toContain("host 2 of 5: ns2");
+    expect(text).toContain("3 of 12 built");
+    expect(text).toContain("unbound.conf (buildPhase)");
+    expect(text).toContain("10.0s (~20.0s left)");
+    expect(text).toContain("4/5 hosts evaluated, 1 failed");
+    expect(text).toContain("Queue: 1 job");
+    expect(text).toContain("servers ns1 · job j00000000bb");
+  });
+});
