@@ -26,8 +26,8 @@ export interface StatusSource {
   repos(): RepoInfo[];
   /** Hosts of the repo the history has results for. */
   historyHosts(repo: string): string[];
-  /** Newest first, as `build.history` answers for one host. */
-  history(repo: string, host: string): HistoryEntry[];
+  /** Newest first, as `build.history` answers: one host's results, or the whole repo's (bounded). */
+  history(repo: string, host?: string): HistoryEntry[];
   expectedMs(repo: string, host: string): number | null;
   /** Whether this toplevel is held by one of the GC roots the builder keeps now. */
   rooted(repo: string, host: string, storePath: string): boolean;

@@ -31,7 +31,7 @@ function ago(iso: string, now: number): Html {
   return html`<time datetime="${iso}" title="${iso}">${formatDuration(Math.max(0, now - Date.parse(iso)))} ago</time>`;
 }
 
-function document(title: string, builder: string, version: string, now: number, body: Html): Html {
+function pageDocument(title: string, builder: string, version: string, now: number, body: Html): Html {
   return html`<!doctype html>
 <html lang="en">
 <head>
@@ -58,7 +58,7 @@ ${body}
 export function renderPage(page: PageStatus, now: number): string {
   const body = html`${renderRunning(page.status, now)}
 ${page.repos.map((repo) => html`${renderRepo(repo, now)}\n`)}`;
-  return document(`${page.builder}: builds`, page.builder, page.version, now, body).text;
+  return pageDocument(`${page.builder}: builds`, page.builder, page.version, now, body).text;
 }
 
 function runningJob(job: RunningJob, now: number): Html {
@@ -198,9 +198,9 @@ export function renderHostPage(builder: string, version: string, repo: string, h
   const body = html`<p><a href="/">← all hosts</a></p>
 <h2>${repo} / ${host}</h2>
 ${section}`;
-  return document(`${host} (${repo}) on ${builder}`, builder, version, now, body).text;
+  return pageDocument(`${host} (${repo}) on ${builder}`, builder, version, now, body).text;
 }
 
 export function renderNotFound(builder: string, version: string, what: string, now: number): string {
-  return document(`${builder}: not found`, builder, version, now, html`<p>${what}</p><p><a href="/">← all hosts</a></p>`).text;
+  return pageDocument(`${builder}: not found`, builder, version, now, html`<p>${what}</p><p><a href="/">← all hosts</a></p>`).text;
 }

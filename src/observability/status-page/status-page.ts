@@ -91,7 +91,7 @@ export class StatusPage {
     }
     const host = HOST_PATH.exec(path);
     if (!host) return false;
-    const [, repo, name] = host as unknown as [string, string, string];
+    const [, repo = "", name = ""] = host;
     const section = this.hostSection(repo, name, now);
     const status = source.status();
     if (section === undefined) {
@@ -114,9 +114,7 @@ export class StatusPage {
       return;
     }
     const { source } = this.options;
-    const entries = (host !== undefined ? source.history(repo, host) : source.historyHosts(repo).flatMap((h) => source.history(repo, h)))
-      .sort((a, b) => b.finishedAt.localeCompare(a.finishedAt))
-      .map(redactEntry);
+    const entries = source.history(repo, host).map(redactEntry);
     const answer: HistoryResponse = { type: "history", repo, host: host ?? null, entries };
     sendJson(res, 200, answer);
   }
