@@ -6,7 +6,7 @@
  *   - the per-host loop: `nix build` once per host (cold, fresh revision);
  *   - one host's evaluation alone (`nix eval` of its drvPath): time, peak RSS;
  *   - the old way: one `nix eval` of every host's drvPath: time, peak RSS;
- *   - the daemon with evalWorkers 2 and evalMaxMemory below one host's RSS
+ *   - the daemon with evalWorkers 2 and evalHostsPerWorker 1 (was: evalMaxMemory below one host's RSS)
  *     (the goal's setting), cold and unchanged re-run; and with
  *     evalMaxMemory 2GiB (the default), cold;
  *   - bench/fixtures/sixteen-flake (hosts sharing most of their evaluation)
@@ -139,7 +139,6 @@ const samples = {
   defaultMemory: [] as DaemonRun[],
   defaultMemoryPeak: [] as Array<{ peakMiB: number; sampledMs: number }>,
 };
-let limit = "";
 for (let i = 0; i < rounds; i++) {
   await fleet.flake.bump();
   samples.oneHostEval.push(await measured(["eval", "--raw", `${fleet.flake.url}#nixosConfigurations.host01.config.system.build.toplevel.drvPath`]));
@@ -153,12 +152,11 @@ for (let i = 0; i < rounds; i++) {
   samples.loopCold.push(await loop(fleet, fleetHosts));
   say(`round ${i + 1}: loop cold ${samples.loopCold.at(-1)?.toFixed(0)} ms`);
 
-  // Below one host's evaluation: every worker process evaluates one host.
-  limit = `${Math.floor((samples.oneHostEval[0]?.peakMiB ?? 256) / 2)}MiB`;
-  await reconfigure(fleet, { evalWorkers: 2, evalMaxMemory: limit });
+  // One process per host (before evalMaxMemory became a ceiling, this was evalMaxMemory below one host).
+  await reconfigure(fleet, { evalWorkers: 2, evalHostsPerWorker: 1 });
   await fleet.flake.bump();
   samples.belowOneHost.push(await daemonAll(fleet, 12));
-  say(`round ${i + 1}: daemon cold, evalMaxMemory ${limit}: ${JSON.stringify(samples.belowOneHost.at(-1))}`);
+  say(`round ${i + 1}: daemon cold, evalHostsPerWorker 1: ${JSON.stringify(samples.belowOneHost.at(-1))}`);
   samples.belowOneHostRerun.push(await daemonAll(fleet, 12));
   say(`round ${i + 1}: daemon re-run: ${JSON.stringify(samples.belowOneHostRerun.at(-1))}`);
   samples.belowOneHostPeak.push(await daemonPeak(fleet, 12));
@@ -211,7 +209,7 @@ const result = {
     oneEvalOfAll: { seconds: s(med(samples.oneEvalOfAll.map((x) => x.ms))), peakMiB: round(med(samples.oneEvalOfAll.map((x) => x.peakMiB)), 0) },
     loopColdSeconds: s(loopCold),
     loopRoundsSeconds: samples.loopCold.map(s),
-    daemonBelowOneHost: { evalWorkers: 2, evalMaxMemory: limit, ...runs(samples.belowOneHost), ...peaks(samples.belowOneHostPeak) },
+    daemonBelowOneHost: { evalWorkers: 2, evalHostsPerWorker: 1, ...runs(samples.belowOneHost), ...peaks(samples.belowOneHostPeak) },
     daemonRerun: runs(samples.belowOneHostRerun),
     daemonDefaultMemory: { evalWorkers: 2, evalMaxMemory: "2GiB", ...runs(samples.defaultMemory), ...peaks(samples.defaultMemoryPeak) },
     ratios: {

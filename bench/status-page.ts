@@ -22,7 +22,7 @@ import { BuildHistory } from "../src/builder/keep/history.js";
 import { pageStatus } from "../src/observability/status-page/model.js";
 import { renderPage } from "../src/observability/status-page/render.js";
 import { createLogger } from "../src/logger.js";
-import { acceptLatency, latencySummary, machine, startBench } from "./support.js";
+import { AcceptSubject, latencySummary, machine, measureAccept, startBench } from "./support.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const count = Number(process.argv[2] ?? 500);
@@ -83,7 +83,7 @@ const inProcess = renderCost(500);
 
 const stateDir = await mkdtemp(join(tmpdir(), "hd-bench-state-"));
 await writeFile(join(stateDir, "history.json"), `${JSON.stringify({ version: 1, repos: { bench: seededHistory() } })}\n`);
-const bench = await startBench(join(here, "fixtures", "hundred-flake"), {}, undefined, { stateDir });
+const bench = await startBench(join(here, "fixtures", "hundred-flake"), {}, undefined, { extra: { stateDir } });
 const { nc, builder } = bench;
 const base = await metricsBaseUrl(builder);
 
@@ -150,17 +150,19 @@ const page = await requests("/", count);
 const api = await requests("/api/status", count);
 const hostPage = await requests("/host/bench/host000", Math.min(count, 200));
 
-const measure = await acceptLatency(nc, "build.bench.quiet");
-await measure("warmup", 50);
+const subject = new AcceptSubject("this", bench);
+await nc.flush();
+const measure = async (n: number) => (await measureAccept([subject], n)).get(subject) as number[];
+await measure(50);
 const without: number[] = [];
 const withStreams: number[] = [];
 let streamBytes = 0;
 const blocks = 4;
 const perBlock = Math.max(50, Math.round(count / 2));
 for (let b = 0; b < blocks; b++) {
-  without.push(...(await measure(`without${b}`, perBlock)));
+  without.push(...(await measure(perBlock)));
   const streams = await openStreams(20);
-  withStreams.push(...(await measure(`with${b}`, perBlock)));
+  withStreams.push(...(await measure(perBlock)));
   streamBytes += await streams.close();
 }
 const stillRunning = !busy.messages.some((m) => m.type === "host_finished");

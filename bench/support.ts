@@ -30,15 +30,23 @@ export const PACKAGED_NODE_OPTIONS = (JSON.parse(readFileSync(join(ROOT, "packag
   "homelab-deploy"
 ].nodeOptions;
 
+export interface BenchOptions {
+  /** Another build's dist/cli.js, to compare with (default: this checkout's). */
+  cli?: string | undefined;
+  /** nats-server's monitoring endpoints (`bench.nats.monitorUrl`). */
+  monitor?: boolean;
+  /** More top-level builder config (e.g. a stateDir seeded beforehand). */
+  extra?: Record<string, unknown>;
+}
+
 /** `fixture`: as createFixtureFlake takes it. */
-/** `extra`: more top-level config (e.g. a stateDir seeded beforehand). */
 export async function startBench(
   fixture: string | readonly string[],
   build: Record<string, unknown> = {},
   nodeOptions = PACKAGED_NODE_OPTIONS,
-  extra: Record<string, unknown> = {},
+  { cli, monitor = false, extra = {} }: BenchOptions = {},
 ): Promise<Bench> {
-  const nats = await startNatsServer();
+  const nats = await startNatsServer({ monitor });
   const flake = await createFixtureFlake(fixture);
   const builder = await startBuilder({
     natsUrl: nats.url,
@@ -47,7 +55,7 @@ export async function startBench(
     build: { timeout: "30m", ...build },
     extra: { log: { level: "info" }, ...extra },
     env: { NODE_OPTIONS: nodeOptions },
-  });
+  }, cli ? { cli } : {});
   const nc = await connectAs(nats.url, nats.identities.testDeployer);
   const bench: Bench = {
     nats,
@@ -76,34 +84,46 @@ export async function timedBuild(nc: NatsConnection, target: string): Promise<{ 
 }
 
 /**
- * Request → `accepted` latency: returns `measure(label, n)`, which sends n
- * requests on `subject` one at a time (latency, not throughput) and
- * resolves with each one's milliseconds to its first answer. Send them for
- * a host queued behind a running build, so each is validated, joins the
- * queued job and is answered `accepted`.
+ * One build under test for request → `accepted` latency: its daemon, and
+ * one request at a time (latency, not throughput) for the bench repo's
+ * `quiet` host, which should be queued behind a running build, so each
+ * request is validated, joins the queued job, is saved and answered.
  */
-export async function acceptLatency(nc: NatsConnection, subject: string): Promise<(label: string, n: number) => Promise<number[]>> {
-  const waiting = new Map<string, (at: number) => void>();
-  nc.subscribe("build.responses.lat.>", {
-    callback: (_err, msg) => {
-      const resolve = waiting.get(msg.subject);
-      if (!resolve) return;
-      waiting.delete(msg.subject);
-      resolve(performance.now());
-    },
-  });
-  await nc.flush();
-  return async (label, n) => {
-    const samples: number[] = [];
-    for (let i = 0; i < n; i++) {
-      const reply = `build.responses.lat.${label}.${i}`;
-      const answered = new Promise<number>((resolve) => waiting.set(reply, resolve));
-      const sent = performance.now();
-      nc.publish(subject, new Uint8Array(), { reply });
-      samples.push((await answered) - sent);
-    }
-    return samples;
-  };
+export class AcceptSubject {
+  private readonly waiting = new Map<string, (at: number) => void>();
+  private sent = 0;
+
+  constructor(
+    readonly label: string,
+    readonly bench: Bench,
+  ) {
+    bench.nc.subscribe("build.responses.lat.>", {
+      callback: (_err, msg) => {
+        const resolve = this.waiting.get(msg.subject);
+        if (!resolve) return;
+        this.waiting.delete(msg.subject);
+        resolve(performance.now());
+      },
+    });
+  }
+
+  async request(): Promise<number> {
+    const reply = `build.responses.lat.${this.sent++}`;
+    const answered = new Promise<number>((resolve) => this.waiting.set(reply, resolve));
+    const sent = performance.now();
+    this.bench.nc.publish("build.bench.quiet", new Uint8Array(), { reply });
+    return (await answered) - sent;
+  }
+}
+
+/** `n` requests to each subject, alternating, the first one switching every round. */
+export async function measureAccept(subjects: AcceptSubject[], n: number): Promise<Map<AcceptSubject, number[]>> {
+  const samples = new Map(subjects.map((s) => [s, [] as number[]]));
+  for (let i = 0; i < n; i++) {
+    const order = i % 2 === 0 ? subjects : [...subjects].reverse();
+    for (const subject of order) samples.get(subject)!.push(await subject.request());
+  }
+  return samples;
 }
 
 export function latencySummary(samples: number[]) {

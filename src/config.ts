@@ -139,8 +139,10 @@ const BuildSchema = z.strictObject({
   nixBin: z.string().min(1).default("nix"),
   /** `all`: nix eval worker processes evaluating hosts side by side (see defaultEvalWorkers). */
   evalWorkers: z.number().int().min(1).max(64).default(defaultEvalWorkers),
-  /** `all`: a worker past this RSS is replaced by a fresh process after the host it is on (bytes). */
+  /** `all`: the most one evaluation worker may hold, enforced while a host evaluates (bytes; src/nix/eval-pool.ts). */
   evalMaxMemory: SizeSchema.default(2 * 1024 ** 3),
+  /** `all`: a worker evaluates at most this many hosts, then a fresh one goes on (1: one process per host); unset, no limit. */
+  evalHostsPerWorker: z.number().int().min(1).max(10_000).optional(),
   /** Distinct successful default-branch toplevels per host kept as GC roots. */
   keepGenerations: z.number().int().min(1).max(100).default(2),
   /** How long a ref build (and a host gone from the flake) stays a GC root after it was built. */

@@ -5,6 +5,7 @@
  * (src/observability).
  */
 import { formatDuration } from "./util/duration.js";
+import { formatSize } from "./util/size.js";
 import type { Changes, EvaluationCounts, PackageChange, Progress } from "./protocol.js";
 
 export function shortRev(revision: string | null): string {
@@ -20,15 +21,9 @@ export function firstLine(text: string): string {
   return line.length > 160 ? `${line.slice(0, 160)}…` : line;
 }
 
-export function bytes(n: number): string {
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(0)} KiB`;
-  if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
-  return `${(n / 1024 ** 3).toFixed(2)} GiB`;
-}
-
 /** "+1.2 MiB", "-340 KiB". */
 export function signedBytes(n: number): string {
-  return `${n < 0 ? "-" : "+"}${bytes(Math.abs(n))}`;
+  return `${n < 0 ? "-" : "+"}${formatSize(Math.abs(n), "display")}`;
 }
 
 export function versionsText(versions: string[]): string {
@@ -77,7 +72,7 @@ export function progressText(progress: Pick<Progress, "derivations" | "substitut
   const parts = [`${progress.derivations.done}/${progress.derivations.expected} derivations`];
   if (progress.derivations.failed > 0) parts.push(`${progress.derivations.failed} failed`);
   if (progress.substitutions.expected > 0) parts.push(`${progress.substitutions.done}/${progress.substitutions.expected} paths substituted`);
-  if (progress.downloadedBytes > 0) parts.push(`${bytes(progress.downloadedBytes)} downloaded`);
+  if (progress.downloadedBytes > 0) parts.push(`${formatSize(progress.downloadedBytes, "display")} downloaded`);
   if (progress.building) {
     const { drv, phase, machine } = progress.building;
     parts.push(`building ${drv}${machine ? ` on ${machine}` : ""}${phase ? ` (${phase})` : ""}`);

@@ -134,6 +134,26 @@ export type HostResult = z.infer<typeof HostResultSchema>;
  */
 const seqField = { seq: z.number().int().positive().optional() };
 
+/**
+ * How a conversation's messages are numbered (`seq`), shared by the side
+ * that numbers them (src/nats/responder.ts) and the side that orders them
+ * (src/client/sequence.ts), so the two cannot disagree. Snapshots repeat
+ * the last number: a newer one replaces a lost one, so they are neither
+ * resent nor waited for. Unnumbered messages carry no `seq` at all (a
+ * `rejected` answers a request that never became a conversation). Every
+ * other type takes the next number.
+ */
+export interface Numbering {
+  readonly snapshots: ReadonlySet<string>;
+  readonly unnumbered: ReadonlySet<string>;
+}
+
+/** The numbering of a build job's messages (`BuildResponse`). */
+export const BUILD_NUMBERING: Numbering = {
+  snapshots: new Set<BuildResponse["type"]>(["progress", "heartbeat", "evaluating"]),
+  unnumbered: new Set<BuildResponse["type"]>(["rejected"]),
+};
+
 const jobFields = {
   ...seqField,
   jobId: z.string(),

@@ -77,6 +77,8 @@ describe("config", () => {
     expect(parseConfig({ ...base, build: { evalMaxMemory: "1.5G" } }, "test.yaml").build.evalMaxMemory).toBe(1.5 * 1024 ** 3);
     expect(problems({ ...base, build: { evalMaxMemory: "lots" } })).toEqual(['build.evalMaxMemory: expected a size like 512MiB or 2GiB, got "lots"']);
     expect(problems({ ...base, build: { evalWorkers: 0 } })[0]).toMatch(/^build\.evalWorkers: /);
+    expect(parseConfig({ ...base, build: { evalHostsPerWorker: 1 } }, "test.yaml").build.evalHostsPerWorker).toBe(1);
+    expect(problems({ ...base, build: { evalHostsPerWorker: 0 } })[0]).toMatch(/^build\.evalHostsPerWorker: /);
   });
 
   it("takes a list of NATS URLs and durations with several units", () => {

@@ -9,7 +9,8 @@ import { repoNamed, type Config } from "../config.js";
 import { Control } from "./control.js";
 import type { EventBus } from "../events.js";
 import type { HostCatalog } from "./catalog.js";
-import { JobRunner, completedMessage, unstartedOutcome } from "./job-runner.js";
+import { JobRunner } from "./job-runner.js";
+import { completedMessage, endedEarly } from "./outcome.js";
 import type { Logger } from "../logger.js";
 import { LogThrottle } from "../util/log-throttle.js";
 import { withinMs } from "../util/within.js";
@@ -17,6 +18,7 @@ import { supportsRef, type NixRunner } from "../nix/runner.js";
 import {
   ALL_HOSTS,
   BuildRequestSchema,
+  RESPONSE_PREFIX,
   CONTROL_NAMES,
   classifySubject,
   isValidHostName,
@@ -29,10 +31,10 @@ import {
   type RepoInfo,
   type StatusResponse,
 } from "../protocol.js";
-import { JobQueue, type Job } from "./queue.js";
+import type { Job } from "../job.js";
+import { JobQueue } from "./queue.js";
 import { parseBody, rejection, type ParsedBody } from "./request-body.js";
-import { Responder } from "./responder.js";
-import { JobStore } from "./job-store.js";
+import { BuildResponder } from "./responder.js";
 import { JobRecovery } from "./recovery.js";
 import type { ToplevelCache } from "../nix/toplevel-cache.js";
 import type { NatsTransport } from "../nats/transport.js";
@@ -51,6 +53,8 @@ export interface BuilderOptions {
   toplevels: ToplevelCache;
   keeper: Keeper;
   history: BuildHistory;
+  /** Told after every write of jobs.json: undefined when it worked, else why it failed. */
+  onJobsSaved?: (error: string | undefined) => void;
 }
 
 type Validated = { ok: true; repo: string; target: string; ref: string | null } | { ok: false; rejection: Rejected };
@@ -61,29 +65,21 @@ const HOST_CHECK_MS = 3_000;
 
 export class Builder {
   private readonly queue: JobQueue;
-  private readonly responder: Responder;
+  private readonly responder: BuildResponder;
   private readonly runner: JobRunner;
   private readonly control: Control;
   private readonly dropLog: LogThrottle;
   private loop: Promise<void> | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
   private stopping = false;
-  private readonly store: JobStore;
   private readonly recovery: JobRecovery;
-  private saving: Promise<void> = Promise.resolve();
-  /**
-   * Requesters whose job is queued but who are not told `accepted` before
-   * it is saved: until then they get none of the job's messages.
-   */
-  private readonly accepting = new Map<Job, Set<string>>();
 
   constructor(private readonly options: BuilderOptions) {
     const { config, transport, events, logger, nix, catalog, toplevels, keeper } = options;
-    this.queue = new JobQueue(config.build.maxQueue);
-    this.responder = new Responder(transport, events, logger);
-    this.runner = new JobRunner({ config, nix, catalog, responder: this.responder, events, logger, toplevels, keeper, checkpoint: () => this.persistSoon() });
-    this.store = new JobStore({ stateDir: config.stateDir, logger, maxJobs: config.build.maxQueue + 1 });
-    this.recovery = new JobRecovery({ config, store: this.store, responder: this.responder, logger });
+    this.queue = new JobQueue({ maxQueue: config.build.maxQueue, stateDir: config.stateDir, logger, ...(options.onJobsSaved ? { onSaved: options.onJobsSaved } : {}) });
+    this.responder = new BuildResponder(transport, events, logger);
+    this.runner = new JobRunner({ config, nix, catalog, responder: this.responder, events, logger, toplevels, keeper, queue: this.queue });
+    this.recovery = new JobRecovery({ config, queue: this.queue, responder: this.responder, logger });
     this.control = new Control({
       config,
       catalog,
@@ -113,7 +109,7 @@ export class Builder {
     for (const job of jobs) this.queue.restore(job);
     this.recovery.announce(this.queue.queued.map((job, index) => ({ job, position: this.queue.positionOf(index) })));
     // What was answered here (or cut short once more) must not come back at the next start.
-    if (saved > 0) await this.persist();
+    if (saved > 0) await this.queue.save();
     // Builds go through the queue group (one builder takes each request);
     // control requests reach every builder, so that each reports its own
     // jobs and the one holding a job is the one that cancels it.
@@ -136,32 +132,21 @@ export class Builder {
     clearInterval(this.heartbeat);
     if (this.options.config.build.resume) {
       const running = this.queue.running;
-      const queued = this.queue.close();
+      const queued = this.queue.suspend();
       for (const job of [running, ...queued]) if (job) job.interrupted = true;
       running?.cancel(why);
       this.options.catalog.stop();
       await this.loop;
-      await this.recovery.interrupt(running, queued, why, this.accepting);
+      await this.recovery.interrupt(running, queued, why);
     } else {
       for (const job of this.queue.close()) this.completeUnstarted(job, why);
       this.queue.running?.cancel(why);
       this.options.catalog.stop();
       await this.loop;
-      await this.persist().catch((err: unknown) => this.options.logger.error({ err }, "cannot save the job queue"));
+      await this.queue.save().catch((err: unknown) => this.options.logger.error({ err }, "cannot save the job queue"));
     }
     this.responder.stop();
-    await Promise.all([this.options.toplevels.flush(), this.options.keeper.flush()]);
-  }
-
-  private persistSoon(): void {
-    this.persist().catch((err: unknown) => this.options.logger.error({ err }, "cannot save the job queue"));
-  }
-
-  /** Saves the queue (running job first); resolves once it is on disk. */
-  private persist(): Promise<void> {
-    const saving = this.recovery.save(this.queue.running, this.queue.queued, this.accepting);
-    this.saving = saving.catch(() => undefined);
-    return saving;
+    await Promise.all([this.options.toplevels.flush(), this.options.keeper.flush(), this.queue.flush()]);
   }
 
   /**
@@ -170,6 +155,9 @@ export class Builder {
    * control subjects, which the control subscriptions answer instead.
    */
   handle(msg: Msg, via: "builds" | "control"): void {
+    // Answers (other builders' ones: our own are not echoed, see noEcho in
+    // the daemon) share build.>: dropped before anything else is looked at.
+    if (msg.subject.startsWith(RESPONSE_PREFIX)) return;
     const kind = classifySubject(msg.subject);
     if (kind.kind === "response") return;
     if (via === "builds" && kind.kind === "control") return;
@@ -208,7 +196,6 @@ export class Builder {
       this.completeUnstarted(queued, "cancelled on request before it started");
       this.options.logger.info({ jobId }, "queued job cancelled on request");
       this.emitQueue();
-      this.persistSoon();
       return "removed";
     }
     const running = this.queue.running;
@@ -229,42 +216,28 @@ export class Builder {
       return;
     }
     const spec = { repo: validated.repo, target: validated.target, ref: validated.ref };
-    const result = this.queue.enqueue(spec, reply);
+    // Accepted means saved: the queue acknowledges once the job is on disk,
+    // and until then the requester hears nothing of the job.
+    const result = await this.queue.enqueue(spec, reply, (job, position, joined) => {
+      this.responder.toRequester(reply, job, { type: "accepted", jobId: job.id, ...job.spec, position, joined });
+    });
     if (!result.accepted) {
+      if (result.reason === "unsaved") {
+        this.options.logger.error({ err: result.error, ...spec }, "cannot save the job queue; refusing the request");
+        this.emitQueue();
+      }
       const answer =
         result.reason === "closed"
           ? rejection("shutting_down", SHUTTING_DOWN)
           : result.reason === "queue_full"
             ? rejection("queue_full", `the queue is full (${this.options.config.build.maxQueue} jobs waiting); try again later`)
-            : rejection("queue_full", "too many requesters are waiting for this job");
+            : result.reason === "unsaved"
+              ? rejection("unavailable", "the builder cannot save its job queue (see its log); nothing was queued")
+              : rejection("queue_full", "too many requesters are waiting for this job");
       this.responder.reject(subject, reply, answer.rejection);
       return;
     }
     const { job, position, joined } = result;
-    // Accepted means saved: a crash from here on loses nothing. Until then
-    // the requester hears nothing of the job, so `accepted` comes first.
-    job.requesters.delete(reply);
-    const pending = this.accepting.get(job) ?? new Set<string>();
-    pending.add(reply);
-    this.accepting.set(job, pending);
-    try {
-      await this.persist();
-    } catch (err) {
-      this.options.logger.error({ err, jobId: job.id }, "cannot save the job queue; refusing the request");
-      // Refused means not built: a job nobody else waits for is dropped,
-      // and one the idle builder already took up is stopped.
-      if (!joined && job.requesters.size === 0) {
-        if (this.queue.remove(job.id)) this.emitQueue();
-        else if (this.queue.running === job) job.cancel("the builder cannot save its job queue");
-      }
-      this.responder.reject(subject, reply, rejection("unavailable", "the builder cannot save its job queue (see its log); nothing was queued").rejection);
-      return;
-    } finally {
-      pending.delete(reply);
-      if (pending.size === 0) this.accepting.delete(job);
-    }
-    job.requesters.add(reply);
-    this.responder.toRequester(reply, job, { type: "accepted", jobId: job.id, ...job.spec, position, joined });
     this.options.logger.info({ jobId: job.id, ...job.spec, position, joined }, joined ? "request joined a queued job" : "job queued");
     this.emitQueue();
   }
@@ -314,25 +287,22 @@ export class Builder {
       const job = await this.queue.take();
       if (!job) return;
       this.emitQueue();
-      // The request that queued this job is told `accepted` before anything
-      // else of it; the repo is locked meanwhile (nothing is sent until then).
-      const announced = this.saving.then(() => this.announcePositions());
+      this.announcePositions();
       try {
-        await this.runner.run(job, announced);
+        await this.runner.run(job);
       } catch (err) {
         this.options.logger.error({ err, jobId: job.id }, "job crashed");
         this.completeUnstarted(job, "internal error while building; see the builder's log", "failure");
       } finally {
         this.queue.finish(job);
         this.emitQueue();
-        if (!job.interrupted) this.persistSoon();
       }
     }
   }
 
   /** A job that ended before any host was built: every requester still gets a final message. */
   private completeUnstarted(job: Job, error: string, status: "cancelled" | "failure" = "cancelled"): void {
-    this.responder.toJob(job, completedMessage(job, unstartedOutcome(job, error, status, job.startedAt ?? Date.now())));
+    this.responder.toJob(job, completedMessage(job, endedEarly(job, { status, error, since: job.startedAt ?? Date.now() })));
   }
 
   /** Tells the requesters of every queued job where they stand now. */

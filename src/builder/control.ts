@@ -4,7 +4,7 @@
  */
 import type { HostCatalog } from "./catalog.js";
 import { repoNamed, type Config } from "../config.js";
-import type { Job } from "./queue.js";
+import type { Job } from "../job.js";
 import {
   CancelRequestSchema,
   DiscoverRequestSchema,
@@ -22,10 +22,6 @@ import {
   type StatusResponse,
 } from "../protocol.js";
 import { parseBody } from "./request-body.js";
-import { withinMs } from "../util/within.js";
-
-/** Longest build.discover waits for the fetches it started before answering with what it has. */
-const DISCOVER_WAIT_MS = 1_500;
 
 export interface ControlOptions {
   config: Config;
@@ -64,11 +60,14 @@ export class Control {
     if (!request.ok) return request.rejection;
     const { config, catalog, version, builderName } = this.options;
     const names = Object.keys(config.repos);
-    // Fetches run in the background; a repo whose git server hangs must not
-    // hold up the answer about the others (nor past the requester's ack
-    // timeout). What is still loading says so; the requester asks again.
-    const fetches = names.map((name) => catalog.request(name, request.value.refresh === true));
-    await withinMs(Promise.all(fetches), DISCOVER_WAIT_MS);
+    // Fetches run in the background and the answer is what is known now: a
+    // repo whose git server hangs must not hold up the answer about the
+    // others. What is still loading says so (`loading`); a requester that
+    // wants it asks again (src/client/gather.ts, discoverEveryBuilder).
+    // Waiting here instead cost every requester the wait, every time it
+    // asked again while the hung fetch ran (and, with several builders,
+    // a quiet period as long as the wait).
+    void Promise.allSettled(names.map((name) => catalog.request(name, request.value.refresh === true)));
     return { type: "discover", version, builder: builderName, repos: this.repos() };
   }
 

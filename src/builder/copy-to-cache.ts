@@ -9,7 +9,7 @@ import { copyClosure } from "../nix/copy.js";
 import type { NixRunner } from "../nix/runner.js";
 import type { HostCopy } from "../protocol.js";
 import { boundedText } from "../util/log-tail.js";
-import type { Job } from "./queue.js";
+import type { Job } from "../job.js";
 
 export async function copyToCache(
   deps: { config: Config; nix: NixRunner; logger: Logger },

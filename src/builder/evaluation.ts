@@ -10,13 +10,13 @@ import type { Job } from "../job.js";
 import { EvalPool } from "../nix/eval-pool.js";
 import type { NixRunner } from "../nix/runner.js";
 import { formatSize } from "../util/size.js";
-import type { Responder } from "./responder.js";
+import type { BuildResponder } from "./responder.js";
 
 export interface EvaluationSetup {
   config: Config;
   nix: NixRunner;
   logger: Logger;
-  responder: Responder;
+  responder: BuildResponder;
   job: Job;
   lockedUrl: string;
   /** In build order: workers take them round-robin, so they finish roughly in that order. */
@@ -30,13 +30,13 @@ export function startEvaluation(setup: EvaluationSetup): EvalPool {
   const failed: string[] = [];
   const pool = new EvalPool(lockedUrl, hosts, {
     nixBin: build.nixBin,
+    supervisor: nix.supervisor,
     workers: build.evalWorkers,
     maxMemoryBytes: build.evalMaxMemory,
+    ...(build.evalHostsPerWorker ? { hostsPerWorker: build.evalHostsPerWorker } : {}),
     hostTimeoutMs: build.timeout,
-    killGraceMs: build.killGrace,
     logTailLines: build.logTailLines,
     logger: logger.child({ jobId: job.id, repo: job.spec.repo }),
-    ledger: nix.ledger,
     signal: job.abort.signal,
     onEvaluated: (evaluation, counts) => {
       if (!evaluation.ok) failed.push(evaluation.host);

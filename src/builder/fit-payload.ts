@@ -1,23 +1,16 @@
 /**
- * Every message must fit the connected NATS server's max_payload: a
- * publish above it is refused, and a lost `completed` leaves its requesters
- * waiting until their idle timeout. What can be cut is what a message
- * repeats: a `completed` repeats every host's error and closure changes,
- * which its requesters already got in full in that host's `host_finished`; a `host_finished`'s
- * log tail loses its oldest lines first. Cutting goes step by step, least
- * loss first, and a final message always goes out (at worst without its
- * per-host results, saying so).
+ * What can be cut from the build protocol's messages to fit the NATS
+ * server's max_payload (the mechanism is src/nats/fit-payload.ts): what a
+ * message repeats. A `completed` repeats every host's error and closure
+ * changes, which its requesters already got in full in that host's
+ * `host_finished`; a `host_finished`'s log tail loses its oldest lines
+ * first. A `completed` always goes out, at worst without its per-host
+ * results, saying so.
  */
 import type { BuildResponse, Completed, ControlResponse, HostFinished, HostResult } from "../protocol.js";
+import { cutText as cut, fitPayload } from "../nats/fit-payload.js";
 
-const encoder = new TextEncoder();
-
-export function payloadBytes(message: unknown): number {
-  return encoder.encode(JSON.stringify(message)).length;
-}
-
-const cut = (text: string | undefined, max: number): string | undefined =>
-  text === undefined || text.length <= max ? text : `${text.slice(0, max)}… (cut to fit the NATS server's max_payload)`;
+export { payloadBytes } from "../nats/fit-payload.js";
 
 /** A result without its log tail, its error cut to `errorMax` (0: left out), its changed packages kept or only counted. */
 function slim(result: HostResult, errorMax: number, packages: boolean): HostResult {
@@ -62,11 +55,14 @@ function hostFinishedSteps(message: HostFinished): HostFinished[] {
   return steps;
 }
 
+/** The cut versions of a build or control message, least loss first (src/nats/fit-payload.ts's CutSteps). */
+export function buildCutSteps<M extends BuildResponse | ControlResponse>(message: M): M[] {
+  if (message.type === "completed") return completedSteps(message) as M[];
+  if (message.type === "host_finished") return hostFinishedSteps(message) as M[];
+  return [];
+}
+
 /** The message as it is if it fits `maxBytes` (undefined: not known), else the least cut version that does. */
-export function fitPayload<M extends BuildResponse | ControlResponse>(message: M, maxBytes: number | undefined): M {
-  if (maxBytes === undefined || payloadBytes(message) <= maxBytes) return message;
-  const steps: unknown[] =
-    message.type === "completed" ? completedSteps(message) : message.type === "host_finished" ? hostFinishedSteps(message) : [];
-  for (const step of steps) if (payloadBytes(step) <= maxBytes) return step as M;
-  return (steps.at(-1) as M | undefined) ?? message;
+export function fitBuildPayload<M extends BuildResponse | ControlResponse>(message: M, maxBytes: number | undefined): M {
+  return fitPayload(message, maxBytes, buildCutSteps);
 }

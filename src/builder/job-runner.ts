@@ -16,10 +16,11 @@ import type { HostBuild } from "../nix/runner.js";
 import type { EvalPool } from "../nix/eval-pool.js";
 import { startEvaluation } from "./evaluation.js";
 import { ProgressThrottle } from "../nix/progress.js";
-import { ALL_HOSTS, type Completed, type HostResult, type JobStatus, type SourceLocation } from "../protocol.js";
-import type { Job } from "./queue.js";
-import type { JobCheckpoint } from "../job.js";
-import type { Responder } from "./responder.js";
+import { ALL_HOSTS, type HostResult, type JobStatus } from "../protocol.js";
+import type { Job, JobCheckpoint } from "../job.js";
+import type { JobQueue } from "./queue.js";
+import { completedMessage, endedEarly, type JobOutcome } from "./outcome.js";
+import type { BuildResponder } from "./responder.js";
 import type { EventBus } from "../events.js";
 import type { Keeper } from "./keep/keeper.js";
 import { copyToCache } from "./copy-to-cache.js";
@@ -28,7 +29,7 @@ export interface JobRunnerOptions {
   config: Config;
   nix: NixRunner;
   catalog: HostCatalog;
-  responder: Responder;
+  responder: BuildResponder;
   /** Told how each `all` job's evaluation pool went (metrics). */
   events?: EventBus;
   logger: Logger;
@@ -38,38 +39,8 @@ export interface JobRunnerOptions {
   keeper: Keeper;
   /** Shortest time between two progress messages of one build. */
   progressIntervalMs?: number;
-  /** Called when the job's plan is known and after each host: the durable queue saves it. */
-  checkpoint?: (job: Job) => void;
-}
-
-type JobOutcome = Pick<Completed, "status" | "revision" | "results" | "durationMs" | "error" | "location">;
-
-/** What a failed nix call said beyond its message: the flake did not evaluate, and where. */
-export type FailureDetail = { evalError?: boolean; location?: SourceLocation };
-
-/** The final message of a job that ended before any host was built. */
-export function unstartedOutcome(
-  job: Job,
-  error: string,
-  status: JobStatus,
-  startedAt: number,
-  revision: string | null = null,
-  detail: FailureDetail = {},
-): JobOutcome {
-  const { target } = job.spec;
-  const hostStatus = status === "cancelled" ? "cancelled" : detail.evalError ? "eval_error" : "failure";
-  const bounded = boundedText(error);
-  const location = status === "cancelled" ? undefined : detail.location;
-  const results: HostResult[] =
-    target === ALL_HOSTS ? [] : [{ host: target, status: hostStatus, durationMs: 0, error: bounded, ...(location ? { location } : {}) }];
-  return { status, revision, results, durationMs: Date.now() - startedAt, error: bounded, ...(location ? { location } : {}) };
-}
-
-export function completedMessage(job: Job, outcome: JobOutcome): Completed {
-  const message: Completed = { type: "completed", jobId: job.id, ...job.spec, ...outcome };
-  if (message.error === undefined) delete message.error;
-  if (message.location === undefined) delete message.location;
-  return message;
+  /** The durable queue: saved when the job's plan is known and after each host. */
+  queue?: Pick<JobQueue, "saveSoon">;
 }
 
 /** A host to build, and its toplevel .drv when an earlier evaluation of this revision produced it. */
@@ -91,12 +62,8 @@ export class JobRunner {
     this.progressIntervalMs = options.progressIntervalMs ?? 250;
   }
 
-  /**
-   * `announced`: resolves once the job's first requester was told
-   * `accepted` (its queue entry is on disk); no message of the job goes out
-   * before it, but the repo is locked in the meantime.
-   */
-  async run(job: Job, announced: Promise<void> = Promise.resolve()): Promise<void> {
+  /** The queue hands a job out only once its requesters were told `accepted`: every message here comes after it. */
+  async run(job: Job): Promise<void> {
     const { config, nix, logger } = this.options;
     const { repo, target, ref } = job.spec;
     const started = Date.now();
@@ -107,23 +74,23 @@ export class JobRunner {
     // A resumed job goes on at the revision and with the hosts it started with.
     const resumed = job.checkpoint ? resumedPlan(job.checkpoint, this.options.toplevels) : undefined;
     const locking = resumed ?? nix.resolveFlake(url, ref, { timeoutMs: config.build.fetchTimeout, signal });
-    const [lock] = await Promise.all([locking, announced]);
+    const lock = await locking;
     if (!lock.ok) {
       const error = lock.outcome === "timeout" ? `${lock.error} (build.fetchTimeout)` : lock.error;
-      this.complete(job, unstartedOutcome(job, error, job.cancelled ? "cancelled" : "failure", started, null, lock));
+      this.complete(job, endedEarly(job, { status: job.cancelled ? "cancelled" : "failure", error, since: started, revision: null, detail: lock }));
       return;
     }
     const { lockedUrl, revision } = lock.value;
     const plan = resumed ? { ok: true as const, value: resumed.value.plan } : await this.plan(job, lockedUrl, revision);
     if (!plan.ok) {
-      this.complete(job, unstartedOutcome(job, plan.error, job.cancelled ? "cancelled" : "failure", started, revision, plan));
+      this.complete(job, endedEarly(job, { status: job.cancelled ? "cancelled" : "failure", error: plan.error, since: started, revision, detail: plan }));
       return;
     }
 
     const hosts = plan.value.hosts.map((p) => p.host);
     job.totalHosts = hosts.length;
     job.checkpoint = { lockedUrl, revision, hosts };
-    this.options.checkpoint?.(job);
+    this.options.queue?.saveSoon();
     const expectedMs = this.options.keeper.expectedJobMs(repo, hosts);
     this.options.responder.toJob(job, { type: "job_started", jobId: job.id, ...job.spec, revision, lockedUrl, hosts, expectedMs });
     const earlier = new Map(job.results.map((r) => [r.host, r]));
@@ -160,7 +127,7 @@ export class JobRunner {
         if (job.interrupted) return;
         results.push(result);
         job.results.push(result);
-        this.options.checkpoint?.(job);
+        this.options.queue?.saveSoon();
       }
     } finally {
       if (pool) {

@@ -1,11 +1,11 @@
 /**
- * The durable queue: every accepted job (spec, requesters' reply subjects,
- * plan, per-host results so far, message number, interruptions) in
- * <stateDir>/jobs.json, so that a restart or a crash loses nothing that was
- * accepted. Written atomically; writes are serialised and coalesced (the
- * latest snapshot wins), and `save` resolves once a snapshot at least as
- * new as the caller's is on disk — the builder awaits it before it sends
- * `accepted`.
+ * The durable queue's file: every accepted job (spec, requesters' reply
+ * subjects, plan, per-host results so far, message number, interruptions)
+ * in <stateDir>/jobs.json, so that a restart or a crash loses nothing that
+ * was accepted. A StateFile (src/util/state-file.ts): written atomically
+ * and durably by one coalescing writer on a thread of its own, `save`
+ * resolving once a snapshot taken after the call is on disk — the queue
+ * awaits it before a request is acknowledged.
  */
 import { rename } from "node:fs/promises";
 import { join } from "node:path";
@@ -13,8 +13,11 @@ import { z } from "zod";
 import type { Job, RestoredJob, JobSpec } from "../job.js";
 import type { Logger } from "../logger.js";
 import { HostResultSchema } from "../protocol.js";
-import { writeFileAtomicSync } from "../util/atomic-file.js";
-import { readStateFile } from "../util/regular-file.js";
+import { STATE_FILES } from "../state-files.js";
+import { StateFile } from "../util/state-file.js";
+
+/** The file's name under the state directory. */
+export const JOBS_FILE = STATE_FILES.jobs;
 
 const SavedJobSchema = z.object({
   id: z.string().regex(/^j[0-9a-f]{10}$/),
@@ -56,25 +59,34 @@ export function restoredJob(saved: SavedJob): { spec: JobSpec; restored: Restore
 
 export interface JobStoreOptions {
   stateDir: string;
-  logger: Logger;
+  logger?: Logger | undefined;
   /** At most this many jobs are written (the queue's bound plus the running job). */
   maxJobs: number;
+  /** The queue as it is now, running job first. */
+  snapshot: () => SavedJob[];
+  /** Told after every write: undefined when it worked, else why it failed. */
+  onSaved?: ((error: string | undefined) => void) | undefined;
 }
 
 export class JobStore {
   readonly file: string;
-  private latest: SavedJob[] | undefined;
-  private writing: Promise<void> = Promise.resolve();
-  private written = 0;
-  private requested = 0;
+  private readonly state: StateFile<z.infer<typeof JobsFileSchema>>;
 
   constructor(private readonly options: JobStoreOptions) {
-    this.file = join(options.stateDir, "jobs.json");
+    this.file = join(options.stateDir, JOBS_FILE);
+    this.state = new StateFile({
+      file: this.file,
+      schema: JobsFileSchema,
+      snapshot: () => ({ version: 1 as const, jobs: options.snapshot().slice(0, options.maxJobs) }),
+      mode: 0o600,
+      writer: "thread",
+      ...(options.onSaved ? { onSaved: options.onSaved } : {}),
+    });
   }
 
   /** The saved jobs in queue order (running job first). A damaged file is set aside, not fatal. */
   async load(): Promise<SavedJob[]> {
-    const read = await readStateFile(this.file, JobsFileSchema);
+    const read = await this.state.read();
     if (read.status === "missing") return [];
     // Unlike the other state files, not a fresh start: these are jobs someone asked for.
     if (read.status === "unreadable") throw read.error;
@@ -82,33 +94,19 @@ export class JobStore {
       // Kept for the operator rather than overwritten by the next save.
       const aside = `${this.file}.damaged-${Date.now()}`;
       await rename(this.file, aside).catch(() => undefined);
-      this.options.logger.error({ file: this.file, keptAs: aside }, "the saved job queue is unreadable; starting with an empty queue");
+      this.options.logger?.error({ file: this.file, keptAs: aside }, "the saved job queue is unreadable; starting with an empty queue");
       return [];
     }
     return read.value.jobs;
   }
 
-  /** Resolves once this snapshot (or a newer one) is on disk; rejects if writing failed. */
-  save(jobs: SavedJob[]): Promise<void> {
-    this.latest = jobs.slice(0, this.options.maxJobs);
-    const ticket = ++this.requested;
-    const next = this.writing.then(async () => {
-      if (this.written >= ticket) return;
-      const snapshot = this.latest;
-      const upTo = this.requested;
-      // Blocking: every `accepted` waits for this write, and on a busy event
-      // loop (a build printing a flood of log) the async version's dozen
-      // steps each wait their turn (request → accepted p99 36 ms against
-      // 16 ms, docs/performance.md).
-      writeFileAtomicSync(this.file, `${JSON.stringify({ version: 1, jobs: snapshot })}\n`, 0o600);
-      this.written = upTo;
-    });
-    this.writing = next.catch(() => undefined);
-    return next;
+  /** Resolves once the queue as it is at the write (at least as new as now) is on disk; rejects if writing failed. */
+  save(): Promise<void> {
+    return this.state.save();
   }
 
   /** Waits for writes in flight. */
   async flush(): Promise<void> {
-    await this.writing;
+    await this.state.flush();
   }
 }

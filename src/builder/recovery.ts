@@ -9,18 +9,17 @@
 import { repoNamed, type Config } from "../config.js";
 import { Job } from "../job.js";
 import type { Logger } from "../logger.js";
-import type { HostResult } from "../protocol.js";
-import { boundedText } from "../util/log-tail.js";
-import { completedMessage } from "./job-runner.js";
-import { restoredJob, savedJob, type JobStore } from "./job-store.js";
-import type { Responder } from "./responder.js";
+import { restoredJob } from "./job-store.js";
+import { completedMessage, endedEarly } from "./outcome.js";
+import type { JobQueue } from "./queue.js";
+import type { BuildResponder } from "./responder.js";
 
 export const MAX_INTERRUPTIONS = 3;
 
 export interface JobRecoveryOptions {
   config: Config;
-  store: JobStore;
-  responder: Responder;
+  queue: JobQueue;
+  responder: BuildResponder;
   logger: Logger;
 }
 
@@ -31,7 +30,7 @@ export class JobRecovery {
   async restore(): Promise<{ jobs: Job[]; saved: number }> {
     const { config, logger } = this.options;
     const jobs: Job[] = [];
-    const all = await this.options.store.load();
+    const all = await this.options.queue.load();
     for (const saved of all) {
       const { spec, restored } = restoredJob(saved);
       const job = new Job(spec, restored);
@@ -61,33 +60,27 @@ export class JobRecovery {
     }
   }
 
-  /** `accepting`: per job, the requesters not yet told `accepted` (they are saved with it). */
-  save(running: Job | null, queued: readonly Job[], accepting: ReadonlyMap<Job, ReadonlySet<string>> = new Map()): Promise<void> {
-    const of = (job: Job) => accepting.get(job) ?? [];
-    return this.options.store.save([...(running ? [savedJob(running, true, of(running))] : []), ...queued.map((job) => savedJob(job, false, of(job)))]);
-  }
-
-  /** The builder is stopping for a restart: save everything, then tell every requester. */
-  async interrupt(running: Job | null, queued: readonly Job[], why: string, accepting?: ReadonlyMap<Job, ReadonlySet<string>>): Promise<void> {
+  /** The builder is stopping for a restart (the queue suspended, the running job stopped): save everything, then tell every requester. */
+  async interrupt(running: Job | null, queued: readonly Job[], why: string): Promise<void> {
     const jobs = [...(running ? [running] : []), ...queued];
     try {
-      await this.save(running, queued, accepting);
+      await this.options.queue.save();
     } catch (err) {
       // Without the saved queue nothing resumes: answer as a plain stop would.
       this.options.logger.error({ err }, "cannot save the job queue; cancelling its jobs instead");
       for (const job of jobs) {
         job.interrupted = false;
-        this.options.responder.toJob(job, completedMessage(job, outcomeOf(job, "cancelled", `${why}, and the job queue could not be saved`)));
+        this.options.responder.toJob(job, completedMessage(job, endedEarly(job, { status: "cancelled", error: `${why}, and the job queue could not be saved`, since: job.enqueuedAt })));
       }
       return;
     }
     const reason = `${why}; the job is saved and resumes when the builder is back`;
     for (const job of jobs) this.options.responder.toJob(job, { type: "interrupted", jobId: job.id, resumes: true, reason });
-    this.options.logger.info({ jobs: jobs.length, file: this.options.store.file }, "saved the job queue for the next start");
+    this.options.logger.info({ jobs: jobs.length, file: this.options.queue.file }, "saved the job queue for the next start");
   }
 
   private fail(job: Job, error: string): void {
-    this.options.responder.toJob(job, completedMessage(job, outcomeOf(job, "failure", error)));
+    this.options.responder.toJob(job, completedMessage(job, endedEarly(job, { status: "failure", error, since: job.enqueuedAt })));
     this.options.logger.warn({ jobId: job.id, ...job.spec, error }, "saved job completed as a failure");
   }
 }
@@ -95,13 +88,4 @@ export class JobRecovery {
 function firstUnfinished(job: Job): string | undefined {
   const done = new Set(job.results.map((r) => r.host));
   return job.checkpoint?.hosts.find((host) => !done.has(host));
-}
-
-/** The hosts done keep their results; every other host of the job gets `error`. */
-function outcomeOf(job: Job, status: "failure" | "cancelled", error: string) {
-  const bounded = boundedText(error);
-  const done = new Map(job.results.map((r) => [r.host, r]));
-  const hosts = job.checkpoint?.hosts ?? (job.spec.target === "all" ? [] : [job.spec.target]);
-  const results: HostResult[] = hosts.map((host) => done.get(host) ?? { host, status, durationMs: 0, error: bounded });
-  return { status, revision: job.checkpoint?.revision ?? null, results, durationMs: Date.now() - job.enqueuedAt, error: bounded };
 }

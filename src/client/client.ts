@@ -4,9 +4,9 @@
  * permissions, so it listens on its own `build.responses.<unique id>`,
  * subscribes *before* publishing, and stops listening at the final message.
  */
-import { nuid, type Msg, type NatsConnection, type Subscription } from "nats";
+import { ErrorCode, NatsError, nuid, type Msg, type NatsConnection, type Subscription } from "nats";
 import type { z } from "zod";
-import { NoBuilderError, HomelabDeployError } from "../errors.js";
+import { ConnectionError, NoBuilderError, HomelabDeployError } from "../errors.js";
 import { parseJsonAs } from "../util/json.js";
 import { SeqOrder } from "./sequence.js";
 import {
@@ -58,9 +58,13 @@ export class BuilderSilentError extends HomelabDeployError {}
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-export function newReplySubject(): string {
-  return `${RESPONSE_PREFIX}${nuid.next()}`;
+/** A fresh reply subject under `prefix` (the responders' own: "build.responses." for builders). */
+export function newReplySubject(prefix: string = RESPONSE_PREFIX): string {
+  return `${prefix}${nuid.next()}`;
 }
+
+/** NATS said nobody subscribes to the request's subject: nobody got it, so asking again is safe. */
+export class NoRespondersError extends NoBuilderError {}
 
 interface Exchange<T> {
   subject: string;
@@ -74,6 +78,8 @@ interface Exchange<T> {
   sequence?: SeqOrder<T>;
   /** What to say when the builder goes silent, if more is known than silence. */
   describeSilence?: (seconds: number) => string | undefined;
+  /** Reply subjects are made under this prefix (default the builders' "build.responses."). */
+  replyPrefix?: string;
 }
 
 /**
@@ -82,7 +88,7 @@ interface Exchange<T> {
  * acknowledges the request in time.
  */
 export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, options: ExchangeOptions<T>): Promise<T> {
-  const reply = newReplySubject();
+  const reply = newReplySubject(request.replyPrefix);
   let subscription: Subscription | undefined;
   let ackTimer: NodeJS.Timeout | undefined;
   let idleTimer: NodeJS.Timeout | undefined;
@@ -145,7 +151,7 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
     options.signal?.addEventListener("abort", onAbort, { once: true });
     subscription = nc.subscribe(reply, {
       callback: (err, msg) => {
-        if (err) return fail(err);
+        if (err) return fail(refusedRequest(err, request.subject));
         if (isNoResponders(msg)) {
           return fail(noBuilderListening(request.subject));
         }
@@ -161,6 +167,7 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
         if (!done) watchGaps();
       },
     });
+    watchRefusals(subscription, request.subject);
     ackTimer = setTimeout(() => {
       fail(noBuilderAnswered(request.subject, options.ackTimeoutMs));
     }, options.ackTimeoutMs);
@@ -179,14 +186,37 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
   return result;
 }
 
-export function noBuilderAnswered(subject: string, ackTimeoutMs: number): NoBuilderError {
+export function noBuilderAnswered(subject: string, ackTimeoutMs: number, responder = "builder"): NoBuilderError {
   const seconds = Math.round(ackTimeoutMs / 1000);
-  return new NoBuilderError(`no builder answered on ${subject} within ${seconds}s; is the builder running and connected to this NATS server?`);
+  return new NoBuilderError(`no ${responder} answered on ${subject} within ${seconds}s; is the ${responder} running and connected to this NATS server?`);
 }
 
 /** NATS answered the request itself: nobody subscribes to `subject`. */
-export function noBuilderListening(subject: string): NoBuilderError {
-  return new NoBuilderError(`no builder is listening on ${subject} (NATS reported no responders); is the builder running?`);
+export function noBuilderListening(subject: string, responder = "builder"): NoRespondersError {
+  return new NoRespondersError(`no ${responder} is listening on ${subject} (NATS reported no responders); is the ${responder} running?`);
+}
+
+/**
+ * Has nats.js hand this subscription the server's refusal to publish the
+ * request on `subject`, as its own requests do: without it a refused
+ * request is silently dropped and the requester waits out its ack
+ * timeout. (`requestSubject` is how nats.js matches a publish permission
+ * error to a subscription; it is not in the public typings.)
+ */
+export function watchRefusals(subscription: Subscription, subject: string): void {
+  (subscription as Subscription & { requestSubject?: string }).requestSubject = subject;
+}
+
+/** A subscription error, as the error to report: a permission refusal says so (and is not worth retrying). */
+export function refusedRequest(err: Error, subject: string): Error {
+  if (!(err instanceof NatsError) || err.code !== ErrorCode.PermissionsViolation) return err;
+  // nats.js quotes the server's -ERR text.
+  const said = err.message.replace(/^'(.*)'$/, "$1");
+  return new ConnectionError(
+    `NATS refused the request on ${subject} (${said}): this user's permissions do not allow it (see docs/nats-permissions.md)`,
+    "refused",
+    { cause: err },
+  );
 }
 
 export function isNoResponders(msg: Msg): boolean {

@@ -1,29 +1,53 @@
 /**
- * Control requests to every builder at once. Builders in one queue group
- * share build requests, but `build.discover`, `build.status` and
- * `build.cancel` reach each of them, so a requester gathers the answers:
- * the first must come within the ack timeout, the rest until nothing more
- * arrives for a short quiet period (bounded by a maximum after the first).
+ * One request, answered by every daemon that serves its subject, and the
+ * answers gathered: the first must come within the ack timeout, the rest
+ * until nothing more arrives for a quiet period (bounded by a maximum
+ * after the first), or until the caller says it has all it expects. Used
+ * for the builders' control requests (`build.discover`, `build.status`,
+ * `build.cancel`, `build.history`: builders of one queue group share build
+ * requests, but each answers these) and by any requester that asks many
+ * daemons at once (e.g. deploy listeners on `deploy.discover`, replies
+ * under `deploy.responses.`).
  *
- * Hand-written rather than `nc.requestMany`: nats.js 2.x takes the reply
- * subject from the connection's inbox prefix (`_INBOX`, which the plan's
- * permissions forbid), fixes the quiet period at 300 ms, and cannot be
- * aborted — a requester here listens on its own `build.responses.<id>`
- * like every other exchange.
+ * Hand-written rather than nats.js 2.x's `nc.requestMany`, which was tried
+ * against nats-server with the plan's permissions. With the connect option
+ * `inboxPrefix: "build.responses"` it does work (its muxed inbox
+ * `build.responses.<id>.*` is allowed, the jitter strategy honours
+ * `jitter`, and stopping its iterator aborts it), but:
+ * - the reply prefix belongs to the connection, not to the request, and a
+ *   responder may publish only under its own prefix (builders
+ *   `build.responses.>`, deploy listeners `deploy.responses.>`): a
+ *   deployer that asks both on its one connection gets nothing from one
+ *   family (the server refuses their answers; the request just times out);
+ * - `maxWait` bounds only the wait for the first answer: after it, each
+ *   answer restarts the jitter timer, so a daemon that keeps answering
+ *   holds the request open without limit (no maximum after the first);
+ * - without mux (`noMux`) the jitter is fixed at 300 ms whatever is asked.
  */
 import type { NatsConnection, Subscription } from "nats";
+import type { z } from "zod";
 import { parseJsonAs } from "../util/json.js";
 import {
   ControlResponseSchema,
+  RESPONSE_PREFIX,
   type AnswerTo,
   type ControlName,
   type ControlResponse,
   type HistoryResponse,
   type Rejected,
 } from "../protocol.js";
-import { RequestAbortedError, isNoResponders, newReplySubject, noBuilderAnswered, noBuilderListening, requestPayload } from "./client.js";
+import {
+  RequestAbortedError,
+  isNoResponders,
+  newReplySubject,
+  noBuilderAnswered,
+  noBuilderListening,
+  refusedRequest,
+  requestPayload,
+  watchRefusals,
+} from "./client.js";
 
-export interface GatherOptions {
+export interface GatherOptions<T = ControlResponse> {
   /** No answer at all within this long means nobody serves the subject. */
   ackTimeoutMs: number;
   /** Stop this long after the last answer. */
@@ -32,6 +56,25 @@ export interface GatherOptions {
   maxAfterFirstMs?: number;
   signal?: AbortSignal;
   onInvalid?: (raw: string) => void;
+  /** Every valid answer as it arrives (e.g. to show progress, or to put a stream in order). */
+  onAnswer?: (answer: T) => void;
+  /** True once every answer expected is in: stop without waiting for the quiet period. */
+  complete?: (answers: readonly T[]) => boolean;
+}
+
+export interface GatherRequest<T> {
+  subject: string;
+  body?: Record<string, unknown> | undefined;
+  /**
+   * Where the answers come back: a fresh subject under this prefix
+   * ("build.responses.", "deploy.responses."). The responders may publish
+   * only there, and the requester may subscribe only there.
+   */
+  replyPrefix: string;
+  /** What every answer must look like; anything else goes to onInvalid. */
+  schema: z.ZodType<T>;
+  /** What the daemons are called in errors ("builder", "listener"). */
+  responders?: string;
 }
 
 /** Long enough for builders on one NATS server to answer a cheap question; short enough not to be noticed. */
@@ -40,29 +83,31 @@ export const DEFAULT_MAX_AFTER_FIRST_MS = 3_000;
 
 const decoder = new TextDecoder();
 
-/** Every answer that arrived, in arrival order. Rejects like `exchange` when none does. */
-export async function gatherControl(
-  nc: NatsConnection,
-  name: ControlName,
-  body: Record<string, unknown> | undefined,
-  options: GatherOptions,
-): Promise<ControlResponse[]> {
-  const subject = `build.${name}`;
-  const reply = newReplySubject();
+/**
+ * Every answer that arrived, in arrival order. Rejects with NoBuilderError
+ * when none does (no responders, or nothing within the ack timeout), with
+ * ConnectionError (refused) when NATS refuses the request or the reply
+ * subject to this user, and with RequestAbortedError on `signal`.
+ */
+export async function gather<T>(nc: NatsConnection, request: GatherRequest<T>, options: GatherOptions<T>): Promise<T[]> {
+  const { subject, responders = "builder" } = request;
+  const reply = newReplySubject(request.replyPrefix);
   const quietMs = options.quietMs ?? DEFAULT_QUIET_MS;
   const maxAfterFirstMs = options.maxAfterFirstMs ?? DEFAULT_MAX_AFTER_FIRST_MS;
-  const answers: ControlResponse[] = [];
+  const answers: T[] = [];
   let subscription: Subscription | undefined;
-  const timers: NodeJS.Timeout[] = [];
+  let ackTimer: NodeJS.Timeout | undefined;
+  let maxTimer: NodeJS.Timeout | undefined;
   let quietTimer: NodeJS.Timeout | undefined;
   let onAbort: (() => void) | undefined;
   const cleanup = () => {
-    for (const timer of timers) clearTimeout(timer);
+    clearTimeout(ackTimer);
+    clearTimeout(maxTimer);
     clearTimeout(quietTimer);
     if (onAbort) options.signal?.removeEventListener("abort", onAbort);
     subscription?.unsubscribe();
   };
-  const result = new Promise<ControlResponse[]>((resolve, reject) => {
+  const result = new Promise<T[]>((resolve, reject) => {
     const fail = (err: Error) => {
       cleanup();
       reject(err);
@@ -71,46 +116,55 @@ export async function gatherControl(
       cleanup();
       resolve(answers);
     };
-    onAbort = () => fail(new RequestAbortedError("stopped waiting for the builders' answers"));
+    onAbort = () => fail(new RequestAbortedError(`stopped waiting for the ${responders}s' answers`));
     if (options.signal?.aborted) return onAbort();
     options.signal?.addEventListener("abort", onAbort, { once: true });
     subscription = nc.subscribe(reply, {
       callback: (err, msg) => {
-        if (err) return fail(err);
+        if (err) return fail(refusedRequest(err, subject));
         if (isNoResponders(msg)) {
           if (answers.length > 0) return done();
-          return fail(noBuilderListening(subject));
+          return fail(noBuilderListening(subject, responders));
         }
-        const message = parseJsonAs(decoder.decode(msg.data), ControlResponseSchema);
-        if (message === undefined || (message.type !== "rejected" && message.type !== name)) {
-          return options.onInvalid?.(decoder.decode(msg.data));
-        }
+        const answer = parseJsonAs(decoder.decode(msg.data), request.schema);
+        if (answer === undefined) return options.onInvalid?.(decoder.decode(msg.data));
         if (answers.length === 0) {
-          clearTimeout(timers[0]);
-          timers.push(setTimeout(done, maxAfterFirstMs));
+          clearTimeout(ackTimer);
+          maxTimer = setTimeout(done, maxAfterFirstMs);
         }
-        answers.push(message);
+        answers.push(answer);
+        options.onAnswer?.(answer);
+        if (options.complete?.(answers)) return done();
         clearTimeout(quietTimer);
         quietTimer = setTimeout(done, quietMs);
       },
     });
-    timers.push(
-      setTimeout(() => {
-        fail(noBuilderAnswered(subject, options.ackTimeoutMs));
-      }, options.ackTimeoutMs),
-    );
+    watchRefusals(subscription, subject);
+    ackTimer = setTimeout(() => fail(noBuilderAnswered(subject, options.ackTimeoutMs, responders)), options.ackTimeoutMs);
   });
   try {
     // The subscription must be known to the server before anyone can answer.
     await nc.flush();
     if (options.signal?.aborted) return await result;
-    nc.publish(subject, requestPayload(body), { reply });
+    nc.publish(subject, requestPayload(request.body), { reply });
   } catch (err) {
     cleanup();
     result.catch(() => undefined);
     throw err;
   }
   return result;
+}
+
+/** Every builder's answer to one control request, in arrival order. */
+export function gatherControl(
+  nc: NatsConnection,
+  name: ControlName,
+  body: Record<string, unknown> | undefined,
+  options: GatherOptions,
+): Promise<ControlResponse[]> {
+  // A builder answers with its own type or `rejected`; anything else is not an answer to this question.
+  const schema = ControlResponseSchema.refine((answer) => answer.type === "rejected" || answer.type === name);
+  return gather(nc, { subject: `build.${name}`, body, replyPrefix: RESPONSE_PREFIX, schema }, options);
 }
 
 /**
@@ -166,37 +220,52 @@ export async function askEveryBuilder<N extends ControlName>(
   return combineAnswers(name, await gatherControl(nc, name, body, options));
 }
 
+/** How often `discoverEveryBuilder` asks again while a repo it waits for is still loading. */
+const DISCOVER_POLL_MS = 250;
 /**
- * A builder answers build.discover once its fetches are done or after 1.5 s
- * (src/builder/control.ts), whichever is first: wait that long for the
- * others after the first answer, or a builder still fetching is missed.
+ * The whole list waits at most this long for repos still loading, then
+ * shows them as still fetching: one repo whose git server hangs must not
+ * hold up the list of all of them.
  */
-export const DISCOVER_GATHER = { quietMs: 1_800, maxAfterFirstMs: 5_000 } as const;
+export const LIST_ALL_SETTLE_MS = 1_000;
+/** A refresh waits for the fetches it asked for (each builder bounds them by its build.fetchTimeout). */
+export const REFRESH_SETTLE_MS = 600_000;
 
 export interface DiscoverOptions {
   refresh: boolean;
   /** Only this repo's loading matters (the others are shown as they are). */
   repo?: string | undefined;
   ackTimeoutMs: number;
-  /** Longest to keep asking while a repo of interest is still loading. */
-  settleMs: number;
+  /** Longest to keep asking while a repo of interest is still loading (default: discoverSettleMs). */
+  settleMs?: number;
   pollMs?: number;
   signal?: AbortSignal;
 }
 
 /**
+ * How long a list waits for repos still loading: a refresh for its
+ * fetches; one repo asked for by name up to the ack timeout (that repo is
+ * what the caller wants); the whole list only briefly.
+ */
+export function discoverSettleMs(options: Pick<DiscoverOptions, "refresh" | "repo" | "ackTimeoutMs">): number {
+  if (options.refresh) return Math.max(options.ackTimeoutMs, REFRESH_SETTLE_MS);
+  if (options.repo !== undefined) return options.ackTimeoutMs;
+  return Math.min(options.ackTimeoutMs, LIST_ALL_SETTLE_MS);
+}
+
+/**
  * `build.discover` to every builder, asked again (without refresh) while a
- * repo of interest is still `loading` at one of them: builders answer with
- * what they have and fetch in the background, so one hung repo never holds
- * up the answer.
+ * repo of interest is still `loading` at one of them: builders answer at
+ * once with what they have and fetch in the background, so one hung repo
+ * never holds up the answer.
  */
 export async function discoverEveryBuilder(nc: NatsConnection, options: DiscoverOptions): Promise<Combined<"discover">> {
   const { ackTimeoutMs, signal, repo } = options;
-  const pollMs = options.pollMs ?? 1_000;
-  const deadline = Date.now() + options.settleMs;
+  const pollMs = options.pollMs ?? DISCOVER_POLL_MS;
+  const deadline = Date.now() + (options.settleMs ?? discoverSettleMs(options));
   let body: Record<string, unknown> | undefined = options.refresh ? { refresh: true } : undefined;
   for (;;) {
-    const combined = await askEveryBuilder(nc, "discover", body, { ackTimeoutMs, signal, ...DISCOVER_GATHER });
+    const combined = await askEveryBuilder(nc, "discover", body, { ackTimeoutMs, signal });
     if (!combined.ok) return combined;
     const pending = combined.answers.some((a) => a.repos.some((r) => r.loading === true && (repo === undefined || r.name === repo)));
     if (!pending || Date.now() + pollMs > deadline || signal?.aborted) return combined;

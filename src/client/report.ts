@@ -6,6 +6,8 @@
  * a terminal and never when NO_COLOR is set.
  */
 import { formatDuration } from "../util/duration.js";
+import { formatSize } from "../util/size.js";
+import { formatTable, type Paint } from "./table.js";
 import type {
   BuildResponse,
   CancelResponse,
@@ -39,6 +41,8 @@ export { changesText, evaluationText, packageText, progressText, signedBytes, ti
 
 export interface Reporter {
   message(message: BuildResponse): void;
+  /** No builder is listening (yet): the request is asked again until `until` (epoch ms). */
+  waiting(reason: string, until: number): void;
   /** Prints the summary and stops any live output. */
   finish(final: FinalResponse): void;
   /** Stops live output without a summary (e.g. on an error). */
@@ -51,8 +55,14 @@ export interface Output {
   columns?: number;
 }
 
-type Paint = (color: "green" | "red" | "yellow" | "dim" | "bold", text: string) => string;
 
+/**
+ * Five SGR codes, by hand. When to colour (a terminal, no NO_COLOR, not
+ * TERM=dumb) is decided here either way; Node's util.styleText is not in
+ * Node 20.9 (engines; it came in 20.12), and picocolors would change what
+ * is written (each colour closed with its own reset, 39 or 22, instead of
+ * 0) for no gain in five colours that are never nested.
+ */
 const CODES = { green: 32, red: 31, yellow: 33, dim: 2, bold: 1 } as const;
 
 export function painter(out: Output, env: NodeJS.ProcessEnv = process.env): Paint {
@@ -162,23 +172,10 @@ function resultDetail(result: HostResult): string {
 export function summaryTable(final: FinalResponse, paint: Paint = (_c, t) => t, width?: number): string[] {
   if (final.type !== "completed" || final.results.length === 0) return [];
   const rows = final.results.map((r) => [r.host, r.status, formatDuration(r.durationMs), r.status === "success" ? changesCell(r.changes) : "", resultDetail(r)]);
-  const header = ["HOST", "STATUS", "DURATION", "CHANGES", "RESULT"];
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] as string).length)));
-  const cut = (line: string) => (width !== undefined && line.length > width - 1 ? `${line.slice(0, Math.max(0, width - 2))}…` : line);
-  const format = (cells: string[], colorize: boolean) => {
-    const line = cut(
-      cells
-        .map((cell, i) => (i === cells.length - 1 ? cell : cell.padEnd(widths[i] as number)))
-        .join("  ")
-        .trimEnd(),
-    );
-    // Colour the status after cutting, so the cut counts visible characters only.
-    const statusAt = (widths[0] as number) + 2;
-    const status = cells[1] as string;
-    if (!colorize || line.length < statusAt + status.length) return line;
-    return `${line.slice(0, statusAt)}${paint(STATUS_COLOR[status as HostStatus] ?? "dim", status)}${line.slice(statusAt + status.length)}`;
-  };
-  return [format(header, false), ...rows.map((row) => format(row, true))];
+  return formatTable(["HOST", "STATUS", "DURATION", "CHANGES", "RESULT"], rows, {
+    width,
+    colour: { column: 1, paint, colourOf: (status) => STATUS_COLOR[status as HostStatus] ?? "dim" },
+  });
 }
 
 /** The terminal width a table is cut to, on a terminal only. */
@@ -191,8 +188,15 @@ class JsonReporter implements Reporter {
   message(message: BuildResponse): void {
     this.out.write(`${JSON.stringify(message)}\n`);
   }
+  /** Only the builder's messages go to stdout; the wait is logged on stderr. */
+  waiting(): void {}
   finish(): void {}
   close(): void {}
+}
+
+/** "waiting for a builder: no builder is listening on …; asking again for up to 30s". */
+function waitingLine(reason: string, until: number): string {
+  return `waiting for a builder: ${reason.replace(/; is the builder running\?$/, "")}; asking again for up to ${formatDuration(Math.max(0, until - Date.now()))}`;
 }
 
 const PLAIN_PROGRESS_EVERY_MS = 30_000;
@@ -201,6 +205,7 @@ const PLAIN_PROGRESS_EVERY_MS = 30_000;
 class PlainReporter implements Reporter {
   private lastProgressAt = 0;
   private lastEvaluatingAt = 0;
+  private saidWaiting = false;
 
   constructor(
     private readonly out: Output,
@@ -223,6 +228,13 @@ class PlainReporter implements Reporter {
     for (const line of describeMessage(message, this.paint, this.describe)) this.out.write(`${line}\n`);
   }
 
+  /** Said once: a log line per retry would say nothing new. */
+  waiting(reason: string, until: number): void {
+    if (this.saidWaiting) return;
+    this.saidWaiting = true;
+    this.out.write(`${waitingLine(reason, until)}\n`);
+  }
+
   finish(final: FinalResponse): void {
     const table = summaryTable(final, this.paint);
     if (table.length > 0) this.out.write(`\n${table.join("\n")}\n`);
@@ -238,6 +250,8 @@ class LiveReporter implements Reporter {
   private evaluation: { counts: EvaluationCounts; since: number } | undefined;
   /** Since when the builder has been restarting (between `interrupted` and `resumed`). */
   private restartingSince: number | undefined;
+  /** Since when no builder has been listening (before the first answer). */
+  private waitingSince: number | undefined;
   private readonly ticker: NodeJS.Timeout;
   private shown = false;
 
@@ -252,6 +266,7 @@ class LiveReporter implements Reporter {
   }
 
   message(message: BuildResponse): void {
+    this.waitingSince = undefined;
     switch (message.type) {
       case "host_started":
         this.current = { index: message.index, total: message.total, host: message.host, startedAt: Date.now(), expectedMs: message.expectedMs ?? null };
@@ -295,6 +310,11 @@ class LiveReporter implements Reporter {
     return `[${current.index}/${current.total}] ${current.host}: ${detail} · ${elapsed}${evaluating ? ` · ${evaluating}` : ""}`;
   }
 
+  waiting(): void {
+    this.waitingSince ??= Date.now();
+    this.draw();
+  }
+
   finish(final: FinalResponse): void {
     this.close();
     const table = summaryTable(final, this.paint, tableWidth(this.out));
@@ -305,6 +325,7 @@ class LiveReporter implements Reporter {
     clearInterval(this.ticker);
     this.current = undefined;
     this.evaluation = undefined;
+    this.waitingSince = undefined;
     this.clear();
   }
 
@@ -319,6 +340,8 @@ class LiveReporter implements Reporter {
       const current = this.current;
       const where = current ? `[${current.index}/${current.total}] ${current.host}: ` : "";
       line = `${where}the builder is restarting; the job is saved and resumes when it is back · ${formatDuration(Date.now() - this.restartingSince)}`;
+    } else if (this.waitingSince !== undefined) {
+      line = `waiting for a builder… · ${formatDuration(Date.now() - this.waitingSince)}`;
     } else line = this.liveText();
     if (line === undefined) return;
     const width = this.out.columns ?? 120;
@@ -392,8 +415,5 @@ export function describeHistory(history: HistoryResponse, now = Date.now()): str
     `${formatDuration(Math.max(0, now - Date.parse(e.finishedAt)))} ago`,
     e.status === "success" ? (e.storePath ?? "") : firstLine(e.error ?? ""),
   ]);
-  const header = ["HOST", "STATUS", "DURATION", "REVISION", "REF", "FINISHED", "RESULT"];
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] as string).length)));
-  const format = (cells: string[]) => cells.map((cell, i) => (i === cells.length - 1 ? cell : cell.padEnd(widths[i] as number))).join("  ").trimEnd();
-  return [format(header), ...rows.map(format)];
+  return formatTable(["HOST", "STATUS", "DURATION", "REVISION", "REF", "FINISHED", "RESULT"], rows);
 }

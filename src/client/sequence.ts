@@ -6,13 +6,14 @@
  * on once and in order. If the gap does not fill (the caller's timer), the
  * held messages go on in order and the missing numbers are reported.
  *
- * Progress and heartbeat repeat the job's last number: they are never held
+ * Snapshots (progress, heartbeat, evaluating: the protocol's `Numbering`,
+ * the same the daemon's responder numbers by) repeat the job's last number: they are never held
  * (a newer snapshot replaces a lost one) and one older than what is known
  * is dropped, but they reveal a gap. `resumed` begins a new run of the
  * builder: what the old one sent and never saved cannot come any more, so
  * counting starts over from it.
  */
-const UNNUMBERED: ReadonlySet<string> = new Set(["progress", "heartbeat", "evaluating"]);
+import { BUILD_NUMBERING, type Numbering } from "../protocol.js";
 
 interface Numbered {
   type: string;
@@ -31,6 +32,8 @@ export class SeqOrder<T> {
   private readonly held = new Map<number, T>();
   private readonly delivered = new Set<number>();
   private resumedAt: number | undefined;
+
+  constructor(private readonly numbering: Numbering = BUILD_NUMBERING) {}
 
   /** The messages to hand on now, in order (none: a duplicate, stale, or held). */
   push(message: T): T[] {
@@ -51,7 +54,7 @@ export class SeqOrder<T> {
       this.next = seq + 1;
       return [message];
     }
-    if (UNNUMBERED.has(type)) {
+    if (this.numbering.snapshots.has(type)) {
       if (seq < this.highest) return [];
       this.highest = seq;
       this.next ??= seq + 1;

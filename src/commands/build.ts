@@ -5,7 +5,8 @@
  * built (bad arguments, rejected, no builder, no NATS).
  */
 import type { Command } from "commander";
-import { requestBuild } from "../client/client.js";
+import { withClient } from "../client/connection.js";
+import { requestBuildWaiting } from "../client/wait-for-builder.js";
 import { ExitCode, UsageError } from "../errors.js";
 import { ALL_HOSTS, isValidHostName, isValidRef, isValidRepoName, type FinalResponse } from "../protocol.js";
 import { createReporter } from "../client/report.js";
@@ -15,8 +16,9 @@ import {
   addAckTimeoutOption,
   addConnectionOptions,
   addIdleTimeoutOption,
+  addWaitForBuilderOption,
   durationFlag,
-  withClient,
+  printCombined,
   type ConnectionFlags,
 } from "./connection.js";
 
@@ -28,6 +30,7 @@ interface BuildFlags extends ConnectionFlags {
   refresh?: boolean;
   ackTimeout: string;
   idleTimeout: string;
+  waitForBuilder: string;
 }
 
 export function registerBuild(program: Command): void {
@@ -43,6 +46,7 @@ export function registerBuild(program: Command): void {
     .option("--json", "print every message from the builder as one JSON line");
   addAckTimeoutOption(command, "give up when no builder accepts the request within this long");
   addIdleTimeoutOption(command);
+  addWaitForBuilderOption(command);
   addConnectionOptions(command).action(async (repo: string | undefined, target: string | undefined, flags: BuildFlags) => {
     process.exitCode = flags.list ? await runList(repo, target, flags) : await runBuild(repo, target, flags);
   });
@@ -60,54 +64,69 @@ export async function runBuild(repoArg: string | undefined, targetArg: string | 
   const { repo, target } = checkTarget(repoArg, targetArg, flags);
   const ackTimeoutMs = durationFlag("--ack-timeout", flags.ackTimeout);
   const idleTimeoutMs = durationFlag("--idle-timeout", flags.idleTimeout, true);
+  const waitMs = durationFlag("--wait-for-builder", flags.waitForBuilder, true);
+  // One window for both: NATS that cannot be reached yet (or is too slow to
+  // answer a connection attempt) and no builder listening yet.
+  const until = Date.now() + waitMs;
   const reporter = createReporter({ json: flags.json === true, out: process.stdout, allChanges: flags.changes === true });
-  return withClient(flags, async (nc, signal, logger) => {
-    try {
-      const final = await requestBuild(nc, { repo, target, ref: flags.ref }, {
-        ackTimeoutMs,
-        idleTimeoutMs,
-        signal,
-        onMessage: (message) => reporter.message(message),
-        onInvalid: (raw) => logger.warn({ raw }, "ignoring a message that is not part of the protocol"),
-        onGap: (missing) => logger.warn({ missing }, "some of the builder's messages never arrived (the final result below is complete)"),
-      });
-      reporter.finish(final);
-      return exitCodeFor(final);
-    } finally {
-      reporter.close();
-    }
-  });
+  let saidWaiting = false;
+  const connect = {
+    retryForMs: waitMs,
+    onRetry: (err: Error) => reporter.waiting(err.message, until),
+  };
+  try {
+    return await withClient(
+      flags,
+      async (nc, signal, logger) => {
+        const final = await requestBuildWaiting(
+          nc,
+          { repo, target, ref: flags.ref },
+          {
+            ackTimeoutMs,
+            idleTimeoutMs,
+            signal,
+            onMessage: (message) => reporter.message(message),
+            onInvalid: (raw) => logger.warn({ raw }, "ignoring a message that is not part of the protocol"),
+            onGap: (missing) => logger.warn({ missing }, "some of the builder's messages never arrived (the final result below is complete)"),
+          },
+          {
+            until,
+            onWaiting: (err, retryInMs) => {
+              reporter.waiting(err.message, until);
+              if (!saidWaiting) logger.warn({ err: err.message, waitForBuilderMs: waitMs }, "no builder is listening yet; asking again");
+              else logger.debug({ retryInMs }, "no builder is listening yet; asking again");
+              saidWaiting = true;
+            },
+          },
+        );
+        reporter.finish(final);
+        return exitCodeFor(final);
+      },
+      connect,
+    );
+  } finally {
+    reporter.close();
+  }
 }
 
 async function runList(repo: string | undefined, extra: string | undefined, flags: BuildFlags): Promise<number> {
   if (extra !== undefined) throw new UsageError("--list takes at most one argument: the repo");
   if (repo !== undefined && !isValidRepoName(repo)) throw new UsageError(`invalid repo name ${JSON.stringify(repo)}`);
   const ackTimeoutMs = durationFlag("--ack-timeout", flags.ackTimeout);
-  // Builders answer at once with what they have and fetch in the
-  // background; a refresh waits for the fetch it asked for (each builder
-  // bounds it by its build.fetchTimeout), a plain list only for a first load.
-  const settleMs = flags.refresh ? Math.max(ackTimeoutMs, 600_000) : ackTimeoutMs;
   return withClient(flags, async (nc, signal) => {
-    const combined = await discoverEveryBuilder(nc, { refresh: flags.refresh === true, repo, ackTimeoutMs, settleMs, signal });
-    if (!combined.ok) {
-      if (flags.json) process.stdout.write(`${JSON.stringify(combined.rejected)}
-`);
-      else process.stderr.write(`rejected: ${combined.rejected.error}
-`);
-      return ExitCode.usage;
-    }
-    const discovers = combined.answers;
-    if (flags.json) for (const answer of discovers) process.stdout.write(`${JSON.stringify(answer)}
-`);
-    const repos = reposOf(discovers);
-    if (repo !== undefined && !repos.includes(repo)) {
-      const who = discovers.length === 1 ? "this builder builds" : "these builders build";
-      if (!flags.json) process.stderr.write(`unknown repo ${repo}; ${who} ${repos.join(", ")}
-`);
-      return ExitCode.usage;
-    }
-    if (!flags.json) for (const line of describeDiscovers(discovers, repo)) process.stdout.write(`${line}\n`);
-    return ExitCode.ok;
+    // Builders answer at once and fetch in the background; how long to ask
+    // again while a repo is still loading is discoverSettleMs's.
+    const combined = await discoverEveryBuilder(nc, { refresh: flags.refresh === true, repo, ackTimeoutMs, signal });
+    return printCombined(flags, combined, (discovers) => {
+      const repos = reposOf(discovers);
+      if (repo !== undefined && !repos.includes(repo)) {
+        const who = discovers.length === 1 ? "this builder builds" : "these builders build";
+        if (!flags.json) process.stderr.write(`unknown repo ${repo}; ${who} ${repos.join(", ")}\n`);
+        return ExitCode.usage;
+      }
+      if (!flags.json) for (const line of describeDiscovers(discovers, repo)) process.stdout.write(`${line}\n`);
+      return ExitCode.ok;
+    });
   });
 }
 

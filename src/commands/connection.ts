@@ -1,49 +1,17 @@
 /**
- * NATS connection options shared by every client command (build, and the
- * commands that come after it): flags, with environment variables as
- * fallbacks so a systemd unit or CI job can set them once.
+ * The command-line flags every client command shares (NATS URL, seed file
+ * or Vault, timeouts), with environment variables as fallbacks so a
+ * systemd unit or CI job can set them once. What they mean — choosing the
+ * seed source, connecting — is src/client/connection.ts's.
  */
 import { Option, type Command } from "commander";
-import type { NatsConnection } from "nats";
 import { parseDuration } from "../util/duration.js";
-import { VaultSchema, issueMessage, vaultEnvDefaults, type VaultConfig } from "../config.js";
-import { fileSeedSource, type SeedSource } from "../nats/credentials.js";
 import { askEveryBuilder, type GatherOptions } from "../client/gather.js";
+import { withClient, type ClientSettings } from "../client/connection.js";
 import { ExitCode, UsageError } from "../errors.js";
 import type { AnswerTo, ControlName } from "../protocol.js";
-import { createLogger, type Logger } from "../logger.js";
-import { NatsTransport } from "../nats/transport.js";
-import { vaultSeedSource, type VaultSettingNames } from "../nats/vault.js";
-import { VERSION } from "../version.js";
 
-export interface ConnectionFlags {
-  natsUrl: string;
-  nkeySeedFile?: string;
-  vaultAddr?: string;
-  vaultCacert?: string;
-  vaultRoleIdFile?: string;
-  vaultSecretIdFile?: string;
-  vaultKvMount?: string;
-  vaultSecretPath?: string;
-  vaultSecretField?: string;
-  vaultTimeout?: string;
-  logLevel: string;
-}
-
-const FLAG_NAMES: VaultSettingNames = {
-  address: "--vault-addr",
-  caCertFile: "--vault-cacert",
-  roleIdFile: "--vault-role-id-file",
-  secretIdFile: "--vault-secret-id-file",
-  kvMount: "--vault-kv-mount",
-  secretPath: "--vault-secret-path",
-  secretField: "--vault-secret-field",
-  timeout: "--vault-timeout",
-};
-
-const NO_CREDENTIALS =
-  "no NATS credentials: pass --nkey-seed-file FILE (HOMELAB_DEPLOY_NKEY_SEED_FILE), or get the seed from Vault with " +
-  "--vault-role-id-file FILE --vault-secret-id-file FILE --vault-secret-path PATH (HOMELAB_DEPLOY_VAULT_ROLE_ID_FILE, …)";
+export type ConnectionFlags = ClientSettings;
 
 function vaultOptions(): Option[] {
   const option = (flags: string, description: string, env: string) => new Option(flags, description).env(`HOMELAB_DEPLOY_${env}`);
@@ -76,70 +44,10 @@ export function addConnectionOptions(command: Command): Command {
   );
 }
 
-export function clientLogger(flags: ConnectionFlags): Logger {
-  return createLogger({ level: flags.logLevel as "warn", fd: 2 });
-}
-
-/** The NKey source the flags name: a seed file, or Vault (never both). */
-export function seedSourceFrom(flags: ConnectionFlags, logger: Logger, env: NodeJS.ProcessEnv = process.env): SeedSource {
-  const vaultChosen = Boolean(flags.vaultRoleIdFile || flags.vaultSecretIdFile);
-  if (flags.nkeySeedFile && vaultChosen) {
-    throw new UsageError("two NKey sources: pass --nkey-seed-file or the --vault-* options, not both");
-  }
-  if (flags.nkeySeedFile) return fileSeedSource(flags.nkeySeedFile);
-  if (!vaultChosen) throw new UsageError(NO_CREDENTIALS);
-  return vaultSeedSource({ settings: vaultSettingsFrom(flags, env), names: FLAG_NAMES, logger, wait: false });
-}
-
-function vaultSettingsFrom(flags: ConnectionFlags, env: NodeJS.ProcessEnv): VaultConfig {
-  // The builder's own secret path is the config's default; a client must name its own.
-  if (!flags.vaultSecretPath) throw new UsageError(`${FLAG_NAMES.secretPath}: required: the path of this client's NKey seed in Vault`);
-  const fromFlags = {
-    address: flags.vaultAddr || undefined,
-    caCertFile: flags.vaultCacert || undefined,
-    roleIdFile: flags.vaultRoleIdFile || undefined,
-    secretIdFile: flags.vaultSecretIdFile || undefined,
-    kvMount: flags.vaultKvMount,
-    secretPath: flags.vaultSecretPath,
-    secretField: flags.vaultSecretField,
-    timeout: flags.vaultTimeout,
-  };
-  const result = VaultSchema.safeParse(vaultEnvDefaults(fromFlags, env));
-  if (result.success) return result.data;
-  const problems = result.error.issues.map((issue) => {
-    const key = issue.path[0] as keyof VaultSettingNames;
-    return `${FLAG_NAMES[key] ?? issue.path.join(".")}: ${issueMessage(issue)}`;
-  });
-  throw new UsageError(problems.join("; "));
-}
-
 export function durationFlag(name: string, value: string, allowZero = false): number {
   const ms = parseDuration(value);
   if (ms === undefined || (ms === 0 && !allowZero)) throw new UsageError(`invalid ${name} ${JSON.stringify(value)}: expected a duration like 10s or 2m`);
   return ms;
-}
-
-/**
- * Connects, runs `work` with an AbortSignal that fires on Ctrl-C/SIGTERM,
- * and always closes the connection afterwards.
- */
-export async function withClient<T>(
-  flags: ConnectionFlags,
-  work: (nc: NatsConnection, signal: AbortSignal, logger: Logger) => Promise<T>,
-): Promise<T> {
-  const logger = clientLogger(flags);
-  const transport = await connectClient(flags, logger);
-  const abort = new AbortController();
-  const onSignal = () => abort.abort();
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
-  try {
-    return await work(transport.connection, abort.signal, logger);
-  } finally {
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
-    await transport.stop();
-  }
 }
 
 export interface TimeoutFlags {
@@ -158,6 +66,18 @@ export function addIdleTimeoutOption(command: Command): Command {
     new Option("--idle-timeout <duration>", "give up when an accepted build sends nothing (not even a heartbeat) for this long; 0 waits forever")
       .env("HOMELAB_DEPLOY_IDLE_TIMEOUT")
       .default("2m"),
+  );
+}
+
+/** --wait-for-builder: how long a build keeps asking while no builder is listening (restarting, reconnecting) or NATS cannot be reached. */
+export function addWaitForBuilderOption(command: Command): Command {
+  return command.addOption(
+    new Option(
+      "--wait-for-builder <duration>",
+      "keep asking this long while no builder is listening (it restarts or reconnects) or NATS cannot be reached; 0 gives up at once",
+    )
+      .env("HOMELAB_DEPLOY_WAIT_FOR_BUILDER")
+      .default("30s"),
   );
 }
 
@@ -183,25 +103,21 @@ export async function runControl<N extends ControlName>(
 ): Promise<number> {
   return withClient(flags, async (nc, signal) => {
     const combined = await askEveryBuilder(nc, name, body, { ackTimeoutMs, signal, ...gather });
-    if (!combined.ok) {
-      if (flags.json) process.stdout.write(`${JSON.stringify(combined.rejected)}\n`);
-      else process.stderr.write(`rejected: ${combined.rejected.error}\n`);
-      return ExitCode.usage;
-    }
-    if (flags.json) for (const answer of combined.answers) process.stdout.write(`${JSON.stringify(answer)}\n`);
-    return show(combined.answers);
+    return printCombined(flags, combined, show);
   });
 }
 
-/** Connects once; a client says so and exits rather than waiting for NATS. */
-export async function connectClient(flags: ConnectionFlags, logger: Logger): Promise<NatsTransport> {
-  const transport = new NatsTransport({
-    servers: flags.natsUrl.split(",").map((s) => s.trim()).filter(Boolean),
-    name: `homelab-deploy-client/${VERSION}`,
-    seed: seedSourceFrom(flags, logger),
-    logger,
-    waitForServer: false,
-  });
-  await transport.start();
-  return transport;
+/** Prints gathered answers as runControl does; shared with `build --list`. */
+export function printCombined<T>(
+  flags: { json?: boolean },
+  combined: { ok: true; answers: T[] } | { ok: false; rejected: { error: string } },
+  show: (answers: T[]) => number,
+): number {
+  if (!combined.ok) {
+    if (flags.json) process.stdout.write(`${JSON.stringify(combined.rejected)}\n`);
+    else process.stderr.write(`rejected: ${combined.rejected.error}\n`);
+    return ExitCode.usage;
+  }
+  if (flags.json) for (const answer of combined.answers) process.stdout.write(`${JSON.stringify(answer)}\n`);
+  return show(combined.answers);
 }

@@ -7,8 +7,21 @@
  * on SIGTERM/SIGINT, closing the NATS connection first.
  */
 import type { Command } from "commander";
-import { addAckTimeoutOption, addConnectionOptions, addIdleTimeoutOption } from "./connection.js";
-import type { McpFlags } from "../mcp/run.js";
+import {
+  addAckTimeoutOption,
+  addConnectionOptions,
+  addIdleTimeoutOption,
+  addWaitForBuilderOption,
+  durationFlag,
+  type ConnectionFlags,
+} from "./connection.js";
+
+interface McpFlags extends ConnectionFlags {
+  enableBuilds?: boolean;
+  ackTimeout: string;
+  idleTimeout: string;
+  waitForBuilder: string;
+}
 
 export function registerMcp(program: Command): void {
   const command = program
@@ -17,10 +30,19 @@ export function registerMcp(program: Command): void {
     .option("--enable-builds", "offer the build and cancel_build tools (without it the server is read-only)");
   addAckTimeoutOption(command, "a tool call gives up when no builder answers within this long");
   addIdleTimeoutOption(command);
+  addWaitForBuilderOption(command);
   addConnectionOptions(command).action(async (flags: McpFlags) => {
+    const { enableBuilds, ackTimeout, idleTimeout, waitForBuilder, ...settings } = flags;
+    const options = {
+      settings,
+      enableBuilds: enableBuilds === true,
+      ackTimeoutMs: durationFlag("--ack-timeout", ackTimeout),
+      idleTimeoutMs: durationFlag("--idle-timeout", idleTimeout, true),
+      waitForBuilderMs: durationFlag("--wait-for-builder", waitForBuilder, true),
+    };
     // Loaded only when asked for: the builder daemon never needs the MCP SDK in memory.
     const { runMcp } = await import("../mcp/run.js");
-    process.exitCode = await runMcp(flags);
+    process.exitCode = await runMcp(options);
   });
 }
 

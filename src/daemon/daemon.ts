@@ -3,6 +3,7 @@
  * config, starts them in order and stops them in reverse. Components never
  * exit the process; they report, and the command decides.
  */
+import { STATE_FILE_NAMES, STATE_FILES } from "../state-files.js";
 import { hostname } from "node:os";
 import { Builder } from "../builder/builder.js";
 import { HostCatalog } from "../builder/catalog.js";
@@ -61,6 +62,9 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
     seed: seedSourceOf(config, logger),
     logger: logger.child({ component: "nats" }),
     waitForServer: true,
+    // The builder publishes its answers under build.responses.>, inside the
+    // build.> it subscribes to: without this it would hear every one of them.
+    noEcho: true,
   });
   const catalog = new HostCatalog({ nix, repos: config.repos, logger: logger.child({ component: "catalog" }), timeoutMs: config.build.resolveTimeout, fetchTimeoutMs: config.build.fetchTimeout });
   const nixVersion = await nix.version();
@@ -73,7 +77,7 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
   });
   // A FIFO (or directory, …) where a state file belongs is never read (it
   // would block start-up) nor replaced: /readyz says so from the start.
-  for (const file of [TOPLEVEL_CACHE_FILE, HISTORY_FILE, GC_ROOTS_FILE]) {
+  for (const file of STATE_FILE_NAMES) {
     await assertReplaceable(join(config.stateDir, file)).catch((err: unknown) => stateHealth.record(file, errorMessage(err)));
   }
   await toplevels.load();
@@ -95,7 +99,10 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
   });
   await Promise.all([history.load(), roots.load()]);
   const keeper = new Keeper({ history, roots, store, logger: logger.child({ component: "keep" }) });
-  const builder = new Builder({ config, transport, nix, catalog, events, logger, version: VERSION, builderName, toplevels, keeper, history });
+  const builder = new Builder({
+    ...{ config, transport, nix, catalog, events, logger, version: VERSION, builderName, toplevels, keeper, history },
+    onJobsSaved: (error) => stateHealth.record(STATE_FILES.jobs, error),
+  });
   const statusSource: StatusSource = {
     status: () => builder.status(),
     repos: () => builder.repos(),

@@ -7,13 +7,14 @@ import type { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import type { RequestHandlerExtra } from "@modelcontextprotocol/sdk/shared/protocol.js";
 import type { ServerNotification, ServerRequest } from "@modelcontextprotocol/sdk/types.js";
 import { z } from "zod";
-import { RequestAbortedError, requestBuild, type BuildTarget } from "../client/client.js";
+import { RequestAbortedError, type BuildTarget } from "../client/client.js";
+import { requestBuildWaiting } from "../client/wait-for-builder.js";
 import { errorMessage } from "../errors.js";
 import { ALL_HOSTS, CancelRequestSchema, CancelResponseSchema, HostNameSchema, RefSchema, RepoNameSchema, type BuildResponse, type CancelResponse, type HostFinished } from "../protocol.js";
 import { describeCancel } from "../client/report.js";
 import { BuildToolOutputSchema, buildToolResult } from "./build-result.js";
 import { askBuilders, type ToolContext } from "./context.js";
-import { BuildProgress } from "./progress.js";
+import { BuildProgress, type ProgressUpdate } from "./progress.js";
 import { guarded, toolError, toolResult } from "./tool-result.js";
 
 type Extra = RequestHandlerExtra<ServerRequest, ServerNotification>;
@@ -65,22 +66,33 @@ export function registerBuildTools(server: McpServer, context: ToolContext): voi
 
 async function runBuild(context: ToolContext, request: BuildTarget, extra: Extra) {
   const { logger } = context;
-  const nc = await context.link.connection();
-  const notify = progressNotifier(request, extra, logger);
+  const { notify, waiting } = progressNotifier(request, extra, logger);
   const finished = new Map<string, HostFinished>();
   logger.info({ ...request }, "build requested over MCP");
+  // As the CLI does: while NATS cannot be reached yet or no builder is
+  // listening (it restarts), ask again for --wait-for-builder.
+  const until = Date.now() + context.waitForBuilderMs;
+  const wait = {
+    until,
+    onWaiting: (err: Error) => {
+      logger.info({ ...request, err: err.message }, "no builder is listening yet; asking again");
+      waiting();
+    },
+  };
+  const signal = AbortSignal.any([extra.signal, context.shutdown]);
+  const nc = await context.link.connection({ retryForMs: context.waitForBuilderMs, signal, onRetry: () => waiting() });
   try {
-    const final = await requestBuild(nc, request, {
+    const final = await requestBuildWaiting(nc, request, {
       ackTimeoutMs: context.ackTimeoutMs,
       idleTimeoutMs: context.idleTimeoutMs,
-      signal: AbortSignal.any([extra.signal, context.shutdown]),
+      signal,
       onMessage: (message) => {
         if (message.type === "host_finished") finished.set(message.host, message);
         notify(message);
       },
       onInvalid: (raw) => logger.warn({ raw }, "ignoring a message that is not part of the protocol"),
       onGap: (missing) => logger.warn({ missing }, "some of the builder's messages never arrived (the final result is complete)"),
-    });
+    }, wait);
     const { output, lines } = buildToolResult(request, final, finished);
     logger.info({ ...request, outcome: output.outcome, jobId: output.jobId }, "build finished");
     return toolResult(lines, output, output.outcome !== "success");
@@ -97,19 +109,30 @@ async function runBuild(context: ToolContext, request: BuildTarget, extra: Extra
  * for progress (gave a token). Never throws into the NATS callback: a
  * notification that cannot be sent is logged and the build is followed on.
  */
-function progressNotifier(request: BuildTarget, extra: Extra, logger: ToolContext["logger"]): (message: BuildResponse) => void {
+function progressNotifier(
+  request: BuildTarget,
+  extra: Extra,
+  logger: ToolContext["logger"],
+): { notify: (message: BuildResponse) => void; waiting: () => void } {
   const progressToken = extra._meta?.progressToken;
-  if (progressToken === undefined) return () => undefined;
+  if (progressToken === undefined) return { notify: () => undefined, waiting: () => undefined };
   const progress = new BuildProgress(request.target);
-  return (message) => {
-    try {
-      const update = progress.update(message);
-      if (!update) return;
-      extra
-        .sendNotification({ method: "notifications/progress", params: { progressToken, ...update } })
-        .catch((err: unknown) => logger.debug({ err: errorMessage(err) }, "could not send a progress notification"));
-    } catch (err) {
-      logger.warn({ err: errorMessage(err) }, "could not make a progress notification");
-    }
+  const send = (update: ProgressUpdate) =>
+    extra
+      .sendNotification({ method: "notifications/progress", params: { progressToken, ...update } })
+      .catch((err: unknown) => logger.debug({ err: errorMessage(err) }, "could not send a progress notification"));
+  return {
+    notify: (message) => {
+      try {
+        const update = progress.update(message);
+        if (update) void send(update);
+      } catch (err) {
+        logger.warn({ err: errorMessage(err) }, "could not make a progress notification");
+      }
+    },
+    waiting: () => {
+      const update = progress.waiting();
+      if (update) void send(update);
+    },
   };
 }

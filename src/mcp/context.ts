@@ -17,6 +17,8 @@ export interface ToolContext {
   ackTimeoutMs: number;
   /** An accepted build that sends nothing, not even a heartbeat, for this long is given up on (0: never). */
   idleTimeoutMs: number;
+  /** A `build` keeps asking this long while no builder is listening (see client/wait-for-builder.ts). */
+  waitForBuilderMs: number;
   /** Fires when the server stops: every wait ends. */
   shutdown: AbortSignal;
 }

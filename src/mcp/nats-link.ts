@@ -12,8 +12,9 @@ import type { NatsConnection } from "nats";
 import { ConnectionError, errorMessage } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { NatsTransport } from "../nats/transport.js";
+import type { ConnectOptions } from "../client/connection.js";
 
-export type Connect = () => Promise<NatsTransport>;
+export type Connect = (options?: ConnectOptions) => Promise<NatsTransport>;
 
 /** How long closing may take: the server exits right after. */
 const CLOSE_TIMEOUT_MS = 2_000;
@@ -30,10 +31,15 @@ export class NatsLink {
     private readonly logger: Logger,
   ) {}
 
-  /** A connected NatsConnection, or a ConnectionError/CredentialsError/UsageError that says why not. */
-  async connection(): Promise<NatsConnection> {
+  /**
+   * A connected NatsConnection, or a ConnectionError/CredentialsError/UsageError
+   * that says why not. `options` (a build waiting for a builder) let a
+   * first connection be tried again within a window; calls made meanwhile
+   * share that attempt.
+   */
+  async connection(options?: ConnectOptions): Promise<NatsConnection> {
     if (this.closed) throw new ConnectionError("the MCP server is shutting down", "closed");
-    const transport = this.transport ?? (await this.connectOnce());
+    const transport = this.transport ?? (await this.connectOnce(options));
     if (transport.state === "connected") return transport.connection;
     throw new ConnectionError(
       `lost the connection to NATS at ${this.servers}; reconnecting in the background, try again in a moment`,
@@ -49,15 +55,15 @@ export class NatsLink {
   }
 
   /** Concurrent calls share one attempt; a failed attempt is not cached. */
-  private connectOnce(): Promise<NatsTransport> {
-    this.connecting ??= this.open().finally(() => {
+  private connectOnce(options?: ConnectOptions): Promise<NatsTransport> {
+    this.connecting ??= this.open(options).finally(() => {
       this.connecting = undefined;
     });
     return this.connecting;
   }
 
-  private async open(): Promise<NatsTransport> {
-    const transport = await this.connect();
+  private async open(options?: ConnectOptions): Promise<NatsTransport> {
+    const transport = await this.connect(options);
     if (this.closed) {
       await transport.stop(CLOSE_TIMEOUT_MS);
       throw new ConnectionError("the MCP server is shutting down", "closed");

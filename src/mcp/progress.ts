@@ -42,6 +42,13 @@ export class BuildProgress {
     return { progress: value, ...(this.total !== undefined ? { total: this.total } : {}), message: text };
   }
 
+  /** No builder is listening yet and the request is asked again: nothing is done, but the wait is shown. */
+  waiting(): ProgressUpdate | undefined {
+    const value = this.grow(this.hostsDone);
+    if (value === undefined) return undefined;
+    return { progress: value, ...(this.total !== undefined ? { total: this.total } : {}), message: "waiting for a builder…" };
+  }
+
   private valueFor(message: BuildResponse): number {
     switch (message.type) {
       case "job_started":

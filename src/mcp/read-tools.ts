@@ -13,9 +13,6 @@ import { discoverEveryBuilder } from "../client/gather.js";
 import { BuilderRefusedError, askBuilders, type ToolContext } from "./context.js";
 import { guarded, toolError, toolResult } from "./tool-result.js";
 
-/** A refresh fetches and evaluates every repo: allow it the time that takes (as `build --list --refresh` does). */
-const REFRESH_TIMEOUT_MS = 600_000;
-
 const ListInputSchema = z.strictObject({
   repo: RepoNameSchema.optional().describe("only this repo (a name from the builder's config, e.g. nixos-servers)"),
   refresh: z
@@ -56,7 +53,6 @@ export function registerReadTools(server: McpServer, context: ToolContext): void
           refresh: refresh === true,
           repo,
           ackTimeoutMs: context.ackTimeoutMs,
-          settleMs: refresh ? Math.max(context.ackTimeoutMs, REFRESH_TIMEOUT_MS) : context.ackTimeoutMs,
           signal: AbortSignal.any([extra.signal, context.shutdown]),
         });
         if (!combined.ok) throw new BuilderRefusedError(`the builder refused build.discover: ${combined.rejected.error}`);

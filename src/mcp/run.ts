@@ -3,27 +3,29 @@
  * a clean exit when the client goes away.
  */
 import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js";
-import { clientLogger, connectClient, durationFlag, type ConnectionFlags } from "../commands/connection.js";
+import { clientLogger, connectClient, type ClientSettings } from "../client/connection.js";
 import { ExitCode, errorMessage } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { NatsLink } from "./nats-link.js";
 import { createMcpServer } from "./server.js";
 
-export interface McpFlags extends ConnectionFlags {
-  enableBuilds?: boolean;
-  ackTimeout: string;
-  idleTimeout: string;
+export interface McpOptions {
+  /** Where NATS is and who we are (the client's connection settings). */
+  settings: ClientSettings;
+  enableBuilds: boolean;
+  ackTimeoutMs: number;
+  idleTimeoutMs: number;
+  /** How long a `build` call keeps asking while no builder is listening. */
+  waitForBuilderMs: number;
 }
 
-export async function runMcp(flags: McpFlags): Promise<number> {
-  const ackTimeoutMs = durationFlag("--ack-timeout", flags.ackTimeout);
-  const idleTimeoutMs = durationFlag("--idle-timeout", flags.idleTimeout, true);
-  const logger = clientLogger(flags);
+export async function runMcp(options: McpOptions): Promise<number> {
+  const { settings, enableBuilds, ackTimeoutMs, idleTimeoutMs, waitForBuilderMs } = options;
+  const logger = clientLogger(settings);
   keepServing(logger);
-  const link = new NatsLink(() => connectClient(flags, logger), flags.natsUrl, logger);
+  const link = new NatsLink((connect) => connectClient(settings, logger, connect), settings.natsUrl, logger);
   const shutdown = new AbortController();
-  const enableBuilds = flags.enableBuilds === true;
-  const server = createMcpServer({ enableBuilds, link, logger, ackTimeoutMs, idleTimeoutMs, shutdown: shutdown.signal });
+  const server = createMcpServer({ enableBuilds, link, logger, ackTimeoutMs, idleTimeoutMs, waitForBuilderMs, shutdown: shutdown.signal });
   const transport = new StdioServerTransport();
 
   let resolveDone: (code: number) => void = () => undefined;
@@ -46,7 +48,7 @@ export async function runMcp(flags: McpFlags): Promise<number> {
 
   server.server.onclose = () => void stop("the MCP transport closed");
   await server.connect(transport);
-  logger.info({ builds: enableBuilds, nats: flags.natsUrl }, "MCP server ready on stdio");
+  logger.info({ builds: enableBuilds, nats: settings.natsUrl }, "MCP server ready on stdio");
   return done;
 }
 

@@ -31,6 +31,13 @@ export interface TransportOptions {
   waitForServer: boolean;
   /** Backoff bounds for start-up waits and reconnects. */
   backoff?: { initialMs: number; maxMs: number };
+  /**
+   * The server does not deliver this connection's own messages back to it.
+   * A daemon subscribed to a wildcard that covers where it publishes (the
+   * builder: `build.>`, its answers under `build.responses.>`) would
+   * otherwise receive every message it sends.
+   */
+  noEcho?: boolean;
 }
 
 export type MessageHandler = (msg: Msg) => void;
@@ -170,6 +177,7 @@ export class NatsTransport {
         if (!this.seed) throw new ConnectionError("no NKey seed loaded", "refused");
         return this.seed;
       }),
+      noEcho: this.options.noEcho ?? false,
       reconnect: true,
       maxReconnectAttempts: -1,
       // nats.js asks for the delay on every turn of its reconnect loop, also

@@ -1,6 +1,7 @@
 /**
- * The nix process groups a builder has started, in <stateDir>/nix-processes.json,
- * so that a builder that was killed (OOM, crash, SIGKILL outside systemd)
+ * The process groups a daemon has started through the supervisor
+ * (supervisor.ts), in <stateDir>/nix-processes.json, so that a daemon that
+ * was killed (OOM, crash, SIGKILL outside systemd)
  * leaves behind a list of what may still be running: the next start ends
  * those before it builds anything, and two builds never overlap.
  *
@@ -9,13 +10,14 @@
  * since boot), the boot it started in and its command line: only a process
  * matching all three is ended.
  */
+import { STATE_FILES } from "../state-files.js";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
 import type { Logger } from "../logger.js";
 import { writeFileAtomicSync } from "../util/atomic-file.js";
 import { readStateFile } from "../util/regular-file.js";
-import { isAlive, killProcessTree } from "./process-tree.js";
+import { isAlive, killProcessTree, statSync } from "./process-tree.js";
 
 const EntrySchema = z.object({
   pid: z.number().int().positive(),
@@ -33,16 +35,12 @@ export interface ProcessIdentity {
 
 /** Start time and command line of a live process, or undefined if it is gone. */
 export function processIdentity(pid: number): ProcessIdentity | undefined {
+  const stat = statSync(pid);
+  if (!stat) return undefined;
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const cmdline = readFileSync(`/proc/${pid}/cmdline`);
-    // Fields after the command name (which may hold spaces and ")"): state is field 3, starttime field 22.
-    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    const startTime = rest[22 - 3];
-    if (startTime === undefined) return undefined;
-    const args = cmdline.toString("utf8").split("\0");
+    const args = readFileSync(`/proc/${pid}/cmdline`).toString("utf8").split("\0");
     if (args.at(-1) === "") args.pop();
-    return { startTime, cmdline: args };
+    return { startTime: stat.startTime, cmdline: args };
   } catch {
     return undefined;
   }
@@ -59,12 +57,8 @@ function bootId(): string {
 /** Gone, or a zombie (not our child: whoever adopted it reaps it, perhaps never in a container). */
 function gone(pid: number): boolean {
   if (!isAlive(pid)) return true;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
-  } catch {
-    return true;
-  }
+  const state = statSync(pid)?.state;
+  return state === undefined || state === "Z";
 }
 
 async function untilGone(pid: number, withinMs: number): Promise<void> {
@@ -82,7 +76,7 @@ export class ProcessLedger {
     private readonly logger: Logger,
     private readonly killGraceMs: number,
   ) {
-    this.file = join(stateDir, "nix-processes.json");
+    this.file = join(stateDir, STATE_FILES.nixProcesses);
   }
 
   /**

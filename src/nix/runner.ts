@@ -1,8 +1,8 @@
 /**
  * Running nix: resolve a flake to a locked revision, list its hosts, build
- * one host's system closure. Arguments go to execa as an array (never a
- * shell); each nix runs in a process group of its own so that a timeout or
- * a cancel ends its whole tree. A failed build is returned, not thrown.
+ * one host's system closure. Each nix runs through the supervisor
+ * (supervisor.ts: no shell, a process group of its own, timeout, cancel,
+ * the process ledger). A failed build is returned, not thrown.
  *
  * Flags are chosen to work on Nix 2.8 (Debian) and current Nix alike:
  * `--json` instead of `--print-out-paths` (absent in 2.8), and `-L` *before*
@@ -10,22 +10,16 @@
  */
 import { stripVTControlCharacters } from "node:util";
 import { dirname, join } from "node:path";
-import { execa } from "execa";
 import { z } from "zod";
-import { forEachLine } from "../util/line-splitter.js";
 import { NixLogState, type NixProgress } from "./log.js";
 import { parseJsonAs } from "../util/json.js";
-import { killProcessTree } from "./process-tree.js";
+import { cannotRun, Supervisor, type ProcessOutcome, type ProcessRecorder, type ProcessResult } from "./supervisor.js";
 import { formatSetting } from "../util/duration.js";
 import { isCommitId, type HostStatus, type SourceLocation } from "../protocol.js";
 import type { NixError } from "./log.js";
 import { isStorePath, pathInSource } from "./store-path.js";
 
-/** Where each nix process group started is recorded, so a crashed builder's leftovers can be ended (src/nix/process-ledger.ts). */
-export interface ProcessRecorder {
-  started(pid: number): void;
-  exited(pid: number): void;
-}
+export type { ProcessRecorder } from "./supervisor.js";
 
 export interface NixRunnerOptions {
   nixBin: string;
@@ -41,21 +35,22 @@ export interface RunOptions {
   signal?: AbortSignal;
   /** Called with the log state whenever nix reports visible progress. */
   onProgress?: (progress: NixProgress) => void;
+  /** Samples the process tree's RSS this often: `peakRssBytes` in the result. */
+  rssSampleMs?: number;
+  /** false: left out of the process ledger (supervisor.ts: a switch that restarts its own daemon). */
+  record?: boolean;
 }
 
-export type RunOutcome = "exited" | "timeout" | "cancelled" | "spawn_failed";
+export type RunOutcome = ProcessOutcome;
 
-export interface RunResult {
-  outcome: RunOutcome;
-  exitCode: number | undefined;
-  signal: string | undefined;
-  stdout: string;
+export interface RunResult extends ProcessResult {
   log: NixLogState;
-  durationMs: number;
   /** The limit this run had (the time it took may be a little longer: killing takes time). */
   timeoutMs: number;
-  spawnError?: string;
 }
+
+/** What an operator is told when nix cannot be started at all. */
+export const NIX_PATH_HINT = "is nix on the builder's PATH?";
 
 /**
  * A failed nix call: why, in nix's (or git's) words. `location` is set when
@@ -127,69 +122,33 @@ export function toplevelInstallable(lockedUrl: string, host: string): string {
 export class NixRunner {
   /** nix-store, found next to nix (NixStore runs it too). */
   readonly nixStoreBin: string;
+  /** Starts every nix process of this daemon, the evaluation pool's workers too. */
+  readonly supervisor: Supervisor;
 
   get nixBin(): string {
     return this.options.nixBin;
   }
 
-  /** Every nix process the builder starts goes into it, the evaluation pool's workers too. */
-  get ledger(): ProcessRecorder | undefined {
-    return this.options.ledger;
-  }
-
   constructor(private readonly options: NixRunnerOptions) {
     // nix-store ships next to nix in every Nix release, 2.8 to current.
     this.nixStoreBin = options.nixBin.includes("/") ? join(dirname(options.nixBin), "nix-store") : "nix-store";
+    const { killGraceMs, env, ledger } = options;
+    this.supervisor = new Supervisor({ killGraceMs, ...(env ? { env } : {}), ...(ledger ? { ledger } : {}) });
   }
 
   async run(args: readonly string[], options: RunOptions, bin = this.options.nixBin): Promise<RunResult> {
-    const started = performance.now();
     const log = new NixLogState(this.options.logTailLines);
-    const subprocess = execa(bin, args, {
-      detached: true,
-      cleanup: false,
-      reject: false,
-      stdin: "ignore",
-      buffer: { stdout: true, stderr: false },
-      maxBuffer: 16 * 1024 * 1024,
-      env: this.options.env,
-      encoding: "utf8",
+    const { timeoutMs, signal, onProgress, rssSampleMs, record } = options;
+    const result = await this.supervisor.run(bin, args, {
+      timeoutMs,
+      ...(signal ? { signal } : {}),
+      ...(rssSampleMs ? { rssSampleMs } : {}),
+      ...(record === false ? { record } : {}),
+      onStderrLine: (line) => {
+        if (log.push(line)) onProgress?.(log.progress);
+      },
     });
-    const pid = subprocess.pid;
-    if (pid !== undefined) this.options.ledger?.started(pid);
-    let outcome: RunOutcome = "exited";
-    let killing: Promise<void> | undefined;
-    const exited = subprocess.then(() => undefined);
-    const kill = (why: RunOutcome) => {
-      if (killing || subprocess.pid === undefined) return;
-      outcome = why;
-      killing = killProcessTree(subprocess.pid, this.options.killGraceMs, exited);
-    };
-    const timer = setTimeout(() => kill("timeout"), options.timeoutMs);
-    const onAbort = () => kill("cancelled");
-    if (options.signal?.aborted) onAbort();
-    options.signal?.addEventListener("abort", onAbort, { once: true });
-    const stderrDone = subprocess.stderr
-      ? forEachLine(subprocess.stderr, (line) => {
-          if (log.push(line)) options.onProgress?.(log.progress);
-        })
-      : Promise.resolve();
-    const result = await subprocess;
-    clearTimeout(timer);
-    options.signal?.removeEventListener("abort", onAbort);
-    await Promise.all([stderrDone, killing]);
-    if (pid !== undefined) this.options.ledger?.exited(pid);
-    const spawnFailed = result.failed && result.exitCode === undefined && result.signal === undefined && !killing;
-    return {
-      outcome: spawnFailed ? "spawn_failed" : outcome,
-      exitCode: result.exitCode,
-      signal: result.signal,
-      stdout: typeof result.stdout === "string" ? result.stdout : "",
-      log,
-      durationMs: Math.round(performance.now() - started),
-      timeoutMs: options.timeoutMs,
-      spawnError: spawnFailed ? result.originalMessage || result.shortMessage : undefined,
-    };
+    return { ...result, log, timeoutMs };
   }
 
   /** `nix flake metadata --refresh`: fetch the latest commit of the repo (or of `ref`) and lock it. */
@@ -281,7 +240,7 @@ export function isEvalError(error: NixError): boolean {
 export function describeFailure(run: RunResult, nixBin: string): string {
   switch (run.outcome) {
     case "spawn_failed":
-      return `cannot run ${nixBin}: ${run.spawnError ?? "spawn failed"} (is nix on the builder's PATH?)`;
+      return cannotRun(nixBin, run, NIX_PATH_HINT);
     case "timeout":
       return `timed out after ${formatSetting(run.timeoutMs)}; the nix process tree was killed`;
     case "cancelled":

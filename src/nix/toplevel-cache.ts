@@ -8,17 +8,17 @@
  * memory and in `<stateDir>/toplevels.json`, so a restart does not cost an
  * evaluation either; a missing or unusable file just means a cold start.
  */
+import { STATE_FILES } from "../state-files.js";
 import { existsSync } from "node:fs";
-import { readStateFile } from "../util/regular-file.js";
 import { join } from "node:path";
 import { z } from "zod";
-import { writeFileAtomic } from "../util/atomic-file.js";
+import { StateFile } from "../util/state-file.js";
 import { errorMessage } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { LruMap } from "../util/lru.js";
 import { DrvPathSchema } from "./store-path.js";
 
-export const TOPLEVEL_CACHE_FILE = "toplevels.json";
+export const TOPLEVEL_CACHE_FILE = STATE_FILES.toplevels;
 const CAPACITY = 8;
 
 // Only a store derivation may reach `nix-store --realise`, whether from nix
@@ -45,16 +45,26 @@ export interface ToplevelCacheOptions {
 
 export class ToplevelCache {
   private readonly entries = new LruMap<string, ToplevelDrvs>(CAPACITY);
-  private readonly file: string | undefined;
-  private saving: Promise<void> = Promise.resolve();
+  private readonly state: StateFile<z.infer<typeof FileSchema>> | undefined;
 
   constructor(private readonly options: ToplevelCacheOptions) {
-    this.file = options.stateDir ? join(options.stateDir, TOPLEVEL_CACHE_FILE) : undefined;
+    this.state = options.stateDir
+      ? new StateFile({
+          file: join(options.stateDir, TOPLEVEL_CACHE_FILE),
+          schema: FileSchema,
+          snapshot: () => ({ version: 1 as const, nix: options.nixVersion, entries: this.entries.entries() }),
+          ...(options.onSaved ? { onSaved: options.onSaved } : {}),
+        })
+      : undefined;
+  }
+
+  private get file(): string | undefined {
+    return this.state?.file;
   }
 
   async load(): Promise<void> {
-    if (!this.file) return;
-    const read = await readStateFile(this.file, FileSchema);
+    if (!this.state) return;
+    const read = await this.state.read();
     if (read.status === "missing") return;
     if (read.status === "unreadable") {
       this.options.logger.warn({ file: this.file, err: errorMessage(read.error) }, "toplevel .drv cache not loaded; starting cold");
@@ -84,23 +94,15 @@ export class ToplevelCache {
 
   set(lockedUrl: string, drvs: ToplevelDrvs): void {
     this.entries.set(lockedUrl, drvs);
-    this.saving = this.saving.then(() => this.save());
+    this.state
+      ?.save()
+      .catch((err: unknown) =>
+        this.options.logger.warn({ file: this.file, err: errorMessage(err) }, "cannot save the toplevel .drv cache; a restart will evaluate again"),
+      );
   }
 
   /** Resolves when what was set so far is on disk (or its write failed and was logged). */
-  flush(): Promise<void> {
-    return this.saving;
-  }
-
-  private async save(): Promise<void> {
-    if (!this.file) return;
-    const body = { version: 1, nix: this.options.nixVersion, entries: this.entries.entries() };
-    try {
-      await writeFileAtomic(this.file, `${JSON.stringify(body)}\n`);
-      this.options.onSaved?.(undefined);
-    } catch (err) {
-      this.options.onSaved?.(errorMessage(err));
-      this.options.logger.warn({ file: this.file, err: errorMessage(err) }, "cannot save the toplevel .drv cache; a restart will evaluate again");
-    }
+  async flush(): Promise<void> {
+    await this.state?.flush();
   }
 }

@@ -143,13 +143,13 @@ export class BuildMetrics {
     });
     this.evalWorkers = new Counter({
       name: "homelab_deploy_eval_workers_total",
-      help: "nix eval worker processes of all-host evaluations, by repo and outcome: started, replaced (past build.evalMaxMemory), lost (died under a host: OOM killer, crash, timeout).",
+      help: "nix eval worker processes of all-host evaluations, by repo and outcome: started, replaced (past build.evalMaxMemory after other hosts), lost (died under a host: OOM killer, crash, timeout, past build.evalMaxMemory on its first host).",
       labelNames: ["repo", "outcome"],
       registers,
     });
     this.evalPeakRss = new Gauge({
       name: "homelab_deploy_eval_worker_peak_rss_bytes",
-      help: "Highest RSS of an evaluation worker (summed over its process tree) seen between two hosts in the repo's last all-host evaluation, 0 when no worker went on to a second host; compare with build.evalMaxMemory and the unit's MemoryMax.",
+      help: "Highest RSS of an evaluation worker (summed over its process tree) seen in the repo's last all-host evaluation (read every 250 ms while a host evaluates); compare with build.evalMaxMemory and the unit's MemoryMax.",
       labelNames: ["repo"],
       registers,
     });

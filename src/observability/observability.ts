@@ -17,7 +17,7 @@ import { STATE_FILE_NAME, StatePersister, StateStore } from "./state.js";
 import type { StateHealth } from "./state-health.js";
 import { assertReplaceable } from "../util/regular-file.js";
 import { errorMessage } from "../errors.js";
-import { TOPLEVEL_CACHE_FILE } from "../nix/toplevel-cache.js";
+import { STATE_FILE_NAMES } from "../state-files.js";
 import type { NatsTransport } from "../nats/transport.js";
 import { VERSION } from "../version.js";
 import { StatusPage } from "./status-page/status-page.js";
@@ -47,8 +47,7 @@ export interface ObservedParts {
 export async function startObservability(config: Config, logger: Logger, parts: ObservedParts): Promise<Observability> {
   const { events, transport, nix, stateHealth } = parts;
   const metrics = new BuildMetrics({ repos: Object.keys(config.repos), version: VERSION, builder: parts.builderName });
-  // history.json and gcroots.json belong to src/builder/keep, which this layer may not import.
-  metrics.initStateFiles([STATE_FILE_NAME, TOPLEVEL_CACHE_FILE, "history.json", "gcroots.json"]);
+  metrics.initStateFiles(STATE_FILE_NAMES);
   for (const problem of stateHealth.problems()) metrics.recordStateWrite(problem.file, problem.error);
   stateHealth.onRecord((file, error) => metrics.recordStateWrite(file, error));
   const stateLogger = logger.child({ component: "state" });

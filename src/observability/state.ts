@@ -7,6 +7,7 @@
  * leaves either the old or the new file, never half of one. A missing or
  * unreadable file is one warning and an empty start, never a stopped daemon.
  */
+import { STATE_FILES } from "../state-files.js";
 import { readRegularFile } from "../util/regular-file.js";
 import { join } from "node:path";
 import { z } from "zod";
@@ -16,7 +17,7 @@ import type { Logger } from "../logger.js";
 import { HostNameSchema, HostStatusSchema, JobStatusSchema, RepoNameSchema } from "../protocol.js";
 import { SaveLoop } from "../util/save-loop.js";
 
-export const STATE_FILE_NAME = "metrics.json";
+export const STATE_FILE_NAME = STATE_FILES.metrics;
 const FORMAT_VERSION = 1;
 
 const CountSchema = z.number().finite().nonnegative();

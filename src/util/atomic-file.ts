@@ -1,10 +1,23 @@
 /**
  * Replacing a file so that a crash leaves either the old or the new one,
  * never half of one: temp file, fsync, rename, fsync of the directory.
+ *
+ * Written by hand rather than with the `write-file-atomic` package (item 8
+ * of issue 20 weighed it): it opens its temp file with "w", not "wx", so
+ * something left at that name (a FIFO: blocks forever) is opened rather
+ * than refused; it resolves the target with realpath, so it writes through
+ * a symlink planted at a state file's path; it does not refuse to replace
+ * a FIFO or directory there (assertReplaceable: whatever put it there wants
+ * an operator to look); and it fsyncs the file but not the directory, so
+ * a power cut can bring the old file back. What it adds (chown, a queue
+ * per file name) is not needed: each state file has one writer (SaveLoop).
  */
 import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import { mkdir, open, rename, unlink } from "node:fs/promises";
 import { dirname } from "node:path";
+import { Worker } from "node:worker_threads";
+import { StateFileError } from "../errors.js";
+import type { WriteAnswer, WriteRequest } from "./atomic-file-worker.js";
 import { assertReplaceable, assertReplaceableSync } from "./regular-file.js";
 
 export async function writeFileAtomic(file: string, body: string, mode = 0o640): Promise<void> {
@@ -89,3 +102,72 @@ async function syncDirectory(dir: string): Promise<void> {
     await handle.close();
   }
 }
+
+/**
+ * writeFileAtomicSync on a thread of its own: durable like it, without
+ * blocking the event loop, and with a single wake-up of the event loop when
+ * it is done. For writes a request waits for on a busy daemon: the async
+ * version's dozen steps through libuv's pool each wait their turn behind
+ * whatever keeps the event loop busy (a build's log flood), the blocking one
+ * holds every other request for the disk's fsyncs (docs/performance.md,
+ * "Accept latency"). One thread for the process, started at the first write
+ * and kept (unref'd while idle); writes run one after another.
+ */
+export function writeFileAtomicOffThread(file: string, body: string, mode = 0o640): Promise<void> {
+  return writerThread.write(file, body, mode);
+}
+
+class WriterThread {
+  private worker: Worker | undefined;
+  private readonly pending = new Map<number, { resolve: () => void; reject: (err: Error) => void }>();
+  private nextId = 1;
+
+  write(file: string, body: string, mode: number): Promise<void> {
+    const worker = (this.worker ??= this.start());
+    const id = this.nextId++;
+    const request: WriteRequest = { id, file, body, mode };
+    return new Promise<void>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      // Held while a write is pending: the process must not end under it.
+      if (this.pending.size === 1) worker.ref();
+      worker.postMessage(request);
+    });
+  }
+
+  private start(): Worker {
+    // Built: the .js beside this file. Under the TypeScript sources (the
+    // unit tests), the .ts one, loaded through tsx (a dev dependency).
+    const ext = import.meta.url.endsWith(".ts") ? ".ts" : ".js";
+    const module = new URL(`./atomic-file-worker${ext}`, import.meta.url).href;
+    const boot = `const { workerData } = require("node:worker_threads");
+(async () => {
+  if (workerData.module.endsWith(".ts")) (await import("tsx/esm/api")).register();
+  await import(workerData.module);
+})();`;
+    const worker = new Worker(boot, { eval: true, workerData: { module } });
+    worker.unref();
+    worker.on("message", (answer: WriteAnswer) => this.settle(answer));
+    const lost = (err: Error) => {
+      if (this.worker === worker) this.worker = undefined;
+      for (const { reject } of this.pending.values()) reject(err);
+      this.pending.clear();
+    };
+    worker.on("error", lost);
+    worker.on("exit", (code) => lost(new Error(`the state file writer thread exited (${code})`)));
+    return worker;
+  }
+
+  private settle(answer: WriteAnswer): void {
+    const waiter = this.pending.get(answer.id);
+    if (!waiter) return;
+    this.pending.delete(answer.id);
+    if (this.pending.size === 0) this.worker?.unref();
+    if (!answer.error) return waiter.resolve();
+    const { name, message, code } = answer.error;
+    const err: NodeJS.ErrnoException = name === "StateFileError" ? new StateFileError(message) : new Error(message);
+    if (code) err.code = code;
+    waiter.reject(err);
+  }
+}
+
+const writerThread = new WriterThread();

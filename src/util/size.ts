@@ -28,9 +28,25 @@ export function parseSize(text: string | number): number | undefined {
   return Math.round(Number(match[1]) * unit);
 }
 
-/** "2GiB", "276MiB", "512KiB", "100B": for log lines. */
-export function formatSize(bytes: number): string {
-  for (const [unit, size] of [["GiB", 1024 ** 3], ["MiB", 1024 ** 2], ["KiB", 1024]] as const) {
+const UNITS = [
+  ["GiB", 1024 ** 3, 2],
+  ["MiB", 1024 ** 2, 1],
+  ["KiB", 1024, 0],
+] as const;
+
+/**
+ * "2GiB", "276.4MiB", "512KiB", "100B": compact, for log lines and config
+ * (parseSize reads it back). `"display"` is for people reading output:
+ * "1.2 MiB", "59 KiB", "1.50 GiB" — a space before the unit and fixed
+ * decimals per unit (GiB 2, MiB 1, KiB 0; nothing below KiB), so sizes in
+ * a column or a line read alike.
+ */
+export function formatSize(bytes: number, style: "compact" | "display" = "compact"): string {
+  if (style === "display") {
+    const [unit, size, decimals] = UNITS.find(([, size]) => bytes >= size) ?? UNITS[2];
+    return `${(bytes / size).toFixed(decimals)} ${unit}`;
+  }
+  for (const [unit, size] of UNITS) {
     if (bytes >= size) {
       const value = bytes / size;
       return `${Number.isInteger(value) ? value : value.toFixed(1)}${unit}`;

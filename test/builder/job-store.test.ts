@@ -3,14 +3,16 @@ import { mkdtemp, readFile, readdir, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { JobStore, restoredJob, savedJob } from "../../src/builder/job-store.js";
+import { JobStore, restoredJob, savedJob, type SavedJob } from "../../src/builder/job-store.js";
 import { Job } from "../../src/job.js";
 import { memoryLogger } from "../support/logger.js";
 
+/** A store whose snapshot is `jobs.now` (what the queue holds at each write). */
 async function store(maxJobs = 10) {
   const stateDir = await mkdtemp(join(tmpdir(), "hd-jobs-"));
   const { logger, lines } = memoryLogger();
-  return { stateDir, lines, store: new JobStore({ stateDir, logger, maxJobs }) };
+  const jobs = { now: [] as SavedJob[] };
+  return { stateDir, lines, jobs, store: new JobStore({ stateDir, logger, maxJobs, snapshot: () => jobs.now }) };
 }
 
 describe("JobStore", () => {
@@ -21,14 +23,15 @@ describe("JobStore", () => {
   });
 
   it("gives back what was saved: the running job's plan, results and message number, then the queued ones", async () => {
-    const { store: jobs } = await store();
+    const { store: jobs, jobs: queue } = await store();
     const running = new Job({ repo: "nixos-servers", target: "all", ref: null });
     running.requesters.add("build.responses.a");
     running.seq = 7;
     running.checkpoint = { lockedUrl: "git+file:///x?rev=abc", revision: "abc", hosts: ["ns1", "ns2"] };
     running.results.push({ host: "ns1", status: "success", durationMs: 12, storePath: "/nix/store/x-ns1" });
     const queued = new Job({ repo: "nixos", target: "pc1", ref: "flake-update" });
-    await jobs.save([savedJob(running, true), savedJob(queued, false)]);
+    queue.now = [savedJob(running, true), savedJob(queued, false)];
+    await jobs.save();
 
     const loaded = await jobs.load();
     expect(loaded.map((j) => [j.id, j.running])).toEqual([
@@ -41,17 +44,35 @@ describe("JobStore", () => {
     expect([...again.requesters]).toEqual(["build.responses.a"]);
   });
 
-  it("coalesces saves made while one is being written: the newest snapshot wins, every caller waits for it", async () => {
-    const { store: jobs } = await store();
+  it("coalesces saves made while one is being written: one more write takes the newest snapshot, and every caller waits for a write that has its job", async () => {
+    const { store: jobs, jobs: queue, stateDir } = await store();
     const made = [1, 2, 3, 4].map(() => new Job({ repo: "r", target: "h", ref: null }));
-    await Promise.all(made.map((_, n) => jobs.save(made.slice(0, n + 1).map((job) => savedJob(job, false)))));
+    const onDisk: string[][] = [];
+    const saves = made.map(async (_, n) => {
+      queue.now = made.slice(0, n + 1).map((job) => savedJob(job, false));
+      await jobs.save();
+      // What a caller finds on disk once its save resolved: at least its own job.
+      const file = JSON.parse(await readFile(join(stateDir, "jobs.json"), "utf8")) as { jobs: SavedJob[] };
+      onDisk.push(file.jobs.map((j) => j.id));
+      expect(file.jobs.map((j) => j.id)).toContain(made[n]!.id);
+    });
+    await Promise.all(saves);
     expect((await jobs.load()).map((j) => j.id)).toEqual(made.map((j) => j.id));
+    expect(onDisk).toHaveLength(4);
+  });
+
+  it("rejects every caller of a write that failed (a FIFO at jobs.json), with the reason", async () => {
+    const { store: jobs, jobs: queue, stateDir } = await store();
+    execFileSync("mkfifo", [join(stateDir, "jobs.json")]);
+    queue.now = [savedJob(new Job({ repo: "r", target: "h", ref: null }), false)];
+    await expect(Promise.all([jobs.save(), jobs.save()])).rejects.toThrow(/jobs\.json is a FIFO, not a regular file/);
   });
 
   it("writes at most maxJobs", async () => {
-    const { store: jobs } = await store(2);
+    const { store: jobs, jobs: queue } = await store(2);
     const made = [1, 2, 3].map(() => new Job({ repo: "r", target: "h", ref: null }));
-    await jobs.save(made.map((job) => savedJob(job, false)));
+    queue.now = made.map((job) => savedJob(job, false));
+    await jobs.save();
     expect(await jobs.load()).toHaveLength(2);
   });
 

@@ -38,6 +38,17 @@ const failed: BuildResponse = {
 const evaluating = (evaluated: number, failed = 0): BuildResponse => ({ type: "evaluating", jobId: "j0123456789", evaluated, total: 16, failed });
 
 describe("on a terminal", () => {
+  it("says it waits for a builder on the live line until the first answer, and then the job's messages", () => {
+    const tty = terminal(true);
+    const reporter = createReporter({ json: false, out: tty.out, env: {} });
+    reporter.waiting("no builder is listening on build.r.ns1 (NATS reported no responders); is the builder running?", Date.now() + 30_000);
+    expect(tty.chunks.at(-1)).toMatch(/^\r\x1b\[2K.*waiting for a builder… · \d/);
+    reporter.message({ type: "accepted", jobId: "j0123456789", position: 0, joined: false, repo: "r", target: "ns1", ref: null });
+    expect(tty.text()).toContain("\r\x1b[2Kaccepted: job j0123456789, starting now\n");
+    expect(tty.chunks.at(-1)).not.toContain("waiting for a builder");
+    reporter.close();
+  });
+
   it("shows evaluation progress on the live line before the first host, and beside the host being built", () => {
     const tty = terminal(true);
     const reporter = createReporter({ json: false, out: tty.out, env: {} });
@@ -250,5 +261,19 @@ describe("progressText", () => {
       "2/5 derivations, building unbound.conf on ssh-ng://nix-build01 (buildPhase)",
     );
     expect(progressText({ ...progress, building: { drv: "unbound.conf", phase: null } })).toBe("2/5 derivations, building unbound.conf");
+  });
+});
+
+describe("while no builder is listening", () => {
+  it("says so once in plain output, and nothing on the JSON stream", () => {
+    const plain = terminal(false);
+    const reporter = createReporter({ json: false, out: plain.out, env: {} });
+    const reason = "no builder is listening on build.r.ns1 (NATS reported no responders); is the builder running?";
+    reporter.waiting(reason, Date.now() + 30_000);
+    reporter.waiting(reason, Date.now() + 29_000);
+    expect(plain.text()).toMatch(/^waiting for a builder: no builder is listening on build\.r\.ns1 \(NATS reported no responders\); asking again for up to (30|29)(\.\d)?s\n$/);
+    const json = terminal(false);
+    createReporter({ json: true, out: json.out, env: {} }).waiting(reason, Date.now() + 30_000);
+    expect(json.text()).toBe("");
   });
 });

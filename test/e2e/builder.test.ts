@@ -357,12 +357,13 @@ describe("a requester with no builder", () => {
     try {
       const env = { HOMELAB_DEPLOY_NATS_URL: lonely.url, HOMELAB_DEPLOY_NKEY_SEED_FILE: lonely.identities.testDeployer.seedFile };
       const t0 = Date.now();
-      const none = await runCli(["build", "fixture", "alpha", "--ack-timeout", "5s"], env);
+      // --wait-for-builder 0: not asking again (that wait is wait-for-builder.test.ts's).
+      const none = await runCli(["build", "fixture", "alpha", "--ack-timeout", "5s", "--wait-for-builder", "0"], env);
       expect(none.exitCode).toBe(2);
       expect(none.stderr).toMatch(/no builder is listening on build\.fixture\.alpha/);
       // NATS's no-responders answer comes at once; we do not wait for the timeout.
       expect(Date.now() - t0).toBeLessThan(4_000);
-      const down = await runCli(["build", "fixture", "alpha"], { ...env, HOMELAB_DEPLOY_NATS_URL: "nats://127.0.0.1:1" });
+      const down = await runCli(["build", "fixture", "alpha", "--wait-for-builder", "0"], { ...env, HOMELAB_DEPLOY_NATS_URL: "nats://127.0.0.1:1" });
       expect(down.exitCode).toBe(2);
       expect(down.stderr).toMatch(/cannot reach NATS at nats:\/\/127\.0\.0\.1:1/);
     } finally {

@@ -86,6 +86,33 @@ describe("a repo whose git server hangs", () => {
     inbox.close();
   });
 
+  it("lists every repo without waiting for it: build --list shows the hung one as still fetching", async () => {
+    // The fetch of `hung` is bounded only by a 10 min fetchTimeout: its git server never answers in this test.
+    const builder = await builderFor({ hung: hanging.url, tiny: tiny.url }, { fetchTimeout: "10m" });
+    await builder.waitForLog((l) => l.msg === "loaded the repo's hosts" && l.repo === "tiny", 60_000);
+
+    const listed = await runCli(["build", "--list", "--json"], env());
+    expect(listed.exitCode).toBe(0);
+    const [answer, ...more] = jsonLines(listed.stdout);
+    expect(more).toEqual([]);
+    expect(answer).toMatchObject({ type: "discover" });
+    const repos = Object.fromEntries((answer?.repos as Array<{ name: string }>).map((r) => [r.name, r]));
+    expect(repos["hung"]).toMatchObject({ hosts: [], fetchedAt: null, loading: true });
+    expect(repos["tiny"]).toMatchObject({ hosts: ["a", "b"], fetchedAt: expect.any(String) });
+    expect(repos["tiny"]).not.toHaveProperty("loading");
+
+    const human = await runCli(["build", "--list"], env());
+    expect(human.exitCode).toBe(0);
+    expect(human.stdout.split("\n")).toEqual(expect.arrayContaining([expect.stringMatching(/^hung \(git\+http:.*\): 0 hosts — still fetching \(ask again\)$/), "  a"]));
+
+    // Both commands ended while the hang went on: the builder is still fetching `hung`.
+    const inbox = await Inbox.open(deployer);
+    inbox.send("build.discover");
+    const after = await inbox.waitFor((m) => m.type === "discover", 10_000);
+    expect((after.repos as Array<{ name: string; loading?: boolean }>).find((r) => r.name === "hung")).toMatchObject({ loading: true });
+    inbox.close();
+  });
+
   it("holds the build slot for build.fetchTimeout at most, and says the fetch timed out", async () => {
     await builderFor({ hung: hanging.url, tiny: tiny.url }, { fetchTimeout: "3s" });
     const hung = spawnCli(["build", "hung", "all", "--json"], env());

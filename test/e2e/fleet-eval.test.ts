@@ -1,8 +1,10 @@
 /**
  * Target `all` on a fleet-shaped flake (test/fixtures/fleet-flake): hosts
  * evaluated by a pool of nix eval workers, built one at a time in order as
- * soon as their .drv is known; a worker replaced past evalMaxMemory, a
- * worker killed mid-evaluation costing one host, eval errors with their
+ * soon as their .drv is known; evalMaxMemory enforced while a host
+ * evaluates (test/fixtures/memory-hosts: hosts that hold a known amount of
+ * memory, and one that allocates without end), a worker killed
+ * mid-evaluation costing one host, eval errors with their
  * file:line, cancel during evaluation. A host whose evaluation never ends
  * (a fetch from a loopback server that never answers) lets the tests act
  * while a worker is known to be on it, without depending on timing.
@@ -27,7 +29,7 @@ const cleanups = cleanupsAfterEach();
 async function setup(build: Record<string, unknown> = {}) {
   const nats = await startNatsServer();
   cleanups.push(() => nats.stop());
-  const flake = await createFixtureFlake("fleet-flake");
+  const flake = await createFixtureFlake(["fleet-flake", "memory-hosts"]);
   const builder = await startBuilder({ natsUrl: nats.url, seedFile: nats.identities.builder.seedFile, repos: { fleet: flake.url }, build });
   cleanups.push(() => builder.stop("SIGKILL"));
   const env = { HOMELAB_DEPLOY_NATS_URL: nats.url, HOMELAB_DEPLOY_NKEY_SEED_FILE: nats.identities.scheduler.seedFile };
@@ -93,6 +95,11 @@ function addHosts(flake: FixtureFlake, hosts: string): Promise<string> {
   return flake.editFlake((text) => text.replace("extra = { };", `extra = {\n${hosts}\n      };`));
 }
 
+/** Adds hosts of test/fixtures/memory-hosts/memory-hosts.nix to the fleet. */
+function addMemoryHosts(flake: FixtureFlake, hosts: string[]): Promise<string> {
+  return flake.editFlake((text) => text.replace("extra = { };", `extra = { inherit (import ./memory-hosts.nix { inherit system nonce; }) ${hosts.join(" ")}; };`));
+}
+
 /** A host whose evaluation blocks on a fetch that never completes (any hash: the path never exists). */
 function stuckHost(name: string, url: string): string {
   return `        ${name}.config.system.build.toplevel = derivation { name = "${name}"; inherit system; builder = "/bin/sh"; src = builtins.fetchurl { url = "${url}"; sha256 = "${randomBytes(32).toString("hex")}"; }; };`;
@@ -152,23 +159,64 @@ describe("target all: evaluation by a pool of workers", () => {
     expect(logged(builder, "every host's toplevel .drv is known from an earlier evaluation of this revision")).toHaveLength(1);
   });
 
-  it("replaces a worker past build.evalMaxMemory after the host it is on", async () => {
-    // Any nix eval is bigger than 1 MiB: each worker process evaluates exactly one host.
-    const { flake, builder, buildAll } = await setup({ evalWorkers: 1, evalMaxMemory: "1MiB" });
+  it("build.evalHostsPerWorker 1 evaluates each host in a process of its own", async () => {
+    const { flake, builder, buildAll } = await setup({ evalWorkers: 1, evalHostsPerWorker: 1 });
     await flake.bump();
     const { exitCode, final } = await buildAll();
     expect(exitCode).toBe(0);
     expect(final.results.map((r) => r.status)).toEqual(HOSTS.map(() => "success"));
-    const replaced = logged(builder, "evaluation worker replaced: over build.evalMaxMemory");
-    expect(replaced.map((l) => l["after"])).toEqual(["host01", "host02", "host03", "host04"]);
-    expect(replaced[0]).toMatchObject({ evalMaxMemory: "1MiB", rss: expect.stringMatching(/MiB$/) });
-    expect(logged(builder, "evaluated every host")[0]).toMatchObject({ processes: 5, replacedForMemory: 4 });
-    expect(new Set(logged(builder, "evaluating host").map((l) => l["pid"])).size).toBe(5);
+    expect(logged(builder, "evaluated every host")[0]).toMatchObject({ processes: 5, replacedForMemory: 0, lost: 0 });
+    const evaluating = logged(builder, "evaluating host");
+    expect(evaluating.map((l) => l["host"])).toEqual(HOSTS);
+    expect(new Set(evaluating.map((l) => l["pid"])).size).toBe(5);
+    expect(logged(builder, "evaluation worker started").map((l) => l["hosts"])).toEqual([1, 1, 1, 1, 1]);
     const metrics = await scrape(await metricsBaseUrl(builder));
     expect(valueOf(metrics, "homelab_deploy_eval_workers_total", { repo: "fleet", outcome: "started" })).toBe(5);
-    expect(valueOf(metrics, "homelab_deploy_eval_workers_total", { repo: "fleet", outcome: "replaced" })).toBe(4);
+    expect(valueOf(metrics, "homelab_deploy_eval_workers_total", { repo: "fleet", outcome: "replaced" })).toBe(0);
+  });
+
+  it("a worker past build.evalMaxMemory while it evaluates a host is replaced, and a fresh worker evaluates that host", async () => {
+    // One big host (about 170 MiB) fits in 256 MiB in a fresh worker; a
+    // second one on top of it does not, so it is evaluated again alone.
+    const { flake, builder, buildAll } = await setup({ evalWorkers: 1, evalMaxMemory: "256MiB" });
+    await addMemoryHosts(flake, ["big01", "big02", "big03"]);
+    const { exitCode, final } = await buildAll();
+    expect(exitCode).toBe(0);
+    expect(final.results.map((r) => [r.host, r.status])).toEqual(["big01", "big02", "big03", ...HOSTS].map((h) => [h, "success"]));
+    const replaced = logged(builder, "evaluation worker replaced: over build.evalMaxMemory");
+    expect(replaced.map((l) => l["during"])).toEqual(["big02", "big03"]);
+    expect(replaced[0]).toMatchObject({ evalMaxMemory: "256MiB" });
+    expect(logged(builder, "evaluated every host")[0]).toMatchObject({ processes: 3, replacedForMemory: 2, lost: 0 });
+    const pidsOn = (host: string) => logged(builder, "evaluating host").filter((l) => l["host"] === host).map((l) => l["pid"]);
+    expect(new Set(pidsOn("big02")).size).toBe(2);
+    expect(pidsOn("big03")[1]).toBe(pidsOn("host05")[0]);
+    const metrics = await scrape(await metricsBaseUrl(builder));
+    expect(valueOf(metrics, "homelab_deploy_eval_workers_total", { repo: "fleet", outcome: "started" })).toBe(3);
+    expect(valueOf(metrics, "homelab_deploy_eval_workers_total", { repo: "fleet", outcome: "replaced" })).toBe(2);
     expect(valueOf(metrics, "homelab_deploy_eval_workers_total", { repo: "fleet", outcome: "lost" })).toBe(0);
-    expect(valueOf(metrics, "homelab_deploy_eval_worker_peak_rss_bytes", { repo: "fleet" })).toBeGreaterThan(1024 ** 2);
+    expect(valueOf(metrics, "homelab_deploy_eval_worker_peak_rss_bytes", { repo: "fleet" })).toBeGreaterThan(128 * 1024 ** 2);
+  });
+
+  it("a host whose evaluation allocates without end fails on its own past build.evalMaxMemory; the others build", async () => {
+    // The build timeout is far away: only the memory ceiling can stop it.
+    const { flake, builder, buildAll } = await setup({ evalWorkers: 2, evalMaxMemory: "256MiB", timeout: "10m" });
+    await addMemoryHosts(flake, ["hungry"]);
+    const { exitCode, final } = await buildAll();
+    expect(exitCode).toBe(1);
+    expect(final.results.map((r) => r.host)).toEqual([...HOSTS, "hungry"]);
+    const byHost = Object.fromEntries(final.results.map((r) => [r.host, r]));
+    expect(byHost["hungry"]).toMatchObject({ status: "eval_error", error: expect.stringMatching(/^evaluation exceeded evalMaxMemory \(256MiB\): /) });
+    for (const host of HOSTS) expect(byHost[host]).toMatchObject({ status: "success" });
+    // Worker 2 had evaluated host02 and host04 first: it is replaced, and a fresh worker finds hungry to blame.
+    expect(logged(builder, "evaluation worker replaced: over build.evalMaxMemory").map((l) => l["during"])).toEqual(["hungry"]);
+    const [exceeded] = logged(builder, "evaluation exceeded build.evalMaxMemory; a fresh worker goes on with the rest") as Array<LogLine & { pid: number }>;
+    expect(exceeded).toMatchObject({ host: "hungry", evalMaxMemory: "256MiB" });
+    expect(isRunning(exceeded?.pid as number)).toBe(false);
+    expect(logged(builder, "evaluated every host")[0]).toMatchObject({ failed: ["hungry"], processes: 3, replacedForMemory: 1, lost: 1 });
+    // Not remembered as this revision's answer: a larger evalMaxMemory could evaluate it.
+    const again = await buildAll();
+    expect(again.lines.filter((l) => l.type === "evaluating").at(-1)).toMatchObject({ evaluated: 6, total: 6, failed: 1 });
+    expect(again.final.results.find((r) => r.host === "hungry")).toMatchObject({ status: "eval_error", error: expect.stringMatching(/^evaluation exceeded evalMaxMemory/) });
   });
 
   it("a worker killed mid-evaluation costs only the host it was on; a fresh worker goes on with the rest", async () => {

@@ -302,10 +302,13 @@ describe("when NATS or the builder is down", () => {
   it("says no builder is listening when none is, and keeps serving", async () => {
     const lonely = await startNatsServer();
     try {
-      const mcp = await startMcp(["--enable-builds"], natsEnv(lonely.url, lonely.identities.testDeployer.seedFile));
+      const mcp = await startMcp(["--enable-builds", "--wait-for-builder", "2s"], natsEnv(lonely.url, lonely.identities.testDeployer.seedFile));
       const build = await call(mcp, "build", { repo: "fixture", target: "alpha" });
       expect(build.isError).toBe(true);
       expect(text(build)).toMatch(/^no builder is listening on build\.fixture\.alpha \(NATS reported no responders\)/);
+      // It asked again within --wait-for-builder before saying so.
+      const logs = mcp.stderr().split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { msg?: string; target?: string });
+      expect(logs.filter((l) => l.msg === "no builder is listening yet; asking again" && l.target === "alpha").length).toBeGreaterThan(0);
       const list = await call(mcp, "list_build_targets");
       expect(list.isError).toBe(true);
       expect(text(list)).toMatch(/^no builder is listening on build\.discover/);

@@ -14,6 +14,7 @@ import { spawnBuilder, startBuilder, type BuilderProcess, type BuilderSetup } fr
 import { createFixtureFlake, type FixtureFlake } from "../support/flake.js";
 import { eventually, metricsBaseUrl, samplesOf, scrape, valueOf, type Exposition } from "../support/metrics.js";
 import { startNatsServer, type NatsServer } from "../support/nats-server.js";
+import { STATE_FILE_NAMES } from "../../src/state-files.js";
 
 let nats: NatsServer;
 let flake: FixtureFlake;
@@ -102,6 +103,10 @@ describe("/metrics after real builds", () => {
     // Default process metrics come from the same registry.
     expect(valueOf(metrics, "process_resident_memory_bytes")).toBeGreaterThan(0);
     expect(metrics.types["homelab_deploy_build_duration_seconds"]).toBe("histogram");
+    // Every state file has its health series from the start, the job queue and the process ledger included.
+    const files = samplesOf(metrics, "homelab_deploy_state_writable").map((sample) => sample.labels["file"]);
+    expect(files.sort()).toEqual([...STATE_FILE_NAMES].sort());
+    expect(files).toEqual(expect.arrayContaining(["jobs.json", "nix-processes.json"]));
   });
 
   it("counts a success, a failure and a timeout by repo, host and status", async () => {

@@ -6,7 +6,7 @@
 import { describe, expect, it } from "vitest";
 import { EventBus, type BuilderEvent } from "../../src/events.js";
 import { BuildMetrics } from "../../src/observability/metrics.js";
-import { Job } from "../../src/builder/queue.js";
+import { Job } from "../../src/job.js";
 import { parseExposition, valueOf } from "../support/metrics.js";
 
 async function exposition(metrics: BuildMetrics) {

@@ -48,11 +48,13 @@ export function builderConfig(setup: BuilderSetup, dir: string): Record<string, 
   };
 }
 
-export async function startBuilder(setup: BuilderSetup, options: { waitReady?: boolean } = {}): Promise<BuilderProcess> {
+/** `cli`: another build's dist/cli.js (a benchmark comparing with older code). */
+export async function startBuilder(setup: BuilderSetup, options: { waitReady?: boolean; cli?: string } = {}): Promise<BuilderProcess> {
   const dir = await mkdtemp(join(tmpdir(), "hd-builder-"));
   const configFile = join(dir, "config.json");
   await writeFile(configFile, JSON.stringify(builderConfig(setup, dir), null, 2));
-  return spawnBuilder(configFile, setup.env, options);
+  const { cli, ...rest } = options;
+  return spawnBuilder(configFile, setup.env, { ...rest, ...(cli ? { command: [process.execPath, cli, "builder", "--config", configFile] } : {}) });
 }
 
 /** `command`: the argv to run instead of `node dist/cli.js builder --config FILE` (a unit's ExecStart, say). */

@@ -106,6 +106,8 @@ export interface NatsServer {
   identities: Record<Role, Identity>;
   /** Everything the server logged so far (permission violations show up here). */
   log(): string;
+  /** With `monitor`: the base URL of the monitoring endpoints (e.g. `${monitorUrl}/connz`). */
+  monitorUrl?: string;
   /** Kills the server (SIGKILL unless told otherwise). */
   stop(signal?: NodeJS.Signals): Promise<void>;
   /** Starts it again on the same port with the same users. */
@@ -164,6 +166,8 @@ export interface NatsServerOptions {
   accounts?: (identities: Record<Role, Identity>) => string;
   /** The server's max_payload in bytes (default 1 MiB, nats-server's own default). */
   maxPayload?: number;
+  /** Also serve the HTTP monitoring endpoints (/connz …) on a free loopback port: `monitorUrl`. */
+  monitor?: boolean;
 }
 
 export async function startNatsServer(options: NatsServerOptions = {}): Promise<NatsServer> {
@@ -181,7 +185,7 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
   const launch = async () => {
     await writeConfig();
     output = "";
-    const running = spawn("nats-server", ["-c", configFile], { stdio: ["ignore", "ignore", "pipe"] });
+    const running = spawn("nats-server", ["-c", configFile, ...(options.monitor ? ["-m", "-1"] : [])], { stdio: ["ignore", "ignore", "pipe"] });
     child = running;
     running.stderr?.setEncoding("utf8");
     running.stderr?.on("data", (chunk: string) => (output += chunk));
@@ -190,9 +194,11 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     return port;
   };
   const first = await launch();
+  const monitorPort = options.monitor ? /Starting http monitor on [\d.]+:(\d+)/.exec(output)?.[1] : undefined;
   const server: NatsServer = {
     url: `nats://127.0.0.1:${first}`,
     port: first,
+    ...(monitorPort ? { monitorUrl: `http://127.0.0.1:${monitorPort}` } : {}),
     dir,
     identities,
     log: () => output,

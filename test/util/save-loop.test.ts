@@ -32,4 +32,32 @@ describe("SaveLoop", () => {
     expect(overlapped).toBe(false);
     await loop.flush();
   });
+
+  it("resolves a request once a write that started after it is done, and rejects it with that write's error", async () => {
+    const order: string[] = [];
+    let fail = false;
+    let release: (() => void) | undefined;
+    const loop = new SaveLoop(async () => {
+      const failing = fail;
+      order.push(failing ? "write (fails)" : "write");
+      await new Promise<void>((resolve) => (release = resolve));
+      if (failing) throw new Error("disk full");
+    });
+    const first = loop.request().then(() => order.push("first saved"));
+    await new Promise((resolve) => setImmediate(resolve));
+    // Made while the first write runs: only the next write covers it.
+    fail = true;
+    const second = loop.request().then(
+      () => order.push("second saved"),
+      (err: Error) => order.push(`second failed: ${err.message}`),
+    );
+    release?.();
+    await first;
+    await new Promise((resolve) => setImmediate(resolve));
+    release?.();
+    await second;
+    // The next write starts as soon as the first is done, before its callers run.
+    expect(order).toEqual(["write", "write (fails)", "first saved", "second failed: disk full"]);
+  });
 });
+

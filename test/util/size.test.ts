@@ -23,4 +23,12 @@ describe("sizes", () => {
     expect(formatSize(1024)).toBe("1KiB");
     expect(formatSize(100)).toBe("100B");
   });
+
+  it("formats sizes for people with a space and fixed decimals per unit", () => {
+    expect(formatSize(1.2 * 1024 ** 2, "display")).toBe("1.2 MiB");
+    expect(formatSize(60_000, "display")).toBe("59 KiB");
+    expect(formatSize(300, "display")).toBe("0 KiB");
+    expect(formatSize(1.5 * 1024 ** 3, "display")).toBe("1.50 GiB");
+    expect(formatSize(1024 ** 2, "display")).toBe("1.0 MiB");
+  });
 });

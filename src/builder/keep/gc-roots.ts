@@ -18,20 +18,19 @@
  * before an old one is released, and nothing is released when the new
  * root could not be written.
  */
+import { STATE_FILES } from "../../state-files.js";
 import { lstat, mkdir, readdir, readlink, rmdir, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
-import { writeFileAtomic } from "../../util/atomic-file.js";
-import { readStateFile } from "../../util/regular-file.js";
 import { errorMessage } from "../../errors.js";
 import type { Logger } from "../../logger.js";
 import type { NixStore } from "../../nix/store.js";
 import { isStorePath, storeHash } from "../../nix/store-path.js";
 import { isValidHostName, isValidRepoName } from "../../protocol.js";
-import { SaveLoop } from "../../util/save-loop.js";
+import { StateFile } from "../../util/state-file.js";
 
 export const GC_ROOTS_DIR = "gcroots";
-export const GC_ROOTS_FILE = "gcroots.json";
+export const GC_ROOTS_FILE = STATE_FILES.gcRoots;
 const LINK_RE = /^(default|ref)-(\d{13})-([0-9a-z]{32})$/;
 const ADD_ROOT_TIMEOUT_MS = 60_000;
 
@@ -82,19 +81,25 @@ export class GcRoots {
    * the roots; the file only adds revisions): writes that pile up while one
    * runs fold into one.
    */
-  private readonly saves = new SaveLoop(() => this.save());
+  private readonly saves: StateFile<z.infer<typeof FileSchema>>;
   private readonly now: () => number;
 
   constructor(private readonly options: GcRootsOptions) {
     this.dir = join(options.stateDir, GC_ROOTS_DIR);
     this.file = join(options.stateDir, GC_ROOTS_FILE);
     this.now = options.now ?? Date.now;
+    this.saves = new StateFile({
+      file: this.file,
+      schema: FileSchema,
+      snapshot: () => ({ version: 1 as const, roots: this.roots }),
+      ...(options.onSaved ? { onSaved: options.onSaved } : {}),
+    });
   }
 
   /** Reads the links (the truth) and the bookkeeping, then releases what has expired. */
   async load(): Promise<void> {
     const booked = new Map<string, GcRoot>();
-    const read = await readStateFile(this.file, FileSchema);
+    const read = await this.saves.read();
     if (read.status === "loaded") for (const root of read.value.roots) booked.set(root.link, root);
     else if (read.status === "unreadable") this.options.logger.warn({ file: this.file, err: errorMessage(read.error) }, "the GC root bookkeeping was not loaded");
     else if (read.status === "corrupt") this.options.logger.warn({ file: this.file }, "the GC root bookkeeping is unreadable; the root links themselves are kept");
@@ -219,7 +224,7 @@ export class GcRoots {
       expired.push(...roots.filter((r) => r.kind === "ref" && r.builtAt + keepRefBuildsMs <= now));
     }
     await this.release(expired, "past the keep policy");
-    this.saves.request();
+    this.save();
   }
 
   private async release(roots: GcRoot[], why: string): Promise<void> {
@@ -242,14 +247,12 @@ export class GcRoots {
     }
   }
 
-  private async save(): Promise<void> {
-    try {
-      await writeFileAtomic(this.file, `${JSON.stringify({ version: 1, roots: this.roots })}\n`);
-      this.options.onSaved?.(undefined);
-    } catch (err) {
-      this.options.onSaved?.(errorMessage(err));
-      this.options.logger.warn({ file: this.file, err: errorMessage(err) }, "cannot save the GC root bookkeeping (the root links are unaffected)");
-    }
+  private save(): void {
+    this.saves
+      .save()
+      .catch((err: unknown) =>
+        this.options.logger.warn({ file: this.file, err: errorMessage(err) }, "cannot save the GC root bookkeeping (the root links are unaffected)"),
+      );
   }
 }
 

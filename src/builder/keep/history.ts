@@ -6,16 +6,15 @@
  * faster than the disk); a missing file is a fresh start, a corrupt one is
  * one warning and a fresh start — never a stopped daemon.
  */
+import { STATE_FILES } from "../../state-files.js";
 import { join } from "node:path";
 import { z } from "zod";
-import { writeFileAtomic } from "../../util/atomic-file.js";
-import { readStateFile } from "../../util/regular-file.js";
 import { errorMessage } from "../../errors.js";
 import type { Logger } from "../../logger.js";
 import { HistoryEntrySchema, isValidHostName, isValidRepoName, type HistoryEntry } from "../../protocol.js";
-import { SaveLoop } from "../../util/save-loop.js";
+import { StateFile } from "../../util/state-file.js";
 
-export const HISTORY_FILE = "history.json";
+export const HISTORY_FILE = STATE_FILES.history;
 /** Successful builds the expected duration is the median of. */
 const ETA_SAMPLES = 5;
 /** A `build.history` answer for a whole repo carries at most this many entries (NATS payloads are small). */
@@ -37,16 +36,26 @@ export interface HistoryOptions {
 
 export class BuildHistory {
   private repos: Record<string, Record<string, HistoryEntry[]>> = {};
-  private readonly file: string | undefined;
-  private readonly saves = new SaveLoop(() => this.save());
+  private readonly state: StateFile<z.infer<typeof FileSchema>> | undefined;
 
   constructor(private readonly options: HistoryOptions) {
-    this.file = options.stateDir ? join(options.stateDir, HISTORY_FILE) : undefined;
+    this.state = options.stateDir
+      ? new StateFile({
+          file: join(options.stateDir, HISTORY_FILE),
+          schema: FileSchema,
+          snapshot: () => ({ version: 1 as const, repos: this.repos }),
+          ...(options.onSaved ? { onSaved: options.onSaved } : {}),
+        })
+      : undefined;
+  }
+
+  private get file(): string | undefined {
+    return this.state?.file;
   }
 
   async load(): Promise<void> {
-    if (!this.file) return;
-    const read = await readStateFile(this.file, FileSchema);
+    if (!this.state) return;
+    const read = await this.state.read();
     if (read.status === "missing") return;
     if (read.status === "unreadable") {
       this.options.logger.warn({ file: this.file, err: errorMessage(read.error) }, "the build history file was not loaded; starting a fresh history");
@@ -112,21 +121,10 @@ export class BuildHistory {
 
   /** Resolves when what was recorded so far is on disk (or its write failed and was logged). */
   flush(): Promise<void> {
-    return this.saves.flush();
+    return this.state?.flush() ?? Promise.resolve();
   }
 
   private scheduleSave(): void {
-    if (this.file) this.saves.request();
-  }
-
-  private async save(): Promise<void> {
-    const file = this.file as string;
-    try {
-      await writeFileAtomic(file, `${JSON.stringify({ version: 1, repos: this.repos })}\n`);
-      this.options.onSaved?.(undefined);
-    } catch (err) {
-      this.options.onSaved?.(errorMessage(err));
-      this.options.logger.warn({ file, err: errorMessage(err) }, "cannot save the build history");
-    }
+    this.state?.save().catch((err: unknown) => this.options.logger.warn({ file: this.file, err: errorMessage(err) }, "cannot save the build history"));
   }
 }
