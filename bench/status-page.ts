@@ -11,6 +11,7 @@
  * The history is seeded into history.json before the builder starts
  * (building 100 hosts first would only make the run longer).
  */
+import { spawn } from "node:child_process";
 import { mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -106,34 +107,44 @@ async function requests(path: string, n: number) {
   return { ...latencySummary(samples), bytes };
 }
 
-/** Opens n event streams that read everything sent; close() ends them and says how much arrived. */
+/**
+ * Opens n event streams in a process of their own, which reads everything
+ * sent: reading 20 streams here would slow this process's own NATS
+ * requester and be counted as the builder's accept latency.
+ * close() ends them and says how much arrived.
+ */
+const STREAM_READER = `
+const base = process.env.STREAM_BASE;
+let received = 0;
+const responses = await Promise.all(Array.from({ length: Number(process.env.STREAMS) }, () => fetch(base + "/events")));
+for (const response of responses) {
+  if (response.status !== 200) { console.error("/events: " + response.status); process.exit(1); }
+  (async () => { try { for await (const chunk of response.body) received += chunk.byteLength; } catch {} })();
+}
+process.on("SIGTERM", () => { process.stdout.write(received + "\\n"); process.exit(0); });
+process.stdout.write("open\\n");
+`;
+
 async function openStreams(n: number) {
-  const controller = new AbortController();
-  let received = 0;
-  const readers = await Promise.all(
-    Array.from({ length: n }, async () => {
-      const response = await fetch(`${base}/events`, { signal: controller.signal });
-      if (response.status !== 200 || !response.body) throw new Error(`/events: ${response.status}`);
-      const reader = response.body.getReader();
-      // Wrapped: an async function returning this promise would wait for the stream to end.
-      return { done: (async () => {
-        try {
-          for (;;) {
-            const { done, value } = await reader.read();
-            if (done) return;
-            received += value.byteLength;
-          }
-        } catch {
-          // aborted
-        }
-      })() };
-    }),
-  );
+  const child = spawn(process.execPath, ["--input-type=module", "-e", STREAM_READER], {
+    env: { ...process.env, STREAM_BASE: base, STREAMS: String(n) },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  let out = "";
+  child.stdout.setEncoding("utf8");
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on("data", (text: string) => {
+      out += text;
+      if (out.includes("open\n")) resolve();
+    });
+    child.once("exit", (code) => reject(new Error(`the stream reader exited with ${code}`)));
+  });
   return {
     async close() {
-      controller.abort();
-      await Promise.all(readers.map((r) => r.done));
-      return received;
+      const exited = new Promise((resolve) => child.once("exit", resolve));
+      child.kill("SIGTERM");
+      await exited;
+      return Number(out.split("\n").filter(Boolean).at(-1));
     },
   };
 }
