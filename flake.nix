@@ -27,6 +27,7 @@
       nixosModules = {
         builder = ./nix/modules/builder.nix;
         scheduled-builds = ./nix/modules/scheduled-builds.nix;
+        listener = ./nix/modules/listener.nix;
         default = ./nix/module.nix;
       };
 

@@ -6,7 +6,9 @@
 import { Command, CommanderError } from "commander";
 import { registerBuild } from "./commands/build.js";
 import { registerBuilder } from "./commands/builder.js";
+import { registerListener } from "./commands/listener.js";
 import { registerCancel } from "./commands/cancel.js";
+import { registerDeploy } from "./commands/deploy.js";
 import { registerMcp } from "./commands/mcp.js";
 import { registerStatus } from "./commands/status.js";
 import { registerHistory } from "./commands/history.js";
@@ -20,10 +22,12 @@ function program(): Command {
     .showHelpAfterError("(run with --help for usage)")
     .exitOverride();
   registerBuilder(root);
+  registerListener(root);
   registerBuild(root);
   registerStatus(root);
   registerCancel(root);
   registerHistory(root);
+  registerDeploy(root);
   registerMcp(root);
   return root;
 }

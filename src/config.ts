@@ -13,7 +13,7 @@ import { parseSize } from "./util/size.js";
 import { ConfigError, errorMessage } from "./errors.js";
 import { RepoNameSchema } from "./protocol.js";
 
-const DurationSchema = z.union([z.string(), z.number()]).transform((value, ctx) => {
+export const DurationSchema = z.union([z.string(), z.number()]).transform((value, ctx) => {
   const ms = parseDuration(value);
   if (ms === undefined || ms <= 0) {
     ctx.addIssue({ code: "custom", message: `expected a duration like 30s, 10m or 1h, got ${JSON.stringify(value)}` });
@@ -41,7 +41,7 @@ export function defaultEvalWorkers(cpus = availableParallelism()): number {
   return Math.min(4, Math.max(1, Math.floor(cpus / 2)));
 }
 
-const NatsUrlSchema = z
+export const NatsUrlSchema = z
   .string()
   .regex(/^(nats|tls|ws|wss):\/\/[^\s/]+\/?$|^[A-Za-z0-9.-]+:\d+$/, {
     message: "expected a NATS server URL like nats://host:4222",
@@ -52,7 +52,7 @@ const NatsUrlSchema = z
 const FLAKE_URL_RE =
   /^(?:(?:git\+(?:https?|ssh|file)|hg\+(?:https?|ssh|file)|tarball\+https?|file\+https?|https?|file|path|github|gitlab|sourcehut):[^\s]+|\/[^\s]*)$/;
 
-const FlakeUrlSchema = z.string().refine((url) => FLAKE_URL_RE.test(url) && !url.includes("#"), {
+export const FlakeUrlSchema = z.string().refine((url) => FLAKE_URL_RE.test(url) && !url.includes("#"), {
   message: "expected a flake URL such as git+https://example.org/repo.git or github:owner/repo (no #fragment)",
 });
 
@@ -72,7 +72,7 @@ const SubjectTokenSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, {
 
 // Path segments of a Vault mount or secret: no leading/trailing slash, no
 // empty, "." or ".." segments, nothing that needs URL escaping.
-const VaultPathSchema = z.string().regex(/^(?!.*(?:^|\/)\.{1,2}(?:\/|$))[A-Za-z0-9._-]+(?:\/[A-Za-z0-9._-]+)*$/, {
+export const VaultPathSchema = z.string().regex(/^(?!.*(?:^|\/)\.{1,2}(?:\/|$))[A-Za-z0-9._-]+(?:\/[A-Za-z0-9._-]+)*$/, {
   message: 'expected a Vault path like "secret" or "shared/homelab-deploy/builder-nkey" (no leading or trailing "/")',
 });
 
@@ -105,7 +105,7 @@ export const VaultSchema = z.strictObject({
   retry: VaultRetrySchema.default(VaultRetrySchema.parse({})),
 });
 
-const NatsSchema = z.strictObject({
+export const NatsSchema = z.strictObject({
   // No default: a builder started against a NATS that is not there would
   // wait for it forever, saying only "not reachable yet".
   url: z.union([NatsUrlSchema, z.array(NatsUrlSchema).min(1)], {
@@ -168,7 +168,7 @@ export interface ListenAddress {
   port: number;
 }
 
-const ListenSchema = z.string().transform((value, ctx): ListenAddress => {
+export const ListenSchema = z.string().transform((value, ctx): ListenAddress => {
   const match = LISTEN_RE.exec(value);
   const port = Number(match?.[3]);
   if (!match || port > 65_535) {
@@ -193,7 +193,7 @@ const StateDirSchema = z
   })
   .refine(isAbsolute, { message: "expected an absolute directory path" });
 
-const LogSchema = z.strictObject({
+export const LogSchema = z.strictObject({
   level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),
 });
 
@@ -209,23 +209,26 @@ export const ConfigSchema = z
     metrics: MetricsSchema.prefault({}),
     stateDir: StateDirSchema,
   })
-  .superRefine((config, ctx) => {
-    const fromFile = config.nats.nkeySeedFile !== undefined;
-    const fromVault = config.vault !== undefined;
-    if (fromFile && fromVault) {
-      ctx.addIssue({
-        code: "custom",
-        path: ["vault"],
-        message: "give exactly one NKey source: nats.nkeySeedFile or vault, not both",
-      });
-    } else if (!fromFile && !fromVault) {
-      ctx.addIssue({
-        code: "custom",
-        path: ["nats", "nkeySeedFile"],
-        message: "required unless a vault block is given: exactly one NKey source (nats.nkeySeedFile, or vault) must be configured",
-      });
-    }
-  });
+  .superRefine(checkOneSeedSource);
+
+/** Exactly one NKey source: nats.nkeySeedFile or a vault block (the builder's and the listener's configs). */
+export function checkOneSeedSource(config: { nats: { nkeySeedFile?: string | undefined }; vault?: unknown }, ctx: z.RefinementCtx): void {
+  const fromFile = config.nats.nkeySeedFile !== undefined;
+  const fromVault = config.vault !== undefined;
+  if (fromFile && fromVault) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["vault"],
+      message: "give exactly one NKey source: nats.nkeySeedFile or vault, not both",
+    });
+  } else if (!fromFile && !fromVault) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["nats", "nkeySeedFile"],
+      message: "required unless a vault block is given: exactly one NKey source (nats.nkeySeedFile, or vault) must be configured",
+    });
+  }
+}
 
 export type Config = z.infer<typeof ConfigSchema>;
 export type RepoConfig = z.infer<typeof RepoSchema>;
@@ -297,12 +300,22 @@ export function withStateDirEnv(raw: unknown, env: NodeJS.ProcessEnv): unknown {
 }
 
 export function parseConfig(raw: unknown, file: string, env: NodeJS.ProcessEnv = process.env): Config {
-  const result = ConfigSchema.safeParse(withStateDirEnv(withVaultEnv(raw ?? {}, env), env));
+  return parseConfigWith(ConfigSchema, raw, file, env);
+}
+
+/** Any daemon's config (builder, listener): the environment's defaults filled in, then the schema, errors with key paths. */
+export function parseConfigWith<S extends z.ZodType>(schema: S, raw: unknown, file: string, env: NodeJS.ProcessEnv = process.env): z.infer<S> {
+  const result = schema.safeParse(withStateDirEnv(withVaultEnv(raw ?? {}, env), env));
   if (!result.success) throw new ConfigError(file, formatIssues(result.error));
   return result.data;
 }
 
 export async function loadConfig(file: string): Promise<Config> {
+  return parseConfig(await readConfigFile(file), file);
+}
+
+/** A config file's YAML/JSON, not yet checked. */
+export async function readConfigFile(file: string): Promise<unknown> {
   let text: string;
   try {
     text = await readFile(file, "utf8");
@@ -315,5 +328,5 @@ export async function loadConfig(file: string): Promise<Config> {
   } catch (err) {
     throw new ConfigError(file, [`not valid YAML/JSON: ${errorMessage(err)}`], { cause: err });
   }
-  return parseConfig(raw, file);
+  return raw;
 }

@@ -382,8 +382,13 @@ export function classifySubject(subject: string): SubjectKind {
 
 /** Replies may only go where the builder is allowed to publish. */
 export function isValidReplySubject(reply: string | undefined): reply is string {
+  return isValidReplySubjectUnder(RESPONSE_PREFIX, reply);
+}
+
+/** A concrete subject (no wildcards, no empty tokens, no whitespace) under `prefix` ("….responses."). */
+export function isValidReplySubjectUnder(prefix: string, reply: string | undefined): reply is string {
   if (!reply || reply.length > 256) return false;
-  if (!reply.startsWith(RESPONSE_PREFIX)) return false;
+  if (!reply.startsWith(prefix)) return false;
   const tokens = reply.split(".");
   return tokens.length >= 3 && tokens.every((t) => t.length > 0 && !/[\s*>]/.test(t));
 }

@@ -9,7 +9,6 @@ let
 
   cfg = config.services.homelab-deploy.builder;
   unit = "homelab-deploy-builder";
-  files = common.credentialFiles unit;
   settingsFormat = pkgs.formats.json { };
 
   # What the module contributes, below what the operator writes in `settings`.
@@ -20,16 +19,7 @@ let
     build.nixBin = "${config.nix.package}/bin/nix";
     metrics.listen = "0.0.0.0:9973";
   }
-  // optionalAttrs (cfg.nkeySeedFile != null) { nats.nkeySeedFile = files.seed; }
-  // optionalAttrs (common.usesVault cfg) {
-    vault = {
-      roleIdFile = files.roleId;
-      secretIdFile = files.secretId;
-      inherit (cfg.vault) kvMount secretPath secretField;
-    }
-    // optionalAttrs (cfg.vault.address != null) { inherit (cfg.vault) address; }
-    // optionalAttrs (cfg.vault.caCertFile != null) { inherit (cfg.vault) caCertFile; };
-  };
+  // common.credentialSettings unit cfg;
   settings = recursiveUpdate moduleSettings cfg.settings;
   configFile = settingsFormat.generate "homelab-deploy-builder.json" settings;
 
@@ -38,15 +28,9 @@ let
   # tmpfiles creates it and the unit may write there (ReadWritePaths).
   stateInVarLib = hasPrefix "/var/lib/" stateDir;
 
-  listen = builtins.match "(\\[[^]]*]|[^:]*):([0-9]+)" (settings.metrics.listen or "");
-  metricsPort = if listen == null then null else lib.toInt (builtins.elemAt listen 1);
+  metricsPort = common.listenPort (settings.metrics.listen or null);
 
   nixAllowedUsers = config.nix.settings.allowed-users or [ "*" ];
-  # The credential files come from the typed options (LoadCredential), never from settings.
-  settingsCredentialKeys =
-    optional ((cfg.settings.nats or { }) ? nkeySeedFile) "nats.nkeySeedFile"
-    ++ optional ((cfg.settings.vault or { }) ? roleIdFile) "vault.roleIdFile"
-    ++ optional ((cfg.settings.vault or { }) ? secretIdFile) "vault.secretIdFile";
 in
 {
   options.services.homelab-deploy.builder = {
@@ -117,22 +101,16 @@ in
         cred = cfg;
         address = settings.vault.address or null;
       }
+      ++ common.settingsAssertions {
+        prefix = "services.homelab-deploy.builder";
+        operatorSettings = cfg.settings;
+        inherit settings;
+        inherit (cfg) openFirewall;
+      }
       ++ [
-        {
-          assertion = settingsCredentialKeys == [ ];
-          message = "services.homelab-deploy.builder.settings: set the NKey files with services.homelab-deploy.builder.nkeySeedFile or vault.roleIdFile/vault.secretIdFile (the module passes them with LoadCredential), not with ${lib.concatStringsSep ", " settingsCredentialKeys}.";
-        }
         {
           assertion = (settings.repos or { }) != { };
           message = "services.homelab-deploy.builder.settings.repos: expected at least one repo, e.g. repos.nixos-servers.url = \"git+https://…\".";
-        }
-        {
-          assertion = builtins.isString stateDir && hasPrefix "/" stateDir && stateDir != "/var/lib/" && stateDir != "/";
-          message = "services.homelab-deploy.builder.settings.stateDir: expected an absolute directory path of its own, got ${builtins.toJSON stateDir}.";
-        }
-        {
-          assertion = !cfg.openFirewall || (metricsPort != null && metricsPort > 0);
-          message = "services.homelab-deploy.builder.openFirewall: settings.metrics.listen (${builtins.toJSON (settings.metrics.listen or null)}) has no fixed port to open.";
         }
         {
           assertion = builtins.elem "*" nixAllowedUsers || builtins.elem cfg.user nixAllowedUsers || builtins.elem "@${cfg.group}" nixAllowedUsers;

@@ -1,4 +1,4 @@
-# What the builder and scheduled-builds modules share: the package default,
+# What the builder, listener and scheduled-builds modules share: the package default,
 # repo-name rules, the NKey credential options (a seed file, or Vault) and
 # how they reach the service (systemd LoadCredential), and the hardening
 # both units get. docs/deployment.md explains each setting.
@@ -26,7 +26,9 @@ rec {
   credentialsDir = unit: "/run/credentials/${unit}.service";
 
   # Where the NKey seed comes from: exactly one of a seed file and Vault.
-  credentialOptions = { who, defaultSecretPath }: {
+  # `defaultSecretPathText`: how the docs show a default computed from
+  # other options (the listener's depends on its tier).
+  credentialOptions = { who, defaultSecretPath, defaultSecretPathText ? null }: {
     nkeySeedFile = mkOption {
       type = types.nullOr types.str;
       default = null;
@@ -69,11 +71,11 @@ rec {
         default = "secret";
         description = "The KV version 2 mount holding the seed.";
       };
-      secretPath = mkOption {
+      secretPath = mkOption ({
         type = types.str;
         default = defaultSecretPath;
         description = "Path of the ${who}'s seed in the mount.";
-      };
+      } // lib.optionalAttrs (defaultSecretPathText != null) { defaultText = defaultSecretPathText; });
       secretField = mkOption {
         type = types.str;
         default = "nkey";
@@ -90,6 +92,54 @@ rec {
     roleId = "${credentialsDir unit}/vault-role-id";
     secretId = "${credentialsDir unit}/vault-secret-id";
   };
+
+  # The credential part of a daemon's rendered settings: the copies systemd
+  # hands the unit (LoadCredential), and where in Vault the seed is.
+  credentialSettings = unit: cred:
+    let files = credentialFiles unit; in
+    lib.optionalAttrs (cred.nkeySeedFile != null) { nats.nkeySeedFile = files.seed; }
+    // lib.optionalAttrs (usesVault cred) {
+      vault = {
+        roleIdFile = files.roleId;
+        secretIdFile = files.secretId;
+        inherit (cred.vault) kvMount secretPath secretField;
+      }
+      // lib.optionalAttrs (cred.vault.address != null) { inherit (cred.vault) address; }
+      // lib.optionalAttrs (cred.vault.caCertFile != null) { inherit (cred.vault) caCertFile; };
+    };
+
+  # The port of a "host:port" listen setting ("[::]:9973" too); null without one.
+  listenPort = listen:
+    let m = builtins.match "(\\[[^]]*]|[^:]*):([0-9]+)" (if builtins.isString listen then listen else "");
+    in if m == null then null else lib.toInt (builtins.elemAt m 1);
+
+  # What a daemon's module asserts about its rendered settings: credential
+  # files only through the options, a state directory of its own, a fixed
+  # metrics port when the firewall is to be opened for it.
+  settingsAssertions = { prefix, operatorSettings, settings, openFirewall }:
+    let
+      given = operatorSettings;
+      credentialKeys =
+        lib.optional ((given.nats or { }) ? nkeySeedFile) "nats.nkeySeedFile"
+        ++ lib.optional ((given.vault or { }) ? roleIdFile) "vault.roleIdFile"
+        ++ lib.optional ((given.vault or { }) ? secretIdFile) "vault.secretIdFile";
+      stateDir = settings.stateDir;
+      port = listenPort (settings.metrics.listen or null);
+    in
+    [
+      {
+        assertion = credentialKeys == [ ];
+        message = "${prefix}.settings: set the NKey files with ${prefix}.nkeySeedFile or vault.roleIdFile/vault.secretIdFile (the module passes them with LoadCredential), not with ${lib.concatStringsSep ", " credentialKeys}.";
+      }
+      {
+        assertion = builtins.isString stateDir && hasPrefix "/" stateDir && stateDir != "/var/lib/" && stateDir != "/";
+        message = "${prefix}.settings.stateDir: expected an absolute directory path of its own, got ${builtins.toJSON stateDir}.";
+      }
+      {
+        assertion = !openFirewall || (port != null && port > 0);
+        message = "${prefix}.openFirewall: settings.metrics.listen (${builtins.toJSON (settings.metrics.listen or null)}) has no fixed port to open.";
+      }
+    ];
 
   # systemd LoadCredential= lines, "id:file", for the files that are set.
   loadCredential = cred:
@@ -129,7 +179,8 @@ rec {
       message = "${prefix}.${name}: expected an absolute path, got \"${file}\".";
     }) files;
 
-  # Hardening both units share; docs/deployment.md says why each is safe.
+  # Hardening the builder's and the scheduler's units share (the listener
+  # runs as root, unhardened: it switches the system); docs/deployment.md says why each is safe.
   # Not set: MemoryDenyWriteExecute (Node's V8 JIT needs writable and
   # executable memory and would crash), PrivateUsers and PrivateNetwork (the
   # nix daemon identifies its client by uid over the socket; NATS, Vault and

@@ -1,4 +1,4 @@
-# checks.<system>.module-eval: both modules evaluated by the real NixOS
+# checks.<system>.module-eval: the modules (builder, scheduler, listener) evaluated by the real NixOS
 # module system (with nixpkgs' own types, systemd and users modules) for a
 # configuration like nix-cache02's. Fails when an assertion fails or an
 # option does not type-check; its output is the unit files NixOS writes.
@@ -30,6 +30,14 @@ let
             repos.nixos.url = "git+https://git.t-juice.club/torjus/nixos.git";
           };
         };
+        services.homelab-deploy.listener = {
+          enable = true;
+          tier = "prod";
+          roles = [ "dns" ];
+          repo = { name = "nixos-servers"; url = "git+https://git.t-juice.club/torjus/nixos-servers.git"; };
+          nkeySeedFile = "/run/secrets/homelab-deploy/listener.nkey";
+          settings.nats.url = "nats://nats.home.2rjus.net:4222";
+        };
         services.homelab-deploy.scheduledBuilds = {
           enable = true;
           repos = [ "nixos-servers" "nixos" ];
@@ -45,6 +53,7 @@ let
     "homelab-deploy-builder.service"
     "homelab-deploy-scheduled-build.service"
     "homelab-deploy-scheduled-build.timer"
+    "homelab-deploy-listener.service"
   ];
 in
 if failed != [ ] then throw "homelab-deploy module assertions failed:\n${builtins.concatStringsSep "\n" failed}"
@@ -56,5 +65,7 @@ else
     grep -Fx 'User=homelab-deploy' $out/homelab-deploy-builder.service
     grep -Fx 'StateDirectory=homelab-deploy' $out/homelab-deploy-builder.service
     grep -Fx 'Persistent=true' $out/homelab-deploy-scheduled-build.timer
+    grep -Fx 'X-RestartIfChanged=false' $out/homelab-deploy-listener.service
+    grep -Fx 'Restart=always' $out/homelab-deploy-listener.service
     grep -Fx 'RandomizedDelaySec=5min' $out/homelab-deploy-scheduled-build.timer
   ''

@@ -5,9 +5,7 @@
  */
 import type { z } from "zod";
 import type { RejectCode, Rejected } from "../protocol.js";
-
-export const MAX_REQUEST_BYTES = 4096;
-const decoder = new TextDecoder();
+import { parseRequestBody } from "../util/json.js";
 
 export type ParsedBody<T> = { ok: true; value: T } | { ok: false; rejection: Rejected };
 
@@ -25,23 +23,9 @@ export function parseBody<T>(
   expected: string,
   codeFor: (issue: z.core.$ZodIssue) => RejectCode | undefined = () => undefined,
 ): ParsedBody<T> {
-  if (data.length > MAX_REQUEST_BYTES) {
-    return rejection("malformed_payload", `request body too large (${data.length} bytes, at most ${MAX_REQUEST_BYTES})`);
-  }
-  const text = decoder.decode(data).trim();
-  let json: unknown = {};
-  if (text.length > 0) {
-    try {
-      json = JSON.parse(text);
-    } catch {
-      return rejection("malformed_payload", `request body is not JSON; send ${expected}`);
-    }
-  }
-  const parsed = schema.safeParse(json);
-  if (parsed.success) return { ok: true, value: parsed.data };
-  const issue = parsed.error.issues[0];
-  const where = issue?.path.length ? `${issue.path.join(".")}: ` : "";
-  const code = issue ? codeFor(issue) : undefined;
-  if (code) return rejection(code, `invalid ${where}${issue?.message ?? "invalid"}`);
-  return rejection("malformed_payload", `malformed request body: ${where}${issue?.message ?? "invalid"}; expected ${expected}`);
+  const parsed = parseRequestBody(data, schema, expected);
+  if (parsed.ok) return parsed;
+  const code = parsed.issue ? codeFor(parsed.issue) : undefined;
+  if (code) return rejection(code, `invalid ${parsed.invalid}`);
+  return rejection("malformed_payload", parsed.error);
 }

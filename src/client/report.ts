@@ -37,7 +37,7 @@ import {
 } from "../describe.js";
 
 // Imported from here by the MCP answers and tests; src/describe.ts owns them.
-export { changesText, evaluationText, packageText, progressText, signedBytes, timeLeftText };
+export { changesCell, changesText, evaluationText, firstLine, packageText, progressText, signedBytes, timeLeftText };
 
 export interface Reporter {
   message(message: BuildResponse): void;
@@ -179,7 +179,7 @@ export function summaryTable(final: FinalResponse, paint: Paint = (_c, t) => t, 
 }
 
 /** The terminal width a table is cut to, on a terminal only. */
-function tableWidth(out: Output): number | undefined {
+export function tableWidth(out: Output): number | undefined {
   return out.isTTY ? (out.columns ?? 120) : undefined;
 }
 

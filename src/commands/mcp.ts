@@ -1,5 +1,5 @@
 /**
- * `homelab-deploy mcp [--enable-builds]`: the MCP server for AI assistants,
+ * `homelab-deploy mcp [--enable-builds] [--enable-deploy]`: the MCP server for AI assistants,
  * over stdio. stdout carries only the MCP protocol; logs go to stderr.
  * NATS is connected on the first tool call that needs it (see
  * mcp/nats-link.ts), so the server starts and keeps answering whatever the
@@ -18,6 +18,7 @@ import {
 
 interface McpFlags extends ConnectionFlags {
   enableBuilds?: boolean;
+  enableDeploy?: boolean;
   ackTimeout: string;
   idleTimeout: string;
   waitForBuilder: string;
@@ -27,15 +28,17 @@ export function registerMcp(program: Command): void {
   const command = program
     .command("mcp")
     .description("run an MCP server on stdio for AI assistants: list build targets and the builder's status; with --enable-builds also build and cancel")
-    .option("--enable-builds", "offer the build and cancel_build tools (without it the server is read-only)");
+    .option("--enable-builds", "offer the build and cancel_build tools (without it the server is read-only)")
+    .option("--enable-deploy", "offer the deploy and list_hosts tools (which tiers can be deployed is up to the NATS user's permissions)");
   addAckTimeoutOption(command, "a tool call gives up when no builder answers within this long");
   addIdleTimeoutOption(command);
   addWaitForBuilderOption(command);
   addConnectionOptions(command).action(async (flags: McpFlags) => {
-    const { enableBuilds, ackTimeout, idleTimeout, waitForBuilder, ...settings } = flags;
+    const { enableBuilds, enableDeploy, ackTimeout, idleTimeout, waitForBuilder, ...settings } = flags;
     const options = {
       settings,
       enableBuilds: enableBuilds === true,
+      enableDeploy: enableDeploy === true,
       ackTimeoutMs: durationFlag("--ack-timeout", ackTimeout),
       idleTimeoutMs: durationFlag("--idle-timeout", idleTimeout, true),
       waitForBuilderMs: durationFlag("--wait-for-builder", waitForBuilder, true),

@@ -35,7 +35,8 @@ export interface Daemon {
   readonly done: Promise<number>;
 }
 
-function seedSourceOf(config: Config, logger: Logger): SeedSource {
+/** The NKey seed from the config's file or Vault (the builder's and the listener's configs alike). */
+export function seedSourceOf(config: { nats: { nkeySeedFile?: string | undefined }; vault?: Config["vault"] }, logger: Logger): SeedSource {
   if (config.vault) {
     return vaultSeedSource({ settings: config.vault, names: CONFIG_KEY_NAMES, logger: logger.child({ component: "vault" }), wait: true });
   }
@@ -130,17 +131,28 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
     "builder ready: listening on build.>",
   );
 
+  return stoppable(logger, transport, "stopping: answering waiting requesters and ending running builds", async (why) => {
+    observability.beginShutdown();
+    await builder.stop(why);
+    await transport.stop();
+    // Last: the final events are saved, and Prometheus can scrape until the end.
+    await observability.stop();
+  });
+}
+
+/**
+ * A started daemon's stop: `steps` run once (the first stop wins), then
+ * `done` resolves with the exit code; NATS lost for good stops it with its
+ * error's code.
+ */
+export function stoppable(logger: Logger, transport: NatsTransport, stoppingMessage: string, steps: (why?: string) => Promise<void>): Daemon {
   let resolveDone: (code: number) => void = () => undefined;
   const done = new Promise<number>((resolve) => (resolveDone = resolve));
   let stopping: Promise<void> | undefined;
   const stop = (code: number = ExitCode.ok, why?: string) => {
     stopping ??= (async () => {
-      logger.info("stopping: answering waiting requesters and ending running builds");
-      observability.beginShutdown();
-      await builder.stop(why);
-      await transport.stop();
-      // Last: the final events are saved, and Prometheus can scrape until the end.
-      await observability.stop();
+      logger.info(stoppingMessage);
+      await steps(why);
       logger.info("stopped");
       resolveDone(code);
     })();

@@ -13,6 +13,8 @@ export interface McpOptions {
   /** Where NATS is and who we are (the client's connection settings). */
   settings: ClientSettings;
   enableBuilds: boolean;
+  /** Offer the deploy tools (list_hosts, deploy). */
+  enableDeploy?: boolean;
   ackTimeoutMs: number;
   idleTimeoutMs: number;
   /** How long a `build` call keeps asking while no builder is listening. */
@@ -21,11 +23,12 @@ export interface McpOptions {
 
 export async function runMcp(options: McpOptions): Promise<number> {
   const { settings, enableBuilds, ackTimeoutMs, idleTimeoutMs, waitForBuilderMs } = options;
+  const enableDeploy = options.enableDeploy === true;
   const logger = clientLogger(settings);
   keepServing(logger);
   const link = new NatsLink((connect) => connectClient(settings, logger, connect), settings.natsUrl, logger);
   const shutdown = new AbortController();
-  const server = createMcpServer({ enableBuilds, link, logger, ackTimeoutMs, idleTimeoutMs, waitForBuilderMs, shutdown: shutdown.signal });
+  const server = createMcpServer({ enableBuilds, enableDeploy, link, logger, ackTimeoutMs, idleTimeoutMs, waitForBuilderMs, shutdown: shutdown.signal });
   const transport = new StdioServerTransport();
 
   let resolveDone: (code: number) => void = () => undefined;
@@ -48,7 +51,7 @@ export async function runMcp(options: McpOptions): Promise<number> {
 
   server.server.onclose = () => void stop("the MCP transport closed");
   await server.connect(transport);
-  logger.info({ builds: enableBuilds, nats: settings.natsUrl }, "MCP server ready on stdio");
+  logger.info({ builds: enableBuilds, deploy: enableDeploy, nats: settings.natsUrl }, "MCP server ready on stdio");
   return done;
 }
 

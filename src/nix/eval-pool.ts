@@ -39,7 +39,7 @@ import { NixLogState, parseNixLine } from "./log.js";
 import { NIX_PATH_HINT, sourceLocation, type HostBuild } from "./runner.js";
 import { cannotRun, type SupervisedProcess, type Supervisor } from "./supervisor.js";
 import type { ToplevelDrvs } from "./toplevel-cache.js";
-import { DrvPathSchema } from "./store-path.js";
+import { DrvPathSchema } from "../store-path.js";
 
 export interface EvalPoolOptions {
   nixBin: string;

@@ -17,7 +17,7 @@ import { cannotRun, Supervisor, type ProcessOutcome, type ProcessRecorder, type 
 import { formatSetting } from "../util/duration.js";
 import { isCommitId, type HostStatus, type SourceLocation } from "../protocol.js";
 import type { NixError } from "./log.js";
-import { isStorePath, pathInSource } from "./store-path.js";
+import { isStorePath, pathInSource } from "../store-path.js";
 
 export type { ProcessRecorder } from "./supervisor.js";
 
@@ -119,9 +119,15 @@ export function toplevelInstallable(lockedUrl: string, host: string): string {
   return `${lockedUrl}#nixosConfigurations."${host}".config.system.build.toplevel`;
 }
 
+function siblingOfNix(nixBin: string, name: string): string {
+  return nixBin.includes("/") ? join(dirname(nixBin), name) : name;
+}
+
 export class NixRunner {
   /** nix-store, found next to nix (NixStore runs it too). */
   readonly nixStoreBin: string;
+  /** nix-env, found next to nix (the deploy listener sets the system profile with it). */
+  readonly nixEnvBin: string;
   /** Starts every nix process of this daemon, the evaluation pool's workers too. */
   readonly supervisor: Supervisor;
 
@@ -131,7 +137,8 @@ export class NixRunner {
 
   constructor(private readonly options: NixRunnerOptions) {
     // nix-store ships next to nix in every Nix release, 2.8 to current.
-    this.nixStoreBin = options.nixBin.includes("/") ? join(dirname(options.nixBin), "nix-store") : "nix-store";
+    this.nixStoreBin = siblingOfNix(options.nixBin, "nix-store");
+    this.nixEnvBin = siblingOfNix(options.nixBin, "nix-env");
     const { killGraceMs, env, ledger } = options;
     this.supervisor = new Supervisor({ killGraceMs, ...(env ? { env } : {}), ...(ledger ? { ledger } : {}) });
   }
@@ -198,7 +205,8 @@ export class NixRunner {
   }
 
   /**
-   * Builds an already evaluated toplevel. `nix-store --realise` works on
+   * Builds an already evaluated toplevel (a .drv), or fetches a store path
+   * from the substituters (nix checks their signatures). `nix-store --realise` works on
    * Nix 2.8 and current Nix alike (`nix build <drv>^*` does not exist in 2.8).
    */
   async realise(drvPath: string, options: RunOptions): Promise<HostBuild> {

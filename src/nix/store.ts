@@ -8,8 +8,8 @@
  */
 import { parseDiffClosures } from "./diff-closures.js";
 import { describeFailure, type NixRunner, type Outcome } from "./runner.js";
-import { isStorePath } from "./store-path.js";
-import type { PackageChange } from "../protocol.js";
+import { isStorePath } from "../store-path.js";
+import { MAX_CHANGED_PACKAGES, type Changes, type PackageChange } from "../protocol.js";
 
 export interface ClosureDiff {
   packages: PackageChange[];
@@ -49,6 +49,21 @@ export class NixStore {
     if (!sizes.ok) return sizes;
     const delta = (sizes.value.get(after) ?? 0) - (sizes.value.get(before) ?? 0);
     return { ok: true, value: { packages: parseDiffClosures(diff.stdout), sizeDeltaBytes: delta } };
+  }
+
+  /**
+   * What changed from `before` to `after` as the protocol reports it (at
+   * most MAX_CHANGED_PACKAGES packages, the rest counted). The same
+   * toplevel has the same closure: nothing to ask nix.
+   */
+  async changes(before: string, after: string, againstRevision: string | null, timeoutMs: number): Promise<Outcome<Changes>> {
+    if (before === after) return { ok: true, value: { against: before, againstRevision, packages: [], sizeDeltaBytes: 0 } };
+    const diff = await this.diffClosures(before, after, timeoutMs);
+    if (!diff.ok) return diff;
+    const { packages, sizeDeltaBytes } = diff.value;
+    const changes: Changes = { against: before, againstRevision, packages: packages.slice(0, MAX_CHANGED_PACKAGES), sizeDeltaBytes };
+    if (packages.length > MAX_CHANGED_PACKAGES) changes.omittedPackages = packages.length - MAX_CHANGED_PACKAGES;
+    return { ok: true, value: changes };
   }
 
   /** `nix path-info -S`: each path's closure size in bytes. */

@@ -16,7 +16,7 @@ import { StateFile } from "../util/state-file.js";
 import { errorMessage } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { LruMap } from "../util/lru.js";
-import { DrvPathSchema } from "./store-path.js";
+import { DrvPathSchema } from "../store-path.js";
 
 export const TOPLEVEL_CACHE_FILE = STATE_FILES.toplevels;
 const CAPACITY = 8;

@@ -35,6 +35,8 @@ export interface ReadinessOptions {
   nixProbeTimeoutMs?: number;
   /** State files whose last write failed. */
   stateProblems?: () => StateProblem[];
+  /** What the service check says while it takes requests (default "accepting builds"; the listener: "accepting deploys"). */
+  accepting?: string;
 }
 
 const DEFAULT_TTL_MS = 60_000;
@@ -65,7 +67,7 @@ export class Readiness {
     const state = this.options.natsState();
     const nats = { ok: state === "connected", detail: state };
     const nix = await this.nixCheck();
-    const builder = this.stopping ? { ok: false, detail: "shutting down" } : { ok: true, detail: "accepting builds" };
+    const builder = this.stopping ? { ok: false, detail: "shutting down" } : { ok: true, detail: this.options.accepting ?? "accepting builds" };
     const problems = this.options.stateProblems?.() ?? [];
     const files =
       problems.length === 0

@@ -14,3 +14,34 @@ export function parseJsonAs<T>(text: string, schema: z.ZodType<T>): T | undefine
   const parsed = schema.safeParse(json);
   return parsed.success ? parsed.data : undefined;
 }
+
+/** Request bodies are small: a larger one is refused before it is parsed. */
+export const MAX_REQUEST_BYTES = 4096;
+const decoder = new TextDecoder();
+
+export type RequestBody<T> =
+  | { ok: true; value: T }
+  /** `invalid` ("<key path>: <problem>") and `issue` are set when the JSON did not match the schema. */
+  | { ok: false; error: string; invalid?: string; issue?: z.core.$ZodIssue };
+
+/**
+ * A NATS request's body: empty means `{}`, anything else must be a small
+ * JSON object matching `schema` (`expected` describes it for the error).
+ */
+export function parseRequestBody<T>(data: Uint8Array, schema: z.ZodType<T>, expected: string): RequestBody<T> {
+  if (data.length > MAX_REQUEST_BYTES) return { ok: false, error: `request body too large (${data.length} bytes, at most ${MAX_REQUEST_BYTES})` };
+  const text = decoder.decode(data).trim();
+  let json: unknown = {};
+  if (text.length > 0) {
+    try {
+      json = JSON.parse(text);
+    } catch {
+      return { ok: false, error: `request body is not JSON; send ${expected}` };
+    }
+  }
+  const parsed = schema.safeParse(json);
+  if (parsed.success) return { ok: true, value: parsed.data };
+  const issue = parsed.error.issues[0];
+  const invalid = `${issue?.path.length ? `${issue.path.join(".")}: ` : ""}${issue?.message ?? "invalid"}`;
+  return { ok: false, error: `malformed request body: ${invalid}; expected ${expected}`, invalid, ...(issue ? { issue } : {}) };
+}

@@ -19,6 +19,7 @@ const LAYERS: Record<string, number> = {
   builder: 2,
   client: 2,
   observability: 2,
+  listener: 2,
   daemon: 3,
   /** The MCP server: a component the `mcp` command runs, like the daemon for `builder`. */
   mcp: 3,

@@ -82,11 +82,11 @@ describe("docs/nats-permissions.md", () => {
     expect(documented).toBe(documentedAccountConfig());
   });
 
-  it("is what this server runs, with the plan's four users and nobody else", async () => {
+  it("is what this server runs, with the plan's four users, the two tiers' listeners and nobody else", async () => {
     const running = await readFile(join(nats.dir, "nats.conf"), "utf8");
     expect(running).toContain(withKeys(documented, nats.identities));
     expect(running).not.toMatch(/<\w+ public key>/);
-    expect(running.match(/nkey: "U[A-Z0-9]{55}"/g)).toHaveLength(4);
+    expect(running.match(/nkey: "U[A-Z0-9]{55}"/g)).toHaveLength(6);
     expect(running).not.toContain(nats.identities.outsider.publicKey);
   });
 });
@@ -144,6 +144,37 @@ describe("the documented permissions", () => {
     expect(error?.message).toMatch(/Permissions Violation for Subscription to "build\.>"/);
     await until(() => refused.length >= 1, "the server's permission error");
     expect(refused).toEqual([{ operation: "subscription", subject: "build.>" }]);
+  });
+});
+
+describe("the listener users", () => {
+  it("take their own tier's deploy requests and deploy.discover, and may only answer under deploy.responses.>", async () => {
+    const listener = await connect("testListener");
+    const refused = refusals(listener);
+    const got: string[] = [];
+    for (const subject of ["deploy.test.>", "deploy.discover", "deploy.prod.>", "build.>"]) {
+      listener.subscribe(subject, { callback: (err, msg) => (err ? undefined : got.push(msg.subject)) });
+    }
+    await listener.flush();
+    const deployer = await connect("testDeployer");
+    const answers = await Inbox.open(deployer, "deploy.responses.");
+    listener.publish("deploy.test.web1", new Uint8Array());
+    listener.publish("build.fixture.alpha", new Uint8Array(), { reply: "build.responses.x" });
+    listener.publish(answers.subject, new TextEncoder().encode(JSON.stringify({ type: "probe" })));
+    deployer.publish("deploy.test.web1", new Uint8Array(), { reply: answers.subject });
+    deployer.publish("deploy.discover", new Uint8Array(), { reply: answers.subject });
+    await deployer.flush();
+    await answers.waitFor((m) => m.type === "probe", 5_000);
+    await until(() => refused.length >= 4 && got.length >= 2, "the server's permission errors and the deliveries");
+    expect(refused).toEqual(
+      expect.arrayContaining([
+        { operation: "subscription", subject: "deploy.prod.>" },
+        { operation: "subscription", subject: "build.>" },
+        { operation: "publish", subject: "deploy.test.web1" },
+        { operation: "publish", subject: "build.fixture.alpha" },
+      ]),
+    );
+    expect(got.sort()).toEqual(["deploy.discover", "deploy.test.web1"]);
   });
 });
 

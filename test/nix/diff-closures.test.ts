@@ -7,7 +7,7 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseDiffClosures } from "../../src/nix/diff-closures.js";
-import { DrvPathSchema, isStorePath, pathInSource } from "../../src/nix/store-path.js";
+import { DrvPathSchema, isStorePath, pathInSource } from "../../src/store-path.js";
 import { ROOT } from "../support/cli.js";
 
 const fixture = (name: string) => readFile(join(ROOT, "test", "fixtures", "diff-closures", name), "utf8");

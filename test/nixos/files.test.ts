@@ -45,6 +45,7 @@ describe("Nix files", () => {
         "nix/module.nix",
         "nix/modules/builder.nix",
         "nix/modules/scheduled-builds.nix",
+        "nix/modules/listener.nix",
         "nix/modules/common.nix",
         "nix/tests/vm.nix",
         "nix/tests/module-eval.nix",
@@ -88,7 +89,7 @@ describe("Nix files", () => {
       packages: { "aarch64-linux": ["default", "homelab-deploy"], "x86_64-linux": ["default", "homelab-deploy"] },
       checks: { "aarch64-linux": ["module-eval", "package", "vm"], "x86_64-linux": ["module-eval", "package", "vm"] },
       devShells: { "aarch64-linux": ["default"], "x86_64-linux": ["default"] },
-      nixosModules: ["builder", "default", "scheduled-builds"],
+      nixosModules: ["builder", "default", "listener", "scheduled-builds"],
       inputs: ["nixpkgs"],
     });
     await expect(readFile(join(ROOT, "flake.lock"))).rejects.toThrow(/ENOENT/);

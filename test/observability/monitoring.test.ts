@@ -5,41 +5,16 @@
  * metrics the builder exports. (test/e2e/prometheus.test.ts runs every
  * dashboard query against a real Prometheus.)
  */
-import { execFile } from "node:child_process";
-import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
-import { parse as parseYaml } from "yaml";
-import { z } from "zod";
 import { BuildMetrics } from "../../src/observability/metrics.js";
 import { ROOT } from "../support/cli.js";
+import { alertRules, alertsFiredInTests, promtool } from "../support/rules.js";
 import { dashboardQueries, loadDashboard, metricNamesIn, type Panel } from "../support/dashboard.js";
 
-const run = promisify(execFile);
 const RULES = join(ROOT, "monitoring", "prometheus", "alerts.yaml");
 const RULE_TESTS = join(ROOT, "monitoring", "prometheus", "alerts.test.yaml");
 
-async function promtool(...args: string[]): Promise<{ code: number; output: string }> {
-  try {
-    const { stdout, stderr } = await run("promtool", args, { timeout: 60_000 });
-    return { code: 0, output: stdout + stderr };
-  } catch (err) {
-    const failed = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: failed.code ?? -1, output: `${failed.stdout ?? ""}${failed.stderr ?? ""}` };
-  }
-}
-
-const RulesSchema = z.object({
-  groups: z.array(z.object({ name: z.string(), rules: z.array(z.object({ alert: z.string(), expr: z.string() })) })),
-});
-const RuleTestsSchema = z.object({
-  tests: z.array(
-    z.object({
-      alert_rule_test: z.array(z.object({ alertname: z.string(), exp_alerts: z.array(z.unknown()).optional() })),
-    }),
-  ),
-});
 
 /** The names every metric family of the builder's registry exposes samples under. */
 async function exportedNames(): Promise<Set<string>> {
@@ -66,9 +41,8 @@ describe("alert rules", () => {
   });
 
   it("each have a unit test in which they fire, and include the plan's two", async () => {
-    const rules = RulesSchema.parse(parseYaml(await readFile(RULES, "utf8"))).groups.flatMap((g) => g.rules);
-    const tests = RuleTestsSchema.parse(parseYaml(await readFile(RULE_TESTS, "utf8"))).tests.flatMap((t) => t.alert_rule_test);
-    const fired = new Set(tests.filter((t) => (t.exp_alerts?.length ?? 0) > 0).map((t) => t.alertname));
+    const rules = await alertRules(RULES);
+    const fired = await alertsFiredInTests(RULE_TESTS);
     for (const rule of rules) expect(fired, `no test makes ${rule.alert} fire`).toContain(rule.alert);
     const expr = (name: string) => rules.find((r) => r.alert === name)?.expr ?? "";
     expect(expr("HomelabDeployBuildFailed")).toContain("increase(homelab_deploy_build_host_total{");
@@ -81,7 +55,7 @@ describe("alert rules", () => {
 
   it("use only metrics the builder exports", async () => {
     const exported = await exportedNames();
-    const rules = RulesSchema.parse(parseYaml(await readFile(RULES, "utf8"))).groups.flatMap((g) => g.rules);
+    const rules = await alertRules(RULES);
     for (const rule of rules) {
       for (const name of metricNamesIn(rule.expr)) expect(exported, `${rule.alert} uses ${name}`).toContain(name);
     }

@@ -61,7 +61,7 @@ export async function startBuilder(setup: BuilderSetup, options: { waitReady?: b
 export async function spawnBuilder(
   configFile: string,
   env: Record<string, string> = {},
-  options: { waitReady?: boolean; command?: string[] } = {},
+  options: { waitReady?: boolean; command?: string[]; readyMessage?: string } = {},
 ): Promise<BuilderProcess> {
   const [bin, ...args] = options.command ?? [process.execPath, CLI, "builder", "--config", configFile];
   const child = spawn(bin as string, args, {
@@ -136,7 +136,8 @@ export async function spawnBuilder(
   };
   if (options.waitReady !== false) {
     try {
-      await builder.waitForLog((l) => l.msg === "builder ready: listening on build.>");
+      const ready = options.readyMessage ?? "builder ready: listening on build.>";
+      await builder.waitForLog((l) => l.msg === ready);
     } catch (err) {
       // Nobody else holds a handle on this process yet: don't leave it behind.
       await builder.stop("SIGKILL");

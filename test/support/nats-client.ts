@@ -16,17 +16,22 @@ export function connectAs(url: string, identity: Pick<Identity, "seed">): Promis
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-/** A reply subject under build.responses. and everything that arrives on it. */
+/** A reply subject under build.responses. (or `prefix`: deploy.responses.) and everything that arrives on it. */
 export class Inbox {
-  readonly subject = `build.responses.test-${nuid.next()}`;
+  readonly subject: string;
   readonly messages: Message[] = [];
   private subscription: Subscription | undefined;
   private waiters: Array<{ predicate: (m: Message) => boolean; resolve: (m: Message) => void }> = [];
 
-  private constructor(private readonly nc: NatsConnection) {}
+  private constructor(
+    private readonly nc: NatsConnection,
+    prefix: string,
+  ) {
+    this.subject = `${prefix}test-${nuid.next()}`;
+  }
 
-  static async open(nc: NatsConnection): Promise<Inbox> {
-    const inbox = new Inbox(nc);
+  static async open(nc: NatsConnection, prefix = "build.responses."): Promise<Inbox> {
+    const inbox = new Inbox(nc, prefix);
     inbox.subscription = nc.subscribe(inbox.subject, {
       callback: (_err, msg) => {
         const text = decoder.decode(msg.data);

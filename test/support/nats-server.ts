@@ -23,6 +23,9 @@ export const PLAN_PERMISSIONS = {
   },
   adminDeployer: { publish: ["deploy.>", "build.>"], subscribe: ["deploy.>", "build.responses.>"] },
   scheduler: { publish: ["build.>"], subscribe: ["build.responses.>"] },
+  /** Deploy listeners (issue 21), one user per tier: they take their tier's requests and only answer. */
+  testListener: { publish: ["deploy.responses.>"], subscribe: ["deploy.test.>", "deploy.discover"] },
+  prodListener: { publish: ["deploy.responses.>"], subscribe: ["deploy.prod.>", "deploy.discover"] },
   /** Not in the plan (and not in the docs): a user with no rights under build.>, to see the server refuse it. */
   outsider: { publish: ["other.>"], subscribe: ["other.>"] },
 } satisfies Record<string, Permissions>;
@@ -42,11 +45,13 @@ export const ROLE_COMMENTS: Record<Role, string> = {
   testDeployer: "Test deployer: deploys test hosts, requests builds",
   adminDeployer: "Admin deployer: deploys everything, requests builds",
   scheduler: "Scheduler (scheduled-build timer on nix-cache02): requests builds, reads their answers",
+  testListener: "Deploy listener of the test tier (homelab-deploy listener on each test host): takes deploy.test.> and deploy.discover, answers on deploy.responses.>",
+  prodListener: "Deploy listener of the prod tier (homelab-deploy listener on each prod host): takes deploy.prod.> and deploy.discover, answers on deploy.responses.>",
   outsider: "Not in the plan: a user with no rights under build.>",
 };
 
 /** The plan's users, in the order docs/nats-permissions.md lists them. */
-export const PLAN_ROLES = ["builder", "testDeployer", "adminDeployer", "scheduler"] as const satisfies readonly Role[];
+export const PLAN_ROLES = ["builder", "testDeployer", "adminDeployer", "scheduler", "testListener", "prodListener"] as const satisfies readonly Role[];
 
 export interface AccountUser {
   role?: Role;
@@ -104,6 +109,8 @@ export interface NatsServer {
   port: number;
   dir: string;
   identities: Record<Role, Identity>;
+  /** The running server's process id (a test pauses it with SIGSTOP to cut NATS off without closing connections). */
+  pid(): number;
   /** Everything the server logged so far (permission violations show up here). */
   log(): string;
   /** With `monitor`: the base URL of the monitoring endpoints (e.g. `${monitorUrl}/connz`). */
@@ -202,6 +209,10 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     dir,
     identities,
     log: () => output,
+    pid() {
+      if (!child?.pid || child.exitCode !== null) throw new Error("nats-server is not running");
+      return child.pid;
+    },
     async stop(signal = "SIGKILL") {
       const running = child;
       if (!running || running.exitCode !== null) return;

@@ -46,6 +46,7 @@ export interface Packages {
   "homelab-deploy": string;
   nix: string;
   git: string;
+  systemd: string;
 }
 
 async function prefixOf(program: string): Promise<string> {
@@ -61,7 +62,7 @@ export async function standInPackages(): Promise<Packages> {
   await writeFile(join(dir, "bin", "homelab-deploy"), `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} ${JSON.stringify(CLI)} "$@"\n`, {
     mode: 0o755,
   });
-  return { "homelab-deploy": dir, nix: await prefixOf("nix"), git: await prefixOf("git") };
+  return { "homelab-deploy": dir, nix: await prefixOf("nix"), git: await prefixOf("git"), systemd: await prefixOf("systemctl") };
 }
 
 export async function bashPath(): Promise<string> {

@@ -25,7 +25,7 @@ import { z } from "zod";
 import { errorMessage } from "../../errors.js";
 import type { Logger } from "../../logger.js";
 import type { NixStore } from "../../nix/store.js";
-import { isStorePath, storeHash } from "../../nix/store-path.js";
+import { isStorePath, storeHash } from "../../store-path.js";
 import { isValidHostName, isValidRepoName } from "../../protocol.js";
 import { StateFile } from "../../util/state-file.js";
 

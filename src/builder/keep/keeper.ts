@@ -7,7 +7,7 @@
  */
 import type { Logger } from "../../logger.js";
 import type { NixStore } from "../../nix/store.js";
-import { HISTORY_CHANGED_PACKAGES, MAX_CHANGED_PACKAGES, type Changes, type HostResult } from "../../protocol.js";
+import { HISTORY_CHANGED_PACKAGES, type Changes, type HostResult } from "../../protocol.js";
 import type { BuildHistory } from "./history.js";
 import type { GcRoots } from "./gc-roots.js";
 
@@ -93,17 +93,12 @@ export class Keeper {
   }
 
   private async changes(repo: string, host: string, before: string, revision: string | null, after: string): Promise<Changes | null> {
-    // The same toplevel has the same closure: nothing to ask nix.
-    if (before === after) return { against: before, againstRevision: revision, packages: [], sizeDeltaBytes: 0 };
-    const diff = await this.options.store.diffClosures(before, after, this.options.changesTimeoutMs ?? CHANGES_TIMEOUT_MS);
-    if (!diff.ok) {
-      this.options.logger.warn({ repo, host, against: before, err: diff.error }, "cannot compare the closure with the last good build; reporting no changes");
+    const changes = await this.options.store.changes(before, after, revision, this.options.changesTimeoutMs ?? CHANGES_TIMEOUT_MS);
+    if (!changes.ok) {
+      this.options.logger.warn({ repo, host, against: before, err: changes.error }, "cannot compare the closure with the last good build; reporting no changes");
       return null;
     }
-    const { packages, sizeDeltaBytes } = diff.value;
-    const changes: Changes = { against: before, againstRevision: revision, packages: packages.slice(0, MAX_CHANGED_PACKAGES), sizeDeltaBytes };
-    if (packages.length > MAX_CHANGED_PACKAGES) changes.omittedPackages = packages.length - MAX_CHANGED_PACKAGES;
-    return changes;
+    return changes.value;
   }
 }
 

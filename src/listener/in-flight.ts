@@ -1,0 +1,78 @@
+/**
+ * The deploy in flight, in <stateDir>/deploy.json: saved before `accepted`
+ * and at every step, removed after the final answer. A listener that was
+ * killed during a deploy (its own switch restarted it, a crash, SIGKILL)
+ * finds it at the next start and answers the requester: the file says how
+ * far the deploy got, which system it meant to activate and what to roll
+ * back to.
+ */
+import { unlink } from "node:fs/promises";
+import { join } from "node:path";
+import { z } from "zod";
+import { DeployActionSchema } from "../deploy-protocol.js";
+import { writeFileAtomic } from "../util/atomic-file.js";
+import { readStateFile } from "../util/regular-file.js";
+
+export const IN_FLIGHT_FILE = "deploy.json";
+
+export const InFlightSchema = z.object({
+  version: z.literal(1),
+  deployId: z.string().regex(/^d[0-9a-f]{10}$/),
+  action: DeployActionSchema,
+  ref: z.string().nullable(),
+  /** The toplevel the request named (prebuilt), or null: evaluated on the host. */
+  requested: z.string().nullable(),
+  requesters: z.array(z.string()),
+  /** The last message number used. */
+  seq: z.number().int().nonnegative(),
+  startedAt: z.number(),
+  /**
+   * preparing: fetching or building, nothing changed yet; activating: the
+   * profile may be set and switch-to-configuration may have run;
+   * checking: the switch succeeded, the health checks run.
+   */
+  phase: z.enum(["preparing", "activating", "checking"]),
+  /** The system being activated (known once fetched or built). */
+  toplevel: z.string().nullable(),
+  previous: z.string().nullable(),
+  previousGeneration: z.number().int().nullable(),
+  generation: z.number().int().nullable(),
+  /** How often a restart has taken this deploy up again. */
+  restarts: z.number().int().nonnegative(),
+});
+export type InFlight = z.infer<typeof InFlightSchema>;
+
+export type InFlightRead = { status: "none" } | { status: "found"; deploy: InFlight } | { status: "unusable"; why: string };
+
+export class InFlightStore {
+  readonly file: string;
+
+  constructor(stateDir: string) {
+    this.file = join(stateDir, IN_FLIGHT_FILE);
+  }
+
+  async load(): Promise<InFlightRead> {
+    const read = await readStateFile(this.file, InFlightSchema);
+    switch (read.status) {
+      case "missing":
+        return { status: "none" };
+      case "loaded":
+        return { status: "found", deploy: read.value };
+      case "corrupt":
+        return { status: "unusable", why: `${this.file} is not a saved deploy` };
+      case "unreadable":
+        return { status: "unusable", why: `cannot read ${this.file}: ${String(read.error)}` };
+    }
+  }
+
+  /** Throws when it cannot be written: a deploy that cannot be saved is not started. */
+  async save(deploy: InFlight): Promise<void> {
+    await writeFileAtomic(this.file, `${JSON.stringify(deploy)}\n`, 0o600);
+  }
+
+  async clear(): Promise<void> {
+    await unlink(this.file).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== "ENOENT") throw err;
+    });
+  }
+}
