@@ -17,7 +17,7 @@
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Inbox } from "../test/support/nats-client.js";
-import { machine, percentile, round, startBench, type Bench } from "./support.js";
+import { AcceptSubject as Subject, latencySummary as summary, machine, measureAccept as measure, startBench } from "./support.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const count = Number(process.argv[2] ?? 1000);
@@ -26,48 +26,6 @@ const builds = process.argv.slice(3).map((arg) => {
   return { label: label as string, cli: resolve(cli as string) };
 });
 if (builds.length === 0) builds.push({ label: "this", cli: undefined as unknown as string });
-
-function summary(samples: number[]) {
-  return { n: samples.length, p50: round(percentile(samples, 50), 2), p90: round(percentile(samples, 90), 2), p99: round(percentile(samples, 99), 2), max: round(Math.max(...samples), 2) };
-}
-
-/** One build under test: its daemon, and one request → accepted at a time. */
-class Subject {
-  private readonly waiting = new Map<string, (at: number) => void>();
-  private sent = 0;
-
-  constructor(
-    readonly label: string,
-    readonly bench: Bench,
-  ) {
-    bench.nc.subscribe("build.responses.lat.>", {
-      callback: (_err, msg) => {
-        const resolve = this.waiting.get(msg.subject);
-        if (!resolve) return;
-        this.waiting.delete(msg.subject);
-        resolve(performance.now());
-      },
-    });
-  }
-
-  async request(): Promise<number> {
-    const reply = `build.responses.lat.${this.sent++}`;
-    const answered = new Promise<number>((resolve) => this.waiting.set(reply, resolve));
-    const sent = performance.now();
-    this.bench.nc.publish("build.bench.quiet", new Uint8Array(), { reply });
-    return (await answered) - sent;
-  }
-}
-
-/** `n` requests to each subject, alternating, the first one switching every round. */
-async function measure(subjects: Subject[], n: number): Promise<Map<Subject, number[]>> {
-  const samples = new Map(subjects.map((s) => [s, [] as number[]]));
-  for (let i = 0; i < n; i++) {
-    const order = i % 2 === 0 ? subjects : [...subjects].reverse();
-    for (const subject of order) samples.get(subject)!.push(await subject.request());
-  }
-  return samples;
-}
 
 const subjects: Subject[] = [];
 for (const build of builds) {

@@ -35,6 +35,8 @@ export interface BenchOptions {
   cli?: string | undefined;
   /** nats-server's monitoring endpoints (`bench.nats.monitorUrl`). */
   monitor?: boolean;
+  /** More top-level builder config (e.g. a stateDir seeded beforehand). */
+  extra?: Record<string, unknown>;
 }
 
 /** `fixture`: as createFixtureFlake takes it. */
@@ -42,7 +44,7 @@ export async function startBench(
   fixture: string | readonly string[],
   build: Record<string, unknown> = {},
   nodeOptions = PACKAGED_NODE_OPTIONS,
-  { cli, monitor = false }: BenchOptions = {},
+  { cli, monitor = false, extra = {} }: BenchOptions = {},
 ): Promise<Bench> {
   const nats = await startNatsServer({ monitor });
   const flake = await createFixtureFlake(fixture);
@@ -51,7 +53,7 @@ export async function startBench(
     seedFile: nats.identities.builder.seedFile,
     repos: { bench: flake.url },
     build: { timeout: "30m", ...build },
-    extra: { log: { level: "info" } },
+    extra: { log: { level: "info" }, ...extra },
     env: { NODE_OPTIONS: nodeOptions },
   }, cli ? { cli } : {});
   const nc = await connectAs(nats.url, nats.identities.testDeployer);
@@ -79,6 +81,53 @@ export async function timedBuild(nc: NatsConnection, target: string): Promise<{ 
   const ms = performance.now() - started;
   inbox.close();
   return { ms, final, messages: inbox.messages };
+}
+
+/**
+ * One build under test for request → `accepted` latency: its daemon, and
+ * one request at a time (latency, not throughput) for the bench repo's
+ * `quiet` host, which should be queued behind a running build, so each
+ * request is validated, joins the queued job, is saved and answered.
+ */
+export class AcceptSubject {
+  private readonly waiting = new Map<string, (at: number) => void>();
+  private sent = 0;
+
+  constructor(
+    readonly label: string,
+    readonly bench: Bench,
+  ) {
+    bench.nc.subscribe("build.responses.lat.>", {
+      callback: (_err, msg) => {
+        const resolve = this.waiting.get(msg.subject);
+        if (!resolve) return;
+        this.waiting.delete(msg.subject);
+        resolve(performance.now());
+      },
+    });
+  }
+
+  async request(): Promise<number> {
+    const reply = `build.responses.lat.${this.sent++}`;
+    const answered = new Promise<number>((resolve) => this.waiting.set(reply, resolve));
+    const sent = performance.now();
+    this.bench.nc.publish("build.bench.quiet", new Uint8Array(), { reply });
+    return (await answered) - sent;
+  }
+}
+
+/** `n` requests to each subject, alternating, the first one switching every round. */
+export async function measureAccept(subjects: AcceptSubject[], n: number): Promise<Map<AcceptSubject, number[]>> {
+  const samples = new Map(subjects.map((s) => [s, [] as number[]]));
+  for (let i = 0; i < n; i++) {
+    const order = i % 2 === 0 ? subjects : [...subjects].reverse();
+    for (const subject of order) samples.get(subject)!.push(await subject.request());
+  }
+  return samples;
+}
+
+export function latencySummary(samples: number[]) {
+  return { n: samples.length, p50: round(percentile(samples, 50), 2), p90: round(percentile(samples, 90), 2), p99: round(percentile(samples, 99), 2), max: round(Math.max(...samples), 2) };
 }
 
 export async function rssMiB(pid: number): Promise<number> {

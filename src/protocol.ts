@@ -496,7 +496,20 @@ export const HistoryEntrySchema = z.object({
   storePath: z.string().optional(),
   finishedAt: z.string(),
   error: z.string().optional(),
+  /** For eval_error: the file and line nix blamed. */
+  location: SourceLocationSchema.optional(),
+  /**
+   * The last lines of the nix log of a failed build; only the host's newest
+   * failure keeps them (the status page shows them after a restart).
+   */
+  logTail: z.array(z.string()).optional(),
+  /** On success: what changed in the closure (packages cut to HISTORY_CHANGED_PACKAGES; omittedPackages counts the rest). */
+  changes: ChangesSchema.nullable().optional(),
+  /** On success: false when the toplevel could not be registered as a GC root. */
+  gcRoot: z.boolean().optional(),
 });
+/** Packages of a closure change a history entry keeps: a summary, not the full list host_finished carries. */
+export const HISTORY_CHANGED_PACKAGES = 5;
 export type HistoryEntry = z.infer<typeof HistoryEntrySchema>;
 
 export const HistoryResponseSchema = z.object({

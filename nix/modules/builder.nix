@@ -76,7 +76,7 @@ in
     openFirewall = mkOption {
       type = types.bool;
       default = false;
-      description = "Open the metrics port (from `settings.metrics.listen`, 9973 by default) in the firewall, for Prometheus.";
+      description = "Open the metrics port (from `settings.metrics.listen`, 9973 by default) in the firewall, for Prometheus and the status page.";
     };
   } // common.credentialOptions { who = "builder"; defaultSecretPath = "shared/homelab-deploy/builder-nkey"; };
 

@@ -28,6 +28,8 @@ import {
   type CancelResponse,
   type ControlName,
   type Rejected,
+  type RepoInfo,
+  type StatusResponse,
 } from "../protocol.js";
 import type { Job } from "../job.js";
 import { JobQueue } from "./queue.js";
@@ -88,6 +90,16 @@ export class Builder {
       history: (repo, host) => options.history.entries(repo, host),
     });
     this.dropLog = new LogThrottle(logger, 60_000, 10);
+  }
+
+  /** What `build.status` answers, for readers in this process (the status page). */
+  status(): StatusResponse {
+    return this.control.statusNow();
+  }
+
+  /** Each repo's host list as the catalog has it, without starting a fetch. */
+  repos(): RepoInfo[] {
+    return this.control.repos();
   }
 
   /** Takes up the saved queue first (in its order), then listens for requests. */

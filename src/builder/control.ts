@@ -68,7 +68,13 @@ export class Control {
     // asked again while the hung fetch ran (and, with several builders,
     // a quiet period as long as the wait).
     void Promise.allSettled(names.map((name) => catalog.request(name, request.value.refresh === true)));
-    const repos: RepoInfo[] = names.map((name) => {
+    return { type: "discover", version, builder: builderName, repos: this.repos() };
+  }
+
+  /** Each repo's host list as the catalog has it now; starts no fetch (the status page reads this). */
+  repos(): RepoInfo[] {
+    const { config, catalog } = this.options;
+    return Object.keys(config.repos).map((name) => {
       const url = repoNamed(config.repos, name)?.url as string;
       const { value, error, loading } = catalog.state(name);
       const info: RepoInfo = value
@@ -78,12 +84,16 @@ export class Control {
       else if (error !== undefined) info.error = error;
       return info;
     });
-    return { type: "discover", version, builder: builderName, repos };
   }
 
   private status(data: Uint8Array): ControlAnswer {
     const request = parseBody(data, StatusRequestSchema, "nothing");
     if (!request.ok) return request.rejection;
+    return this.statusNow();
+  }
+
+  /** What `build.status` answers (the status page reads this too). */
+  statusNow(): StatusResponse {
     const { version, builderName } = this.options;
     const jobs = this.options.jobs();
     const queued: QueuedJob[] = jobs.queued.map((job, index) => ({

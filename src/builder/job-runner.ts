@@ -210,22 +210,15 @@ export class JobRunner {
     if (build.storePath) result.storePath = build.storePath;
     if (build.error) result.error = boundedText(build.error);
     if (build.location) result.location = build.location;
-    Object.assign(result, await keeper.finished({ repo: job.spec.repo, ref: job.spec.ref, revision, jobId: job.id, result }));
+    // An eval error's message already is the useful part; the log would repeat it.
+    const logTail = build.status !== "success" && build.status !== "eval_error" && build.logTail ? boundedLogTail(build.logTail) : undefined;
+    Object.assign(result, await keeper.finished({ repo: job.spec.repo, ref: job.spec.ref, revision, jobId: job.id, result, logTail }));
     // Rooted first (garbage collection can no longer take it), then shared.
     if (build.status === "success" && build.storePath) {
       const copy = await copyToCache(this.options, job, host, build.storePath);
       if (copy) result.copy = copy;
     }
-    // An eval error's message already is the useful part; the log would repeat it.
-    const withTail = build.status !== "success" && build.status !== "eval_error" && build.logTail;
-    responder.toJob(job, {
-      type: "host_finished",
-      jobId: job.id,
-      index,
-      total,
-      ...result,
-      ...(withTail ? { logTail: boundedLogTail(build.logTail ?? []) } : {}),
-    });
+    responder.toJob(job, { type: "host_finished", jobId: job.id, index, total, ...result, ...(logTail ? { logTail } : {}) });
     const level = build.status === "success" ? "info" : "warn";
     logger[level]({ jobId: job.id, repo: job.spec.repo, host, status: build.status, durationMs: build.durationMs, error: build.error }, "host finished");
     return result;

@@ -15,6 +15,7 @@ import type { Logger } from "../logger.js";
 import { NixRunner } from "../nix/runner.js";
 import { ProcessLedger } from "../nix/process-ledger.js";
 import { startObservability } from "../observability/observability.js";
+import type { StatusSource } from "../observability/status-page/model.js";
 import { TOPLEVEL_CACHE_FILE, ToplevelCache } from "../nix/toplevel-cache.js";
 import { StateHealth } from "../observability/state-health.js";
 import { assertReplaceable } from "../util/regular-file.js";
@@ -103,7 +104,15 @@ export async function startDaemon(config: Config, logger: Logger): Promise<Daemo
     ...{ config, transport, nix, catalog, events, logger, version: VERSION, builderName, toplevels, keeper, history },
     onJobsSaved: (error) => stateHealth.record(STATE_FILES.jobs, error),
   });
-  const observability = await startObservability(config, logger, { events, transport, nix, nixVersion, builderName, stateHealth });
+  const statusSource: StatusSource = {
+    status: () => builder.status(),
+    repos: () => builder.repos(),
+    historyHosts: (repo) => history.hosts(repo),
+    history: (repo, host) => history.entries(repo, host),
+    expectedMs: (repo, host) => history.expectedMs(repo, host),
+    rooted: (repo, host, storePath) => roots.isRooted(repo, host, storePath),
+  };
+  const observability = await startObservability(config, logger, { events, transport, nix, nixVersion, builderName, stateHealth, statusSource });
 
   try {
     await transport.start();

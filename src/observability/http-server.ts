@@ -1,8 +1,9 @@
 /**
  * The builder's HTTP endpoint for Prometheus and probes: `GET /metrics`,
- * `GET /healthz` (the process answers) and `GET /readyz` (it can build now).
- * Nothing else; no request body is read, and sockets are bounded by
- * timeouts and a connection cap so a slow or hostile client cannot pile up.
+ * `GET /healthz` (the process answers) and `GET /readyz` (it can build now),
+ * and the status page's paths when it is given one (status-page/). Only GET
+ * and HEAD; no request body is read, and sockets are bounded by timeouts
+ * and a connection cap so a slow or hostile client cannot pile up.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -11,6 +12,7 @@ import type { ListenAddress } from "../config.js";
 import { HomelabDeployError, errorMessage } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { ReadinessReport } from "./readiness.js";
+import type { StatusPage } from "./status-page/status-page.js";
 
 /** The metrics port could not be opened (in use, no permission, bad address). */
 export class HttpServerError extends HomelabDeployError {}
@@ -20,6 +22,8 @@ export interface HttpServerOptions {
   registry: Registry;
   readiness: () => Promise<ReadinessReport>;
   logger: Logger;
+  /** The status page and its JSON and event stream; without it only the three paths above answer. */
+  page?: StatusPage;
   /** How long stop() waits for responses in flight before cutting sockets. */
   closeTimeoutMs?: number;
 }
@@ -50,7 +54,12 @@ export class HttpServer {
     const bound = server.address() as AddressInfo;
     const address = { host: bound.address, port: bound.port };
     this.options.logger.info(
-      { host: address.host, port: address.port, url: `http://${formatHost(address.host)}:${address.port}/metrics` },
+      {
+        host: address.host,
+        port: address.port,
+        url: `http://${formatHost(address.host)}:${address.port}/metrics`,
+        ...(this.options.page ? { statusPage: `http://${formatHost(address.host)}:${address.port}/` } : {}),
+      },
       "metrics server listening",
     );
     return address;
@@ -61,6 +70,8 @@ export class HttpServer {
     const server = this.server;
     if (!server) return;
     this.server = undefined;
+    // Event streams never end by themselves: end them, or close() would wait for the timeout.
+    this.options.page?.stop();
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     server.closeIdleConnections();
     const timer = setTimeout(() => server.closeAllConnections(), this.options.closeTimeoutMs ?? 2_000);
@@ -76,7 +87,7 @@ export class HttpServer {
     }
     // Only the path matters; split rather than new URL(), which throws on a
     // malformed request line (and an exception here must never reach Node).
-    const path = (req.url ?? "/").split("?")[0];
+    const [path = "/", query = ""] = (req.url ?? "/").split("?", 2);
     try {
       switch (path) {
         case "/metrics":
@@ -91,7 +102,8 @@ export class HttpServer {
           return;
         }
         default:
-          send(res, 404, "text/plain; charset=utf-8", "not found: try /metrics, /healthz or /readyz\n");
+          if (this.options.page?.handle(req, res, path, new URLSearchParams(query))) return;
+          send(res, 404, "text/plain; charset=utf-8", `not found: try ${this.options.page ? "/, " : ""}/metrics, /healthz or /readyz\n`);
       }
     } catch (err) {
       this.options.logger.error({ err: errorMessage(err), path }, "metrics HTTP request failed");
@@ -100,7 +112,7 @@ export class HttpServer {
   }
 }
 
-function send(res: ServerResponse, status: number, contentType: string, body: string, headers: Record<string, string> = {}): void {
+export function send(res: ServerResponse, status: number, contentType: string, body: string, headers: Record<string, string> = {}): void {
   if (res.headersSent) return;
   res.writeHead(status, { "content-type": contentType, "cache-control": "no-store", ...headers });
   res.end(res.req.method === "HEAD" ? undefined : body);

@@ -20,6 +20,8 @@ import { errorMessage } from "../errors.js";
 import { STATE_FILE_NAMES } from "../state-files.js";
 import type { NatsTransport } from "../nats/transport.js";
 import { VERSION } from "../version.js";
+import { StatusPage } from "./status-page/status-page.js";
+import type { StatusSource } from "./status-page/model.js";
 
 export interface Observability {
   /** /readyz answers not ready from now on. */
@@ -38,6 +40,8 @@ export interface ObservedParts {
   builderName?: string;
   /** Outcomes of state file writes (metrics.json here, toplevels.json from the daemon). */
   stateHealth: StateHealth;
+  /** What the status page shows; without it the server answers only /metrics, /healthz and /readyz. */
+  statusSource?: StatusSource;
 }
 
 export async function startObservability(config: Config, logger: Logger, parts: ObservedParts): Promise<Observability> {
@@ -73,16 +77,19 @@ export async function startObservability(config: Config, logger: Logger, parts: 
     initialNix: parts.nixVersion,
     stateProblems: () => stateHealth.problems(),
   });
+  const page = parts.statusSource ? new StatusPage({ source: parts.statusSource, events }) : undefined;
   const http = new HttpServer({
     listen: config.metrics.listen,
     registry: metrics.registry,
     readiness: () => readiness.report(),
     logger: logger.child({ component: "http" }),
+    page,
   });
   try {
     await http.start();
   } catch (err) {
     unsubscribe();
+    page?.stop();
     throw err;
   }
   readiness.start();

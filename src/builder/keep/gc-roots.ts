@@ -138,6 +138,11 @@ export class GcRoots {
     return this.roots.filter((r) => r.repo === repo && r.host === host).sort((a, b) => b.builtAt - a.builtAt);
   }
 
+  /** Whether this toplevel of the host is rooted now (the status page's "GC root kept"). */
+  isRooted(repo: string, host: string, storePath: string): boolean {
+    return this.roots.some((r) => r.repo === repo && r.host === host && r.storePath === storePath);
+  }
+
   /** Roots a successful build's toplevel; true when the root is on disk. Never throws. */
   add(build: Rooted): Promise<boolean> {
     return this.serially(() => this.addNow(build));

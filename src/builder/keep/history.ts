@@ -79,9 +79,17 @@ export class BuildHistory {
 
   record(repo: string, entry: HistoryEntry): void {
     const hosts = (this.repos[repo] ??= {});
-    const entries = [entry, ...(Object.hasOwn(hosts, entry.host) ? (hosts[entry.host] as HistoryEntry[]) : [])];
+    let older = Object.hasOwn(hosts, entry.host) ? (hosts[entry.host] as HistoryEntry[]) : [];
+    // Only the newest failure keeps its log tail: enough for the status page, and the file stays small.
+    if (entry.logTail) older = older.map(({ logTail: _dropped, ...rest }) => rest);
+    const entries = [entry, ...older];
     hosts[entry.host] = entries.slice(0, this.options.size);
     this.scheduleSave();
+  }
+
+  /** The hosts of the repo with at least one result. */
+  hosts(repo: string): string[] {
+    return Object.hasOwn(this.repos, repo) ? Object.keys(this.repos[repo] as Record<string, HistoryEntry[]>) : [];
   }
 
   /** Newest first: one host's entries, or the whole repo's (at most MAX_HISTORY_ANSWER). */

@@ -7,7 +7,7 @@
  */
 import type { Logger } from "../../logger.js";
 import type { NixStore } from "../../nix/store.js";
-import type { Changes, HostResult } from "../../protocol.js";
+import { HISTORY_CHANGED_PACKAGES, type Changes, type HostResult } from "../../protocol.js";
 import type { BuildHistory } from "./history.js";
 import type { GcRoots } from "./gc-roots.js";
 
@@ -28,6 +28,8 @@ export interface FinishedHost {
   revision: string | null;
   jobId: string;
   result: HostResult;
+  /** A failed build's last log lines (as host_finished carries them): the history keeps the newest failure's. */
+  logTail?: string[];
 }
 
 export class Keeper {
@@ -55,7 +57,7 @@ export class Keeper {
 
   /** Roots, compares and records a finished host; returns what its result gains. */
   async finished(finished: FinishedHost): Promise<Pick<HostResult, "changes" | "gcRoot">> {
-    const { repo, ref, revision, jobId, result } = finished;
+    const { repo, ref, revision, jobId, result, logTail } = finished;
     const { history, roots } = this.options;
     const extra: Pick<HostResult, "changes" | "gcRoot"> = {};
     if (result.status === "success" && result.storePath) {
@@ -78,6 +80,10 @@ export class Keeper {
       ...(result.storePath ? { storePath: result.storePath } : {}),
       finishedAt: new Date().toISOString(),
       ...(result.error ? { error: result.error.slice(0, 500) } : {}),
+      ...(result.location ? { location: result.location } : {}),
+      ...(logTail && logTail.length > 0 ? { logTail } : {}),
+      ...(extra.changes !== undefined ? { changes: changesSummary(extra.changes) } : {}),
+      ...(extra.gcRoot !== undefined ? { gcRoot: extra.gcRoot } : {}),
     });
     return extra;
   }
@@ -94,4 +100,11 @@ export class Keeper {
     }
     return changes.value;
   }
+}
+
+/** The history keeps a few packages per change (50 hosts × historySize entries add up); the count of the rest stays. */
+function changesSummary(changes: Changes | null): Changes | null {
+  if (!changes || changes.packages.length <= HISTORY_CHANGED_PACKAGES) return changes;
+  const omitted = (changes.omittedPackages ?? 0) + changes.packages.length - HISTORY_CHANGED_PACKAGES;
+  return { ...changes, packages: changes.packages.slice(0, HISTORY_CHANGED_PACKAGES), omittedPackages: omitted };
 }

@@ -29,6 +29,30 @@ describe("BuildHistory", () => {
     expect(JSON.parse(await readFile(join(dir, "history.json"), "utf8")).version).toBe(1);
   });
 
+  it("keeps the log tail of each host's newest failure only, across a restart", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "hd-history-"));
+    const { logger } = memoryLogger();
+    const history = new BuildHistory({ stateDir: dir, size: 10, logger });
+    const failed = (tail: string) => ({ status: "failure" as const, storePath: undefined, error: "boom", logTail: [tail] });
+    history.record("r", entry("ns1", 1, failed("first failure")));
+    history.record("r", entry("ns2", 1, failed("ns2's failure")));
+    history.record("r", entry("ns1", 1));
+    history.record("r", entry("ns1", 1, failed("second failure")));
+    history.record("r", entry("ns1", 1, { status: "eval_error", storePath: undefined, error: "undefined variable", location: { file: "hosts/ns1.nix", line: 3 } }));
+    await history.flush();
+    const reloaded = new BuildHistory({ stateDir: dir, size: 10, logger });
+    await reloaded.load();
+    expect(reloaded.entries("r", "ns1").map((e) => [e.status, e.logTail, e.location?.line])).toEqual([
+      ["eval_error", undefined, 3],
+      ["failure", ["second failure"], undefined],
+      ["success", undefined, undefined],
+      ["failure", undefined, undefined],
+    ]);
+    expect(reloaded.entries("r", "ns2")[0]?.logTail).toEqual(["ns2's failure"]);
+    expect(reloaded.hosts("r").sort()).toEqual(["ns1", "ns2"]);
+    expect(reloaded.hosts("other")).toEqual([]);
+  });
+
   it("expects the median of the last five successful durations, and nothing without history", () => {
     const history = new BuildHistory({ size: 50, logger: memoryLogger().logger });
     expect(history.expectedMs("r", "ns1")).toBeNull();
