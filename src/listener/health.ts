@@ -25,7 +25,11 @@ export interface HealthReport {
   natsConfirmed: boolean;
 }
 
-/** Between failed flushes (e.g. while nats.js reconnects after the switch restarted the network). */
+/**
+ * After a flush that failed although connected (a connection lost under it):
+ * the next attempt then waits for the reconnect itself (confirmNats), this
+ * only keeps a failing flush from spinning.
+ */
 const CONFIRM_RETRY_MS = 500;
 
 export async function checkHealth(options: HealthOptions): Promise<HealthReport> {

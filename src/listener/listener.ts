@@ -82,6 +82,9 @@ interface Outcome {
 }
 
 class Deploy implements Conversation {
+  /** The closure comparison with the previous system, started with the switch (see startChanges). */
+  changes: Promise<Changes | null> | undefined;
+
   constructor(public record: InFlight) {}
 
   get seq(): number {
@@ -273,7 +276,8 @@ export class Listener {
     const system = await activation.checkSystem(fetched.value);
     if (!system.ok) return { status: "failure", error: system.error };
     const [previous, previousGeneration] = await Promise.all([activation.current(), activation.generation()]);
-    await this.save(deploy, { toplevel: fetched.value, previous, previousGeneration });
+    // Saved by activate's first save, before anything changes.
+    Object.assign(deploy.record, { toplevel: fetched.value, previous, previousGeneration });
     return this.activate(deploy, fetched.value);
   }
 
@@ -282,16 +286,19 @@ export class Listener {
     const { activation } = this.options;
     let generation: number | null = null;
     if (action === "switch" || action === "boot") {
+      // The profile changes: a restart from here on rolls back.
       await this.save(deploy, { phase: "activating" });
       const set = await activation.setProfile(toplevel);
       if (!set.ok) return { status: "failure", error: set.error };
       generation = set.value;
-      await this.save(deploy, { generation });
-    } else if (action === "test") {
-      await this.save(deploy, { phase: "activating" });
     }
     this.send(deploy, { type: "activating", action, toplevel, previous: deploy.record.previous, generation });
-    const switched = await activation.switchTo(toplevel, action);
+    // One save before the switch, after `activating`: a restart during the
+    // switch numbers its answers after that message.
+    await this.save(deploy, { phase: action === "dry-activate" ? deploy.record.phase : "activating", generation });
+    const switching = activation.switchTo(toplevel, action);
+    this.startChanges(deploy);
+    const switched = await switching;
     if (!switched.ok) return action === "dry-activate" ? { status: "failure", error: switched.error } : this.rollback(deploy, switched.error);
     if (action === "boot" || action === "dry-activate") return { status: "success" };
     return this.check(deploy);
@@ -299,16 +306,18 @@ export class Listener {
 
   /** After switch/test: health commands and NATS again, counted from the end of the switch. */
   private async check(deploy: Deploy): Promise<Outcome> {
-    await this.save(deploy, { phase: "checking" });
+    // Beside the checks, not before: a restart treats "activating" with the
+    // new system running as it treats "checking" (the checks run again).
+    const saved = this.save(deploy, { phase: "checking" });
     const { health, activation, transport } = this.options;
     const report = await checkHealth({
       activation,
       commands: health.commands,
       timeoutMs: health.timeout,
       confirmTimeoutMs: health.confirmTimeout,
-      // Only a flush over a live connection counts (a closed one "flushes" at once).
-      confirmNats: () => (transport.state === "connected" ? transport.flush() : Promise.reject(new Error(`NATS is ${transport.state}`))),
+      confirmNats: () => transport.flushConnected(),
     });
+    await saved;
     this.send(deploy, { type: "health", ok: report.ok, checks: report.checks, natsConfirmed: report.natsConfirmed });
     if (report.ok) return { status: "success" };
     const failed = report.checks.find((c) => !c.ok);
@@ -364,7 +373,9 @@ export class Listener {
       record.action === "boot" && outcome.status === "success"
         ? toplevel !== current
         : await rebootRequired(record.action === "dry-activate" ? toplevel : current, booted);
-    const changes = toplevel !== null && record.previous !== null && outcome.status !== "failure" ? await this.changes(record.previous, toplevel) : null;
+    // Awaited on failure too, so that no nix process outlives the deploy.
+    const compared = outcome.status === "failure" ? await deploy.changes : await this.startChanges(deploy);
+    const changes = outcome.status === "failure" ? null : (compared ?? null);
     const completed: Unnumbered<DeployCompleted> = {
       type: "completed",
       action: record.action,
@@ -385,6 +396,18 @@ export class Listener {
     this.running = undefined;
     await this.refreshRebootMetric();
     await this.checkOwnUnit();
+  }
+
+  /**
+   * The closure comparison for the final answer, started with the switch so
+   * that it runs beside the switch and the health checks instead of after
+   * them (it only reads the store). Not earlier: beside nix-env --set it
+   * slowed that by as much as it saved (two cores).
+   */
+  private startChanges(deploy: Deploy): Promise<Changes | null> | undefined {
+    const { toplevel, previous } = deploy.record;
+    if (deploy.changes === undefined && toplevel !== null && previous !== null) deploy.changes = this.changes(previous, toplevel);
+    return deploy.changes;
   }
 
   private async changes(previous: string, toplevel: string): Promise<Changes | null> {

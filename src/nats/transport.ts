@@ -84,8 +84,12 @@ export class NatsTransport {
     return this.nc;
   }
 
-  onStateChange(listener: (state: ConnectionState) => void): void {
+  /** Returns the way to stop listening. */
+  onStateChange(listener: (state: ConnectionState) => void): () => void {
     this.stateListeners.push(listener);
+    return () => {
+      this.stateListeners = this.stateListeners.filter((l) => l !== listener);
+    };
   }
 
   /** Called when the connection is lost for good (e.g. the server keeps refusing our key). */
@@ -128,6 +132,29 @@ export class NatsTransport {
 
   async flush(): Promise<void> {
     if (this.nc && !this.nc.isClosed()) await this.nc.flush();
+  }
+
+  /**
+   * A flush that only counts over a live connection (a closed one "flushes"
+   * at once): while (re)connecting it waits for the connection to be back,
+   * told by the state change rather than found by polling. Rejects when the
+   * transport gives up or stops.
+   */
+  async flushConnected(): Promise<void> {
+    if (this.currentState !== "connected") await this.connected();
+    await this.flush();
+  }
+
+  private connected(): Promise<void> {
+    if (this.currentState === "closed") return Promise.reject(new ConnectionError("the NATS connection is closed", "closed"));
+    return new Promise((resolve, reject) => {
+      const off = this.onStateChange((state) => {
+        if (state === "connected") resolve();
+        else if (state === "closed") reject(new ConnectionError("the NATS connection is closed", "closed"));
+        else return;
+        off();
+      });
+    });
   }
 
   /** Stops new deliveries, sends what is buffered, closes. Bounded by `timeoutMs`. */
