@@ -1,6 +1,6 @@
 /**
  * The deploy in flight, in <stateDir>/deploy.json: saved before `accepted`
- * and at every step, removed after the final answer. A listener that was
+ * and before every step that changes the host, removed after the final answer. A listener that was
  * killed during a deploy (its own switch restarted it, a crash, SIGKILL)
  * finds it at the next start and answers the requester: the file says how
  * far the deploy got, which system it meant to activate and what to roll
