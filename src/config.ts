@@ -118,8 +118,17 @@ export const NatsSchema = z.strictObject({
 
 const RepoSchema = z.strictObject({ url: FlakeUrlSchema });
 
-/** The client's default --idle-timeout (src/commands/connection.ts): silence that long and it gives up. */
+/** The client's default --idle-timeout (src/commands/connection.ts; the deployer's too): silence that long and it gives up. */
 export const CLIENT_IDLE_TIMEOUT_MS = 120_000;
+
+/**
+ * How often a daemon (builder, listener) tells its requesters it is still
+ * at work. At most half the client's idle timeout, so one late heartbeat
+ * does not make a quiet build or deploy look like a dead daemon.
+ */
+export const HeartbeatIntervalSchema = DurationSchema.default(30_000).refine((ms) => ms <= CLIENT_IDLE_TIMEOUT_MS / 2, {
+  message: `must be at most 1m: clients give up after ${CLIENT_IDLE_TIMEOUT_MS / 60_000}m without a message (their default --idle-timeout), so a longer interval makes every quiet build or deploy look dead`,
+});
 
 const BuildSchema = z.strictObject({
   timeout: DurationSchema.default(3_600_000),
@@ -131,11 +140,7 @@ const BuildSchema = z.strictObject({
   logTailLines: z.number().int().min(1).max(1_000).default(50),
   keepGoing: z.boolean().default(true),
   killGrace: DurationSchema.default(3_000),
-  // At most half the client's idle timeout, so one late heartbeat does not
-  // make a quiet build look like a dead builder.
-  heartbeatInterval: DurationSchema.default(30_000).refine((ms) => ms <= CLIENT_IDLE_TIMEOUT_MS / 2, {
-    message: `must be at most 1m: clients give up after ${CLIENT_IDLE_TIMEOUT_MS / 60_000}m without a message (their default --idle-timeout), so a longer interval makes every quiet build look dead`,
-  }),
+  heartbeatInterval: HeartbeatIntervalSchema,
   nixBin: z.string().min(1).default("nix"),
   /** `all`: nix eval worker processes evaluating hosts side by side (see defaultEvalWorkers). */
   evalWorkers: z.number().int().min(1).max(64).default(defaultEvalWorkers),

@@ -193,6 +193,25 @@ export const DeployResumedSchema = z.object({
   activated: z.boolean(),
 });
 
+/**
+ * A deploy's step: preparing (fetching or building, nothing changed yet),
+ * activating (the profile may be set, switch-to-configuration may have
+ * run), checking (the switch succeeded, the health checks run).
+ */
+export const DeployPhaseSchema = z.enum(["preparing", "activating", "checking"]);
+export type DeployPhase = z.infer<typeof DeployPhaseSchema>;
+
+/**
+ * Sent every heartbeat interval while the deploy runs, so a deployer's idle
+ * timeout tells a silent listener from a long fetch, switch or health
+ * check. A snapshot: repeats the last seq.
+ */
+export const DeployHeartbeatSchema = z.object({
+  type: z.literal("heartbeat"),
+  ...numbered,
+  phase: DeployPhaseSchema,
+});
+
 export const DeployStatusSchema = z.enum(["success", "failure", "rolled_back"]);
 export type DeployStatus = z.infer<typeof DeployStatusSchema>;
 
@@ -253,6 +272,7 @@ export const DeployResponseSchema = z.discriminatedUnion("type", [
   DeployActivatingSchema,
   DeployHealthSchema,
   DeployResumedSchema,
+  DeployHeartbeatSchema,
   DeployCompletedSchema,
 ]);
 
@@ -263,18 +283,19 @@ export type DeployProgress = z.infer<typeof DeployProgressSchema>;
 export type DeployActivating = z.infer<typeof DeployActivatingSchema>;
 export type DeployHealth = z.infer<typeof DeployHealthSchema>;
 export type DeployResumed = z.infer<typeof DeployResumedSchema>;
+export type DeployHeartbeat = z.infer<typeof DeployHeartbeatSchema>;
 export type DeployCompleted = z.infer<typeof DeployCompletedSchema>;
 export type DeployResponse = z.infer<typeof DeployResponseSchema>;
 export type DeployFinal = DeployCompleted | DeployRejected;
 
 /**
- * How a deploy's messages are numbered (see protocol.ts's Numbering):
- * progress is a snapshot, `rejected` answers a request that never became a
+ * How a deploy's messages are numbered (see protocol.ts's Numbering), like
+ * a build's: progress and heartbeat are snapshots, `rejected` answers a request that never became a
  * deploy. `resumed` (a restarted listener) begins a new run of numbers, as
  * the builder's does.
  */
 export const DEPLOY_NUMBERING: Numbering = {
-  snapshots: new Set<DeployResponse["type"]>(["progress"]),
+  snapshots: new Set<DeployResponse["type"]>(["progress", "heartbeat"]),
   unnumbered: new Set<DeployResponse["type"]>(["rejected"]),
 };
 

@@ -11,6 +11,7 @@ import { z } from "zod";
 import {
   DurationSchema,
   FlakeUrlSchema,
+  HeartbeatIntervalSchema,
   ListenSchema,
   LogSchema,
   NatsSchema,
@@ -87,6 +88,8 @@ export const ListenerConfigSchema = z
     nixBin: z.string().min(1).default("nix"),
     timeouts: TimeoutsSchema.prefault({}),
     killGrace: DurationSchema.default(3_000),
+    /** While a deploy runs, a `heartbeat` to its requesters this often (deployers give up after 2m of silence). */
+    heartbeatInterval: HeartbeatIntervalSchema,
     log: LogSchema.prefault({}),
   })
   .superRefine(checkOneSeedSource);

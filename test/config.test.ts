@@ -152,7 +152,7 @@ describe("config", () => {
   it("refuses a heartbeat interval that a client's idle timeout would take for a dead builder", () => {
     expect(parseConfig({ ...base, build: { heartbeatInterval: "1m" } }, "test.yaml").build.heartbeatInterval).toBe(60_000);
     expect(problems({ ...base, build: { heartbeatInterval: "3m" } })).toEqual([
-      "build.heartbeatInterval: must be at most 1m: clients give up after 2m without a message (their default --idle-timeout), so a longer interval makes every quiet build look dead",
+      "build.heartbeatInterval: must be at most 1m: clients give up after 2m without a message (their default --idle-timeout), so a longer interval makes every quiet build or deploy look dead",
     ]);
   });
 

@@ -188,7 +188,7 @@ describe("docs/protocol.md's deploy section", () => {
       const parsed = DeployResponseSchema.safeParse(block);
       expect(parsed.success, `${JSON.stringify(block)}\n${parsed.error?.message}`).toBe(true);
     }
-    expect(new Set(blocks.map((b) => b.type))).toEqual(new Set(["accepted", "rejected", "started", "progress", "activating", "health", "resumed", "completed"]));
+    expect(new Set(blocks.map((b) => b.type))).toEqual(new Set(["accepted", "rejected", "started", "progress", "activating", "heartbeat", "health", "resumed", "completed"]));
     const discover = [...doc.matchAll(/```json deploy-discover\n([\s\S]*?)```/g)].map((m) => JSON.parse(m[1] as string) as unknown);
     expect(discover).toHaveLength(1);
     for (const answer of discover) expect(DeployDiscoverResponseSchema.safeParse(answer).success).toBe(true);

@@ -37,6 +37,14 @@ describe("listener config", () => {
     expect(config.rollback).toBe(true);
     expect(config.system).toEqual({ profile: "/nix/var/nix/profiles/system", current: "/run/current-system", booted: "/run/booted-system" });
     expect(config.selfUnit).toBeUndefined();
+    expect(config.heartbeatInterval).toBe(30_000);
+  });
+
+  it("refuses a heartbeat interval that a deployer's idle timeout would take for a dead listener, as the builder's", () => {
+    expect(parseListenerConfig({ ...base, heartbeatInterval: "1m" }, "listener.yaml", {}).heartbeatInterval).toBe(60_000);
+    expect(problems({ ...base, heartbeatInterval: "3m" })).toEqual([
+      "heartbeatInterval: must be at most 1m: clients give up after 2m without a message (their default --idle-timeout), so a longer interval makes every quiet build or deploy look dead",
+    ]);
   });
 
   it("takes stateDir from systemd's STATE_DIRECTORY and the Vault address from VAULT_ADDR", () => {

@@ -70,7 +70,6 @@ export class Builder {
   private readonly control: Control;
   private readonly dropLog: LogThrottle;
   private loop: Promise<void> | undefined;
-  private heartbeat: NodeJS.Timeout | undefined;
   private stopping = false;
   private readonly recovery: JobRecovery;
 
@@ -116,8 +115,7 @@ export class Builder {
     transport.subscribe("build.>", (msg) => this.handle(msg, "builds"), config.nats.queueGroup);
     for (const name of CONTROL_NAMES) transport.subscribe(`build.${name}`, (msg) => this.handle(msg, "control"));
     this.loop = this.runLoop();
-    this.heartbeat = setInterval(() => this.sendHeartbeats(), config.build.heartbeatInterval);
-    this.heartbeat.unref();
+    this.responder.startHeartbeats(config.build.heartbeatInterval, () => this.sendHeartbeats());
   }
 
   /**
@@ -129,7 +127,7 @@ export class Builder {
   async stop(why = "the builder is shutting down"): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
-    clearInterval(this.heartbeat);
+    this.responder.stopHeartbeats();
     if (this.options.config.build.resume) {
       const running = this.queue.running;
       const queued = this.queue.suspend();

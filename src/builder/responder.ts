@@ -64,6 +64,15 @@ export class BuildResponder {
     this.rejectLog.info(`rejected:${message.code}`, { subject, code: message.code, error: message.error }, "request rejected");
   }
 
+  /** `beat` every `intervalMs` (src/nats/responder.ts's timer), until stopHeartbeats() or stop(). */
+  startHeartbeats(intervalMs: number, beat: () => void): void {
+    this.responder.startHeartbeats(intervalMs, beat);
+  }
+
+  stopHeartbeats(): void {
+    this.responder.stopHeartbeats();
+  }
+
   stop(): void {
     this.responder.stop();
   }

@@ -70,6 +70,9 @@ export function describeDeployMessage(message: DeployResponse, paint: Paint = (_
       return [
         `${host}: the listener restarted and took deploy ${message.deployId} up again${message.activated ? " (the new system is running: checking health)" : " (the new system is not running: rolling back)"}`,
       ];
+    case "heartbeat":
+      // Only keeps the deployer's idle timeout from running out, as a build's does.
+      return [];
     case "completed":
       return completedLines(message, paint, allChanges);
   }
@@ -274,6 +277,8 @@ class LiveDeployReporter implements DeployReporter {
       case "progress":
         this.set(message.host, `${message.phase}: ${progressText(message)}`);
         this.draw();
+        return;
+      case "heartbeat":
         return;
       case "accepted":
         this.set(message.host, "accepted");

@@ -11,7 +11,9 @@
 import { Option, type Command } from "commander";
 import { ALL_TARGET, DeployActionSchema, ROLE_TOKEN, type DeployAction } from "../deploy-protocol.js";
 import { isValidRef } from "../protocol.js";
+import { CLIENT_IDLE_TIMEOUT_MS } from "../config.js";
 import { ExitCode, UsageError } from "../errors.js";
+import { formatSetting } from "../util/duration.js";
 import { checkTier, deployFleet, listFleet, parseTarget, succeeded, type DeployRun } from "../client/deploy.js";
 import { createDeployReporter, fleetTable } from "../client/deploy-report.js";
 import { painter, tableWidth } from "../client/report.js";
@@ -44,10 +46,12 @@ export function registerDeploy(program: Command): void {
     .option("--changes", "list every package that changed in each host's closure, not just the first few")
     .option("--json", "print every message as one JSON line (with --list: one object per host)");
   addAckTimeoutOption(command, "give up when no listener (or builder) answers within this long");
+  // Listeners send a heartbeat every 30 s while a deploy runs, so silence this
+  // long means a dead listener, as it does for a builder: the same default.
   command.addOption(
-    new Option("--idle-timeout <duration>", "stop waiting for a listener that sends nothing for this long during a deploy; 0 waits forever")
+    new Option("--idle-timeout <duration>", "stop waiting for a listener that sends nothing (not even a heartbeat) for this long during a deploy; 0 waits forever")
       .env("HOMELAB_DEPLOY_DEPLOY_IDLE_TIMEOUT")
-      .default("10m"),
+      .default(formatSetting(CLIENT_IDLE_TIMEOUT_MS)),
   );
   addConnectionOptions(command).action(async (tier: string | undefined, target: string | undefined, flags: DeployFlags) => {
     process.exitCode = flags.list ? await runList(tier, target, flags) : await runDeploy(tier, target, flags);
@@ -68,7 +72,7 @@ export async function runDeploy(tierArg: string | undefined, targetArg: string |
     prebuilt: flags.prebuilt,
     ackTimeoutMs: durationFlag("--ack-timeout", flags.ackTimeout),
     idleTimeoutMs: durationFlag("--idle-timeout", flags.idleTimeout, true),
-    buildIdleTimeoutMs: 120_000,
+    buildIdleTimeoutMs: CLIENT_IDLE_TIMEOUT_MS,
   };
   const reporter = createDeployReporter({ json: flags.json === true, out: process.stdout, allChanges: flags.changes === true });
   try {

@@ -51,6 +51,7 @@ export async function startListenerDaemon(config: ListenerConfig, logger: Logger
     version: VERSION,
     rollback: config.rollback,
     health: config.health,
+    heartbeatInterval: config.heartbeatInterval,
     selfUnit: config.selfUnit,
     transport,
     activation,

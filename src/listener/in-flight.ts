@@ -9,7 +9,7 @@
 import { unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
-import { DeployActionSchema } from "../deploy-protocol.js";
+import { DeployActionSchema, DeployPhaseSchema } from "../deploy-protocol.js";
 import { LISTENER_STATE_FILES } from "../state-files.js";
 import { StateFile } from "../util/state-file.js";
 
@@ -24,12 +24,8 @@ export const InFlightSchema = z.object({
   /** The last message number used. */
   seq: z.number().int().nonnegative(),
   startedAt: z.number(),
-  /**
-   * preparing: fetching or building, nothing changed yet; activating: the
-   * profile may be set and switch-to-configuration may have run;
-   * checking: the switch succeeded, the health checks run.
-   */
-  phase: z.enum(["preparing", "activating", "checking"]),
+  /** Where it got to (src/deploy-protocol.ts's DeployPhaseSchema): a restart resumes from there. */
+  phase: DeployPhaseSchema,
   /** The system being activated (known once fetched or built). */
   toplevel: z.string().nullable(),
   previous: z.string().nullable(),

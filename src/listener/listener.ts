@@ -61,6 +61,8 @@ export interface ListenerOptions {
   version: string;
   rollback: boolean;
   health: { commands: string[][]; timeout: number; confirmTimeout: number };
+  /** A `heartbeat` to the running deploy's requesters this often. */
+  heartbeatInterval: number;
   /** The listener's own unit file: when a deploy changes where it resolves to, `onUnitChanged` runs after the final answer. */
   selfUnit?: string | undefined;
   transport: NatsTransport;
@@ -131,6 +133,9 @@ export class Listener {
   async start(): Promise<void> {
     if (this.options.selfUnit) this.unitAtStart = await realpath(this.options.selfUnit).catch(() => null);
     for (const subject of this.subjects()) this.options.transport.subscribe(subject, (msg) => this.onMessage(msg));
+    this.responder.startHeartbeats(this.options.heartbeatInterval, () => {
+      if (this.running) this.send(this.running, { type: "heartbeat", phase: this.running.record.phase });
+    });
     const saved = await this.options.inFlight.load();
     if (saved.status === "unusable") this.options.logger.error({ why: saved.why }, "cannot take up the deploy in flight; it is left unanswered");
     if (saved.status === "found") {

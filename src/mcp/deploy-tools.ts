@@ -12,7 +12,7 @@ import { z } from "zod";
 import { RequestAbortedError } from "../client/client.js";
 import { checkTier, deployFleet, listFleet, parseTarget, succeeded, type DeploySink, type HostOutcome } from "../client/deploy.js";
 import { describeDeployMessage, describeOutcome, describePlan, deploySummaryTable, fleetTable } from "../client/deploy-report.js";
-import { DeployActionSchema, DeployErrorSchema, DeployStatusSchema, TierSchema } from "../deploy-protocol.js";
+import { DeployActionSchema, DeployErrorSchema, DeployStatusSchema, TierSchema, type DeployPhase } from "../deploy-protocol.js";
 import { RefSchema } from "../protocol.js";
 import { errorMessage } from "../errors.js";
 import type { ToolContext } from "./context.js";
@@ -102,6 +102,8 @@ export function registerDeployTools(server: McpServer, context: ToolContext): vo
   );
 }
 
+const HEARTBEAT_PHASE: Record<DeployPhase, string> = { preparing: "fetching or building the system", activating: "activating", checking: "checking health" };
+
 async function runDeploy(context: ToolContext, args: z.infer<typeof DeployInputSchema>, extra: Extra) {
   const { logger } = context;
   const tier = checkTier(args.tier);
@@ -125,6 +127,11 @@ async function runDeploy(context: ToolContext, args: z.infer<typeof DeployInputS
     },
     message: (message) => {
       if (message.type === "progress") return;
+      if (message.type === "heartbeat") {
+        // As a build's: keeps a client's request timeout from running out during a long quiet step; not a line of the answer.
+        notify(`${message.host}: still ${HEARTBEAT_PHASE[message.phase]}`);
+        return;
+      }
       if (message.type === "completed" || message.type === "rejected") finished++;
       const described = describeDeployMessage(message);
       lines.push(...described);

@@ -21,6 +21,10 @@
  * - Every message is fitted to the connected server's max_payload with the
  *   protocol's `CutSteps` (src/nats/fit-payload.ts); observers (`onSent`)
  *   get the full message.
+ * - Heartbeats: a daemon names what to send every interval
+ *   (`startHeartbeats`), so a requester's idle timeout tells a silent daemon
+ *   from a long quiet step (a big build, a slow switch). They are snapshots
+ *   in every protocol, so the timer is all that is shared.
  */
 import type { Logger } from "../logger.js";
 import type { Numbering } from "../protocol.js";
@@ -76,6 +80,7 @@ export class Responder<M extends ResponderMessage, C extends Conversation = Conv
   private disconnectedAt: number | undefined;
   private unsettledUntil = 0;
   private readonly timers = new Set<NodeJS.Timeout>();
+  private heartbeat: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: ResponderOptions<M, C>) {
     options.transport.onStateChange((state) => this.onStateChange(state));
@@ -113,7 +118,21 @@ export class Responder<M extends ResponderMessage, C extends Conversation = Conv
     this.publish([reply], message, resend);
   }
 
+  /** Calls `beat` every `intervalMs` (it sends the conversations' heartbeats) until stopHeartbeats() or stop(). */
+  startHeartbeats(intervalMs: number, beat: () => void): void {
+    this.stopHeartbeats();
+    this.heartbeat = setInterval(beat, intervalMs);
+    // A heartbeat alone never keeps a stopping daemon alive.
+    this.heartbeat.unref();
+  }
+
+  stopHeartbeats(): void {
+    clearInterval(this.heartbeat);
+    this.heartbeat = undefined;
+  }
+
   stop(): void {
+    this.stopHeartbeats();
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
   }

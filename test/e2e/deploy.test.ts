@@ -57,7 +57,8 @@ beforeAll(async () => {
   await fixture.build(["web1", "web2", "db1"]);
   const started = await Promise.all([
     listener("web1", v1["web1"]!, { tier: "test", roles: ["web"] }),
-    listener("web2", v1["web2"]!, { tier: "test" }),
+    // Heartbeats every second (default 30 s), as the builder's tests set theirs: see the heartbeat test.
+    listener("web2", v1["web2"]!, { tier: "test", extra: { heartbeatInterval: "1s" } }),
     listener("db1", v1["db1"]!, { tier: "prod" }),
   ]);
   for (const [i, host] of ["web1", "web2", "db1"].entries()) hosts.set(host, started[i]!);
@@ -148,6 +149,27 @@ describe("homelab-deploy deploy", () => {
     }
   });
 
+  it("a switch that stays silent longer than the deployer's --idle-timeout completes: the listener's heartbeats keep the deployer waiting", async () => {
+    const built = await builtPaths();
+    const web2 = hosts.get("web2")!;
+    // The fixture's switch sleeps 5 s; the deployer gives up after 3 s of silence,
+    // so only heartbeats (every second from web2) carry it to the final answer.
+    await web2.knob("slow-switch", built["web2"]!);
+    const result = await runCli(["deploy", "test", "web2", "--json", "--idle-timeout", "3s"], deployer(), 120_000);
+    expect(result.exitCode, result.stdout + result.stderr).toBe(0);
+    const lines = jsonLines(result.stdout).filter((l) => l["host"] === "web2");
+    const activating = lines.findIndex((l) => l.type === "activating");
+    const completed = lines.findIndex((l) => l.type === "completed");
+    expect(activating).toBeGreaterThan(-1);
+    expect(lines[completed]).toMatchObject({ status: "success", toplevel: built["web2"] });
+    // During the switch: heartbeats of phase activating, each a snapshot repeating activating's seq.
+    const beats = lines.slice(activating + 1, completed).filter((l) => l.type === "heartbeat");
+    expect(beats.length).toBeGreaterThan(0);
+    for (const beat of beats) expect(beat).toMatchObject({ phase: "activating", seq: lines[activating]!["seq"], deployId: lines[activating]!["deployId"] });
+    expect((await activations("web2")).at(-1)).toBe(`switch ${built["web2"]}`);
+    expect(await current("web2")).toBe(built["web2"]);
+  });
+
   it("--build deploys each host as soon as it is built: web1's deploy is under way before web2's build ends", async () => {
     // web2's build waits (at most a minute) for the test's go-ahead, which the
     // test gives once the listener of web1 has accepted web1's deploy. Deploying
@@ -157,8 +179,8 @@ describe("homelab-deploy deploy", () => {
     const gate = join(gateDir, "go");
     await fixture.flake.editFlake((text) =>
       text.replace(
-        "/bin/mkdir -p $out/bin",
-        `if [ "\${name}" = web2 ]; then i=0; while [ ! -e ${gate} ] && [ $i -lt 600 ]; do /bin/sleep 0.1; i=$((i+1)); done; [ -e ${gate} ] || exit 1; fi\n            /bin/mkdir -p $out/bin`,
+        'extraCommands = name: "";',
+        `extraCommands = name: if name == "web2" then ''i=0; while [ ! -e ${gate} ] && [ $i -lt 600 ]; do /bin/sleep 0.1; i=$((i+1)); done; [ -e ${gate} ] || exit 1'' else "";`,
       ),
     );
     const run = spawnCli(["deploy", "test", "all", "--build", "--json"], deployer(), 300_000);
@@ -193,5 +215,36 @@ describe("homelab-deploy deploy", () => {
     const built = await builtPaths();
     expect(await current("web1")).toBe(built["web1"]);
     expect(await current("web2")).toBe(built["web2"]);
+  });
+
+  it("--build: a host that fails to build is not deployed (exit 1, `not built`), its listener untouched; the others are deployed", async () => {
+    const web2 = hosts.get("web2")!;
+    const before = { current: await current("web2"), profile: await web2.profile(), activations: await activations("web2") };
+    await fixture.flake.bump();
+    await fixture.flake.editFlake((text) => text.replace("brokenHosts = [ ];", 'brokenHosts = [ "web2" ];'));
+    const result = await runCli(["deploy", "test", "all", "--build", "--json"], deployer(), 300_000);
+    expect(result.exitCode, result.stdout + result.stderr).toBe(1);
+    const lines = jsonLines(result.stdout);
+    const web2Build = lines.find((m) => m["type"] === "build" && (m["message"] as Record<string, unknown>)["type"] === "host_finished" && (m["message"] as Record<string, unknown>)["host"] === "web2");
+    expect(web2Build?.["message"]).toMatchObject({ status: "failure" });
+    // web2's row: not built, with the builder's reason; nothing was sent to its listener.
+    expect(lines).toContainEqual(expect.objectContaining({ type: "not_built", host: "web2", error: expect.stringMatching(/^the builder did not build it \(failure\)/) }));
+    expect(lines.filter((m) => m["host"] === "web2" && ["plan", "accepted", "started", "activating", "completed", "rejected"].includes(m["type"] as string))).toEqual([]);
+    expect(await current("web2")).toBe(before.current);
+    expect(await web2.profile()).toBe(before.profile);
+    expect(await activations("web2")).toEqual(before.activations);
+    // web1 built and deployed from this very run.
+    const web1Built = lines.find((m) => m["type"] === "build" && (m["message"] as Record<string, unknown>)["type"] === "host_finished" && (m["message"] as Record<string, unknown>)["host"] === "web1");
+    const web1Path = (web1Built?.["message"] as Record<string, unknown> | undefined)?.["storePath"];
+    expect(lines).toContainEqual(expect.objectContaining({ type: "completed", host: "web1", status: "success", toplevel: web1Path }));
+    expect(await current("web1")).toBe(web1Path);
+
+    // The plain summary table says the same.
+    const plain = await runCli(["deploy", "test", "all", "--build"], deployer(), 300_000);
+    expect(plain.exitCode, plain.stdout + plain.stderr).toBe(1);
+    expect(plain.stdout).toMatch(/^web2 +not built /m);
+    expect(plain.stdout).toMatch(/^web1 +success /m);
+    expect(await current("web2")).toBe(before.current);
+    expect(await activations("web2")).toEqual(before.activations);
   });
 });

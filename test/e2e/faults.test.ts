@@ -19,7 +19,7 @@ import { startNatsServer } from "../support/nats-server.js";
 import { isRunning, processesMatching } from "../support/processes.js";
 
 const cleanups = cleanupsAfterEach();
-async function setup(options: { fixture?: string; build?: Record<string, unknown>; env?: Record<string, string> } = {}) {
+async function setup(options: { fixture?: string | readonly string[]; build?: Record<string, unknown>; env?: Record<string, string> } = {}) {
   const nats = await startNatsServer();
   cleanups.push(() => nats.stop());
   const flake = await createFixtureFlake(options.fixture);
@@ -51,8 +51,8 @@ async function expectNoOverlap(flake: FixtureFlake): Promise<number> {
 }
 
 describe("NATS restarted in the middle of a build", () => {
-  // The demo flake: three hosts of about a second each.
-  const demoFlake = join(ROOT, "examples", "demo-flake");
+  // The demo flake (laid over the fixture system it builds on, as examples/demo.ts does): three hosts of about a second each.
+  const demoFlake = ["system-flake", join(ROOT, "examples", "demo-flake")];
 
   it("the build goes on and the requester gets the final message after the reconnect", async () => {
     const { nats, flake, builder, env } = await setup({ fixture: demoFlake });

@@ -96,6 +96,31 @@ describe("Responder", () => {
     }
   });
 
+  it("calls the owner's heartbeat every interval until stopHeartbeats(); its ticks repeat the last number", async () => {
+    const { responder, conversation, first, stop } = await setUp();
+    try {
+      responder.send(conversation, { type: "step", deployId: "d1", name: "switch" });
+      let beats = 0;
+      responder.startHeartbeats(50, () => {
+        beats++;
+        responder.send(conversation, { type: "tick", deployId: "d1", elapsedMs: beats });
+      });
+      await first.waitFor(() => first.messages.filter((m) => m.type === "tick").length >= 3, 10_000);
+      responder.stopHeartbeats();
+      const afterStop = beats;
+      // Another conversation message goes through while no tick follows it.
+      responder.send(conversation, { type: "finished", deployId: "d1", output: "ok" });
+      await first.waitFor((m) => m.type === "finished");
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(beats).toBe(afterStop);
+      const ticks = first.messages.filter((m) => m.type === "tick");
+      expect(ticks.every((m) => m.seq === 1)).toBe(true);
+      expect(seqs(first.messages).at(-1)).toBe("finished:2");
+    } finally {
+      await stop();
+    }
+  });
+
   it("sends numbered messages again after a NATS restart, never snapshots; SeqOrder hands each on once", async () => {
     const { transport, responder, conversation, first, stop } = await setUp();
     try {

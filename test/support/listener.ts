@@ -23,18 +23,25 @@ import { startNatsServer, type NatsServer, type Role } from "./nats-server.js";
 const run = promisify(execFile);
 
 export interface DeployFixture {
+  /** Its temp dir: the cache and its signing key. */
+  dir: string;
+  /** The builder's name for the systems flake (listeners' `repo.name`). */
+  repo: string;
   nats: NatsServer;
   flake: FixtureFlake;
   builder: BuilderProcess;
   cache: string;
   publicKey: string;
-  /** The builder builds these hosts of the fixture flake (repo `systems`); their toplevels by host. */
+  /** The builder builds these hosts of the fixture flake (repo `repo`) one by one; their toplevels by host. */
   build(hosts: string[]): Promise<Record<string, string>>;
   stop(): Promise<void>;
 }
 
-/** `systems`: another NixOS-shaped fixture flake than system-flake (a benchmark's fleet). */
-export async function startDeployFixture(systems?: FixtureFlake): Promise<DeployFixture> {
+/**
+ * `systems`: another NixOS-shaped fixture flake than system-flake (a
+ * benchmark's fleet, the demo's hosts); `repo`: the builder's name for it.
+ */
+export async function startDeployFixture(systems?: FixtureFlake, repo = "systems"): Promise<DeployFixture> {
   const dir = await mkdtemp(join(tmpdir(), "hd-deploy-"));
   const cache = join(dir, "cache");
   const [nats, flake] = await Promise.all([startNatsServer(), systems ?? createFixtureFlake("system-flake")]);
@@ -43,10 +50,12 @@ export async function startDeployFixture(systems?: FixtureFlake): Promise<Deploy
   const builder = await startBuilder({
     natsUrl: nats.url,
     seedFile: nats.identities.builder.seedFile,
-    repos: { systems: flake.url },
+    repos: { [repo]: flake.url },
     build: { timeout: "5m", copyTo: `file://${cache}?secret-key=${join(dir, "key.sec")}`, copyTimeout: "2m" },
   });
   return {
+    dir,
+    repo,
     nats,
     flake,
     builder,
@@ -55,7 +64,7 @@ export async function startDeployFixture(systems?: FixtureFlake): Promise<Deploy
     async build(hosts) {
       const toplevels: Record<string, string> = {};
       for (const host of hosts) {
-        const result = await runCli(["build", "systems", host, "--json"], {
+        const result = await runCli(["build", repo, host, "--json"], {
           HOMELAB_DEPLOY_NATS_URL: nats.url,
           HOMELAB_DEPLOY_NKEY_SEED_FILE: nats.identities.testDeployer.seedFile,
         });
@@ -110,8 +119,8 @@ export interface ListenerHost {
   profile(): Promise<string | null>;
   /** What the fixture's switch-to-configuration was asked to do, in order: [action, system]. */
   activations(): Promise<Array<[string, string]>>;
-  /** Lists `toplevel` in the knob file `knob` (fail-switch, pause-nats, kill-listener). */
-  knob(knob: "fail-switch" | "pause-nats" | "kill-listener", toplevel: string): Promise<void>;
+  /** Lists `toplevel` in the knob file `knob` (test/fixtures/system-flake/flake.nix says what each does). */
+  knob(knob: "fail-switch" | "pause-nats" | "kill-listener" | "slow-switch", toplevel: string): Promise<void>;
   /** Whether this host's own store has the path (fetched from the cache). */
   hasPath(path: string): boolean;
   /** Runs nix-store / nix-env on this host's store. */
@@ -147,7 +156,7 @@ export async function createListener(fixture: DeployFixture, setup: ListenerSetu
     host: setup.host,
     tier,
     roles: setup.roles ?? [],
-    repo: { name: "systems", url: setup.repoUrl ?? `git+file://${join(root, "no-such-repo")}` },
+    repo: { name: fixture.repo, url: setup.repoUrl ?? `git+file://${join(root, "no-such-repo")}` },
     nats: { url: fixture.nats.url, nkeySeedFile: fixture.nats.identities[setup.role ?? listenerRole(tier)].seedFile },
     stateDir: join(root, "state"),
     metrics: { listen: "127.0.0.1:0" },
