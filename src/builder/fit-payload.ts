@@ -10,8 +10,6 @@
 import type { BuildResponse, Completed, ControlResponse, HostFinished, HostResult } from "../protocol.js";
 import { cutText as cut, fitPayload } from "../nats/fit-payload.js";
 
-export { payloadBytes } from "../nats/fit-payload.js";
-
 /** A result without its log tail, its error cut to `errorMax` (0: left out), its changed packages kept or only counted. */
 function slim(result: HostResult, errorMax: number, packages: boolean): HostResult {
   const { logTail: _logTail, error, changes, ...rest } = result;

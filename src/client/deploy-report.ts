@@ -10,7 +10,8 @@ import { formatDuration } from "../util/duration.js";
 import type { BuildResponse } from "../protocol.js";
 import type { DeployResponse } from "../deploy-protocol.js";
 import type { DeploySink, FleetRow, HostOutcome, HostPlan } from "./deploy.js";
-import { changesCell, changesText, describeMessage, firstLine, painter, progressText, tableWidth, type Output } from "./report.js";
+import { changesCell, changesText, firstLine, progressText } from "../describe.js";
+import { describeMessage, painter, tableWidth, type Output } from "./report.js";
 import { formatTable, type Paint } from "./table.js";
 
 export interface DeployReporter extends DeploySink {

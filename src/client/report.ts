@@ -36,9 +36,6 @@ import {
   timeLeftText,
 } from "../describe.js";
 
-// Imported from here by the MCP answers and tests; src/describe.ts owns them.
-export { changesCell, changesText, evaluationText, firstLine, packageText, progressText, signedBytes, timeLeftText };
-
 export interface Reporter {
   message(message: BuildResponse): void;
   /** No builder is listening (yet): the request is asked again until `until` (epoch ms). */

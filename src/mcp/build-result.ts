@@ -15,7 +15,8 @@ import {
   type HostResult,
   type Rejected,
 } from "../protocol.js";
-import { changesText, describeMessage, packageText, summaryTable } from "../client/report.js";
+import { describeMessage, summaryTable } from "../client/report.js";
+import { changesText, packageText } from "../describe.js";
 import type { BuildTarget } from "../client/client.js";
 
 /**

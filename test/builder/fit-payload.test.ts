@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { fitBuildPayload as fitPayload, payloadBytes } from "../../src/builder/fit-payload.js";
+import { fitBuildPayload as fitPayload } from "../../src/builder/fit-payload.js";
+import { payloadBytes } from "../../src/nats/fit-payload.js";
 import type { Completed, HostFinished } from "../../src/protocol.js";
 
 const longError = (n: number) => `error of host${n}: ${"x".repeat(5_000)}`;

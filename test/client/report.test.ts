@@ -1,7 +1,8 @@
 /** What a person sees: the live terminal line, plain lines, colours and NO_COLOR. */
 import { describe, expect, it } from "vitest";
 import type { BuildResponse } from "../../src/protocol.js";
-import { changesText, createReporter, describeHistory, describeMessage, describeStatus, progressText, summaryTable, timeLeftText } from "../../src/client/report.js";
+import { createReporter, describeHistory, describeMessage, describeStatus, summaryTable } from "../../src/client/report.js";
+import { changesText, progressText, timeLeftText } from "../../src/describe.js";
 
 function terminal(isTTY: boolean) {
   const chunks: string[] = [];
