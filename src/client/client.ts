@@ -172,6 +172,12 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
       fail(noBuilderAnswered(request.subject, options.ackTimeoutMs));
     }, options.ackTimeoutMs);
   });
+  // NATS can refuse the reply subscription (a permissions violation) while
+  // the flush below is still waiting for its PONG: the promise is then
+  // rejected before anyone awaits it, and Node would end the process as an
+  // unhandled rejection (exit 1) instead of the caller reporting the refusal
+  // (exit 2). The caller still gets the rejection from the returned promise.
+  result.catch(() => undefined);
   try {
     // The subscription must be known to the server before anyone can answer.
     await nc.flush();
@@ -180,7 +186,6 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
     nc.publish(request.subject, request.payload, { reply });
   } catch (err) {
     cleanup();
-    result.catch(() => undefined);
     throw err;
   }
   return result;

@@ -142,6 +142,12 @@ export async function gather<T>(nc: NatsConnection, request: GatherRequest<T>, o
     watchRefusals(subscription, subject);
     ackTimer = setTimeout(() => fail(noBuilderAnswered(subject, options.ackTimeoutMs, responders)), options.ackTimeoutMs);
   });
+  // NATS can refuse the reply subscription (a permissions violation) while
+  // the flush below is still waiting for its PONG: the promise is then
+  // rejected before anyone awaits it, and Node would end the process as an
+  // unhandled rejection (exit 1) instead of the caller reporting the refusal
+  // (exit 2). The caller still gets the rejection from the returned promise.
+  result.catch(() => undefined);
   try {
     // The subscription must be known to the server before anyone can answer.
     await nc.flush();
@@ -149,7 +155,6 @@ export async function gather<T>(nc: NatsConnection, request: GatherRequest<T>, o
     nc.publish(subject, requestPayload(request.body), { reply });
   } catch (err) {
     cleanup();
-    result.catch(() => undefined);
     throw err;
   }
   return result;

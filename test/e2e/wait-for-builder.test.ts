@@ -7,6 +7,7 @@
  * the real CLI and MCP server.
  */
 import { writeFile } from "node:fs/promises";
+import { createConnection, createServer, type Server } from "node:net";
 import { join } from "node:path";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
@@ -101,6 +102,20 @@ describe("a refusal by NATS ends the wait at once", () => {
     expect(String(result.stderr)).toMatch(/^homelab-deploy: NATS refused the request on build\.tiny\.a \(Permissions Violation for (Publish to "build\.tiny\.a"|Subscription to "build\.responses\.)/m);
   }, 60_000);
 
+  it("exits 2 when the refusal of its reply subscription arrives before NATS has answered its flush", async () => {
+    // nats-server sends the -ERR for the refused SUB and the PONG for the
+    // client's flush back to back, usually in one read; on a loaded machine
+    // they can arrive apart. A loopback proxy that holds back what follows an
+    // -ERR makes that order certain (this failed with exit 1: the refusal
+    // rejected a promise nobody awaited yet).
+    const proxy = await splitAfterErr(new URL(nats.url).port);
+    cleanups.push(() => new Promise<void>((resolve) => proxy.server.close(() => resolve())));
+    const result = await spawnCli(["build", "tiny", "a", ...LONG], { ...env("outsider"), HOMELAB_DEPLOY_NATS_URL: proxy.url }, 60_000);
+    expect(proxy.split()).toBeGreaterThan(0);
+    expect(result.exitCode).toBe(2);
+    expect(String(result.stderr)).toMatch(/^homelab-deploy: NATS refused the request on build\.tiny\.a \(Permissions Violation for Subscription to "build\.responses\./m);
+  }, 60_000);
+
   it("exits 2 when NATS refuses the key, without waiting", async () => {
     const stranger = join(nats.dir, "stranger.nk");
     await writeFile(stranger, `${new TextDecoder().decode(createUser().getSeed())}\n`, { mode: 0o600 });
@@ -141,3 +156,34 @@ describe("the MCP build tool", () => {
     expect(messages.indexOf("waiting for a builder…")).toBeLessThan(messages.findIndex((m) => m.startsWith("accepted: job ")));
   }, 120_000);
 });
+
+/** A TCP proxy to nats-server that delays whatever the server sends after an -ERR line by 200 ms. */
+async function splitAfterErr(natsPort: string): Promise<{ server: Server; url: string; split: () => number }> {
+  let splits = 0;
+  const server = createServer((client) => {
+    const upstream = createConnection(Number(natsPort), "127.0.0.1");
+    client.pipe(upstream);
+    let queue: Promise<void> = Promise.resolve();
+    upstream.on("data", (chunk: Buffer) => {
+      queue = queue.then(async () => {
+        const text = chunk.toString("latin1");
+        const err = text.indexOf("-ERR");
+        const end = err < 0 ? -1 : text.indexOf("\r\n", err);
+        if (end < 0 || end + 2 === text.length) return void client.write(chunk);
+        client.write(chunk.subarray(0, end + 2));
+        splits += 1;
+        await sleep(200);
+        client.write(chunk.subarray(end + 2));
+      });
+    });
+    const close = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on("error", close).on("close", close);
+    upstream.on("error", close).on("close", close);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  return { server, url: `nats://127.0.0.1:${port}`, split: () => splits };
+}
