@@ -100,6 +100,17 @@ export const ChangesSchema = z.object({
 });
 export type Changes = z.infer<typeof ChangesSchema>;
 
+/**
+ * `changes` listing at most `keep` packages, the rest counted in
+ * `omittedPackages`: what every smaller copy (a message cut to
+ * max_payload, a history entry, the first report) keeps of the list.
+ */
+export function keepPackages(changes: Changes, keep: number): Changes {
+  if (changes.packages.length <= keep) return changes;
+  const omittedPackages = (changes.omittedPackages ?? 0) + changes.packages.length - keep;
+  return { ...changes, packages: changes.packages.slice(0, keep), omittedPackages };
+}
+
 /** Milliseconds a build is expected to take, from earlier builds; null without history. */
 const ExpectedMsSchema = z.number().int().nonnegative().nullable().optional();
 /** With build.copyTo: how copying the built closure to that store went. A failed copy does not fail the host. */

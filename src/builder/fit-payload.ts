@@ -7,7 +7,7 @@
  * first. A `completed` always goes out, at worst without its per-host
  * results, saying so.
  */
-import type { BuildResponse, Completed, ControlResponse, HostFinished, HostResult } from "../protocol.js";
+import { keepPackages, type BuildResponse, type Completed, type ControlResponse, type HostFinished, type HostResult } from "../protocol.js";
 import { cutText as cut, fitPayload } from "../nats/fit-payload.js";
 
 /** A result without its log tail, its error cut to `errorMax` (0: left out), its changed packages kept or only counted. */
@@ -16,10 +16,7 @@ function slim(result: HostResult, errorMax: number, packages: boolean): HostResu
   const slimmed: HostResult = { ...rest };
   if (error !== undefined && errorMax > 0) slimmed.error = cut(error, errorMax) as string;
   if (changes !== undefined) {
-    slimmed.changes =
-      changes === null || packages
-        ? changes
-        : { ...changes, packages: [], omittedPackages: (changes.omittedPackages ?? 0) + changes.packages.length };
+    slimmed.changes = changes === null || packages ? changes : keepPackages(changes, 0);
   }
   return slimmed;
 }

@@ -7,12 +7,13 @@
  */
 import type { DeployCompleted, DeployHealth, DeployResponse } from "../deploy-protocol.js";
 import { cutText } from "../nats/fit-payload.js";
+import { keepPackages } from "../protocol.js";
 
 function completedSteps(message: DeployCompleted): DeployCompleted[] {
   const withCause = (max: number): DeployCompleted =>
     message.error ? { ...message, error: { ...message.error, message: cutText(message.error.message, 1_000) as string, ...(message.error.cause !== undefined ? { cause: cutText(message.error.cause, max) as string } : {}) } } : message;
   const noPackages = (m: DeployCompleted): DeployCompleted =>
-    m.changes ? { ...m, changes: { ...m.changes, packages: [], omittedPackages: (m.changes.omittedPackages ?? 0) + m.changes.packages.length } } : m;
+    m.changes ? { ...m, changes: keepPackages(m.changes, 0) } : m;
   return [withCause(4_000), noPackages(withCause(500)), { ...noPackages(withCause(0)), changes: null }];
 }
 

@@ -9,7 +9,7 @@
 import { parseDiffClosures } from "./diff-closures.js";
 import { describeFailure, type NixRunner, type Outcome } from "./runner.js";
 import { isStorePath } from "../store-path.js";
-import { MAX_CHANGED_PACKAGES, type Changes, type PackageChange } from "../protocol.js";
+import { MAX_CHANGED_PACKAGES, keepPackages, type Changes, type PackageChange } from "../protocol.js";
 
 export interface ClosureDiff {
   packages: PackageChange[];
@@ -61,9 +61,7 @@ export class NixStore {
     const diff = await this.diffClosures(before, after, timeoutMs);
     if (!diff.ok) return diff;
     const { packages, sizeDeltaBytes } = diff.value;
-    const changes: Changes = { against: before, againstRevision, packages: packages.slice(0, MAX_CHANGED_PACKAGES), sizeDeltaBytes };
-    if (packages.length > MAX_CHANGED_PACKAGES) changes.omittedPackages = packages.length - MAX_CHANGED_PACKAGES;
-    return { ok: true, value: changes };
+    return { ok: true, value: keepPackages({ against: before, againstRevision, packages, sizeDeltaBytes }, MAX_CHANGED_PACKAGES) };
   }
 
   /** `nix path-info -S`: each path's closure size in bytes. */

@@ -7,7 +7,7 @@
  */
 import type { Logger } from "../../logger.js";
 import type { NixStore } from "../../nix/store.js";
-import { HISTORY_CHANGED_PACKAGES, type Changes, type HostResult } from "../../protocol.js";
+import { HISTORY_CHANGED_PACKAGES, keepPackages, type Changes, type HostResult } from "../../protocol.js";
 import type { BuildHistory } from "./history.js";
 import type { GcRoots } from "./gc-roots.js";
 
@@ -104,7 +104,5 @@ export class Keeper {
 
 /** The history keeps a few packages per change (50 hosts × historySize entries add up); the count of the rest stays. */
 function changesSummary(changes: Changes | null): Changes | null {
-  if (!changes || changes.packages.length <= HISTORY_CHANGED_PACKAGES) return changes;
-  const omitted = (changes.omittedPackages ?? 0) + changes.packages.length - HISTORY_CHANGED_PACKAGES;
-  return { ...changes, packages: changes.packages.slice(0, HISTORY_CHANGED_PACKAGES), omittedPackages: omitted };
+  return changes && keepPackages(changes, HISTORY_CHANGED_PACKAGES);
 }
