@@ -198,7 +198,8 @@ esac`;
     expect(builder.logs.find((l) => l.msg === "the host list is still loading; accepting the request unchecked")).toMatchObject({ repo: "fixture" });
     await odd.openGate();
     expect(await inbox.final(60_000)).toMatchObject({ type: "completed", status: "success" });
-    expect(builder.logs.some((l) => l.msg === "loaded the repo's hosts" && l.repo === "fixture")).toBe(true);
+    // The catalog's fetch and the build ran side by side once the gate opened: either may end first.
+    expect(await builder.waitForLog((l) => l.msg === "loaded the repo's hosts" && l.repo === "fixture", 60_000)).toMatchObject({ repo: "fixture" });
   });
 
   it("says nix is missing from PATH, per host", async () => {
