@@ -205,7 +205,9 @@ describe("build", () => {
     await sleep(300);
     const seen = builder.logs.filter((l) => JSON.stringify(l).includes("a;b") || JSON.stringify(l).includes("upload-pack") || l["repo"] === "responses");
     expect(seen).toEqual([]);
-    expect(mcp.logs().slice(logsBefore).filter((l) => l["msg"] === "build requested over MCP")).toEqual([]);
+    // The session is shared: an earlier test's request (e.g. nosuchhost) may be logged late, so only these count.
+    const requested = mcp.logs().slice(logsBefore).filter((l) => l["msg"] === "build requested over MCP");
+    expect(requested.filter((l) => hostile.some((args) => args.repo === l["repo"] && args.target === l["target"]))).toEqual([]);
   });
 });
 
