@@ -66,7 +66,10 @@ export interface AskOptions {
  * NoBuilderError (no listener) like any gather. With `only` (one host of a
  * tier) it stops as soon as that listener has answered.
  */
-export async function discoverListeners(nc: NatsConnection, options: AskOptions & { only?: { tier: string; host: string } | undefined }): Promise<DeployDiscoverResponse[]> {
+export async function discoverListeners(
+  nc: NatsConnection,
+  options: AskOptions & { only?: { tier: string; host: string } | undefined; onListener?: ((listener: DeployDiscoverResponse) => void) | undefined },
+): Promise<DeployDiscoverResponse[]> {
   const { only } = options;
   return gather(
     nc,
@@ -75,6 +78,7 @@ export async function discoverListeners(nc: NatsConnection, options: AskOptions 
       ackTimeoutMs: options.ackTimeoutMs,
       signal: options.signal,
       onInvalid: options.onInvalid,
+      onAnswer: options.onListener,
       ...LISTENER_DISCOVER_GATHER,
       complete: only ? (answers) => answers.some((a) => a.tier === only.tier && a.host === only.host) : undefined,
     },
@@ -98,30 +102,46 @@ export function newestBuild(entries: readonly HistoryEntry[], host: string, ref:
 }
 
 /**
- * The builder's newest build of every host, per repo (one `build.history`
- * question per repo, answered by every builder). A repo no builder knows
- * has no builds; no builder at all rejects with NoBuilderError.
+ * The builders' history of each repo, one `build.history` question per
+ * repo, asked as soon as a discovered listener names the repo: discovery
+ * waits a quiet period after the last listener's answer and the builders'
+ * answers take one too, so asked one after the other they add up; asked
+ * side by side a multi-host deploy and `--list` wait for one of them.
  */
-export async function newestBuilds(
-  nc: NatsConnection,
-  hosts: ReadonlyArray<{ host: string; repo: string }>,
-  ref: string | undefined,
-  options: AskOptions,
-): Promise<Map<string, Built>> {
-  const repos = [...new Set(hosts.map((h) => h.repo))];
-  const histories = await Promise.all(
-    repos.map(async (repo) => {
-      const combined = await askEveryBuilder(nc, "history", { repo }, { ackTimeoutMs: options.ackTimeoutMs, signal: options.signal, onInvalid: options.onInvalid });
-      return [repo, combined.ok ? combined.answers.flatMap((a) => a.entries) : []] as const;
-    }),
-  );
-  const byRepo = new Map(histories);
-  const built = new Map<string, Built>();
-  for (const { host, repo } of hosts) {
-    const found = newestBuild(byRepo.get(repo) ?? [], host, ref);
-    if (found) built.set(host, found);
+export class BuilderHistories {
+  private readonly asked = new Map<string, Promise<HistoryEntry[]>>();
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly options: AskOptions,
+  ) {}
+
+  /** Asks for `repo`'s history now, once; a failure surfaces in `newest`. */
+  ask(repo: string): void {
+    if (this.asked.has(repo)) return;
+    const { ackTimeoutMs, signal, onInvalid } = this.options;
+    const entries = askEveryBuilder(this.nc, "history", { repo }, { ackTimeoutMs, signal, onInvalid }).then((combined) =>
+      combined.ok ? combined.answers.flatMap((a) => a.entries) : [],
+    );
+    // Not awaited until `newest`: a deploy that stops before then must not end on an unhandled rejection.
+    entries.catch(() => undefined);
+    this.asked.set(repo, entries);
   }
-  return built;
+
+  /**
+   * The builder's newest build of every host. A repo no builder knows has
+   * no builds; no builder at all rejects with NoBuilderError.
+   */
+  async newest(hosts: ReadonlyArray<{ host: string; repo: string }>, ref: string | undefined): Promise<Map<string, Built>> {
+    for (const { repo } of hosts) this.ask(repo);
+    const byRepo = new Map(await Promise.all([...this.asked].map(async ([repo, entries]) => [repo, await entries] as const)));
+    const built = new Map<string, Built>();
+    for (const { host, repo } of hosts) {
+      const found = newestBuild(byRepo.get(repo) ?? [], host, ref);
+      if (found) built.set(host, found);
+    }
+    return built;
+  }
 }
 
 /** How a host's deploy ended, as the deployer saw it. */
@@ -384,7 +404,9 @@ export async function deployFleet(nc: NatsConnection, run: DeployRun, reporter: 
   const { tier, target, spec } = run;
   const ask = { ackTimeoutMs: run.ackTimeoutMs, signal, onInvalid };
   const only = target.kind === "host" ? { tier, host: target.host } : undefined;
-  const listeners = addressed(await discoverListeners(nc, { ...ask, only }), tier, target);
+  const histories = run.prebuilt && !run.build ? new BuilderHistories(nc, ask) : undefined;
+  const onListener = histories && ((l: DeployDiscoverResponse) => addressed([l], tier, target).length > 0 && histories.ask(l.repo.name));
+  const listeners = addressed(await discoverListeners(nc, { ...ask, only, onListener }), tier, target);
   if (listeners.length === 0) throw new NoBuilderError(`no listener of ${describeTarget(tier, target)} answered on deploy.discover; is the listener running on it?`);
   const follow = { ...ask, idleTimeoutMs: run.idleTimeoutMs, onMessage: (m: DeployResponse) => reporter.message(m) };
   const hosts = listeners.map((l) => l.host);
@@ -410,7 +432,7 @@ export async function deployFleet(nc: NatsConnection, run: DeployRun, reporter: 
         ? new Map([[target.host, await deployOne(nc, spec, { host: target.host, evaluatedBecause: "no_prebuilt" }, follow)]])
         : await deployTogether(nc, spec, target, hosts, follow);
   } else {
-    const built = await builderBuilds(nc, listeners, spec.ref, ask);
+    const built = await builderBuilds(histories ?? new BuilderHistories(nc, ask), listeners, spec.ref);
     const plans: HostPlan[] = listeners.map((l) => {
       const found = built.get(l.host);
       return found ? { host: l.host, toplevel: found.toplevel } : { host: l.host, evaluatedBecause: "never_built" };
@@ -429,14 +451,9 @@ function groupByRepo(listeners: readonly DeployDiscoverResponse[]): Map<string, 
   return byRepo;
 }
 
-async function builderBuilds(
-  nc: NatsConnection,
-  listeners: readonly DeployDiscoverResponse[],
-  ref: string | undefined,
-  ask: AskOptions,
-): Promise<Map<string, Built>> {
+async function builderBuilds(histories: BuilderHistories, listeners: readonly DeployDiscoverResponse[], ref: string | undefined): Promise<Map<string, Built>> {
   try {
-    return await newestBuilds(nc, listeners.map((l) => ({ host: l.host, repo: l.repo.name })), ref, ask);
+    return await histories.newest(listeners.map((l) => ({ host: l.host, repo: l.repo.name })), ref);
   } catch (err) {
     if (err instanceof NoBuilderError) {
       throw new NoBuilderError(`${err.message}\nthe deployer asks the builder for each host's newest build; without a builder, deploy with --no-prebuilt (each host evaluates itself)`);
@@ -469,10 +486,12 @@ export async function listFleet(
   tier: string | undefined,
   ask: AskOptions,
 ): Promise<{ rows: FleetRow[]; noBuilder?: string | undefined }> {
-  const listeners = (await discoverListeners(nc, ask)).filter((l) => tier === undefined || l.tier === tier);
+  const shown = (l: DeployDiscoverResponse) => tier === undefined || l.tier === tier;
+  const histories = new BuilderHistories(nc, ask);
+  const listeners = (await discoverListeners(nc, { ...ask, onListener: (l) => shown(l) && histories.ask(l.repo.name) })).filter(shown);
   if (listeners.length === 0) throw new NoBuilderError(`no listener${tier === undefined ? "" : ` of tier ${tier}`} answered on deploy.discover`);
   try {
-    const builds = await newestBuilds(nc, listeners.map((l) => ({ host: l.host, repo: l.repo.name })), undefined, ask);
+    const builds = await histories.newest(listeners.map((l) => ({ host: l.host, repo: l.repo.name })), undefined);
     return { rows: fleetRows(listeners, builds) };
   } catch (err) {
     if (!(err instanceof NoBuilderError)) throw err;

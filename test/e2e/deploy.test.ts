@@ -88,6 +88,34 @@ describe("homelab-deploy deploy", () => {
     expect(table.stdout).not.toContain("db1");
   });
 
+  it("--list asks the builder for the hosts' builds while it is still gathering listeners", async () => {
+    // A listener that answers deploy.discover only once the deployer has asked
+    // the builders for their history: it is in the list only if discovery was
+    // still open then. Asked one after the other, discovery has ended first.
+    const seen: string[] = [];
+    const sniffer: NatsConnection = await connectAs(fixture.nats.url, fixture.nats.identities.builder);
+    const late: NatsConnection = await connectAs(fixture.nats.url, fixture.nats.identities.testListener);
+    try {
+      let discoverReply: string | undefined;
+      const answer = () => {
+        if (!discoverReply || !seen.includes("history")) return;
+        seen.push("late answered");
+        const body = { type: "discover", host: "late", tier: "test", roles: [], repo: { name: REPO, url: "git+file:///nonexistent" }, current: null, booted: null, rebootRequired: false, busy: null, version: "0.0.0" };
+        late.publish(discoverReply, JSON.stringify(body));
+        discoverReply = undefined;
+      };
+      sniffer.subscribe("build.history", { callback: () => (seen.push("history"), answer()) });
+      late.subscribe("deploy.discover", { callback: (_err, msg) => ((discoverReply = msg.reply), answer()) });
+      await Promise.all([sniffer.flush(), late.flush()]);
+      const result = await runCli(["deploy", "--list", "test", "--json"], deployer());
+      expect(result.exitCode, result.stderr).toBe(0);
+      expect(seen.slice(0, 2)).toEqual(["history", "late answered"]);
+      expect(jsonLines(result.stdout).map((r) => r["host"])).toEqual(["late", "web1", "web2"]);
+    } finally {
+      await Promise.all([sniffer.close(), late.close()]);
+    }
+  });
+
   it("deploy test all switches each test listener to exactly the builder's store path, prebuilt, and leaves prod alone", async () => {
     const built = await builtPaths();
     const dbBefore = await current("db1");
