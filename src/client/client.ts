@@ -47,7 +47,7 @@ export interface ExchangeOptions<T> {
   gapWaitMs?: number;
 }
 
-const GAP_WAIT_MS = 35_000;
+export const GAP_WAIT_MS = 35_000;
 
 /** The caller gave up waiting (MCP cancel, Ctrl-C). The build goes on for its other requesters. */
 export class RequestAbortedError extends HomelabDeployError {}

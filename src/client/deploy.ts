@@ -18,6 +18,7 @@ import {
   isValidDeployHost,
   isValidTier,
   DEPLOY_DISCOVER_SUBJECT,
+  DEPLOY_NUMBERING,
   DEPLOY_RESPONSE_PREFIX,
   DeployDiscoverResponseSchema,
   DeployResponseSchema,
@@ -34,7 +35,7 @@ import { ALL_HOSTS, isValidHostName, type BuildResponse, type HistoryEntry } fro
 import { NoBuilderError, UsageError } from "../errors.js";
 import { askEveryBuilder, gather } from "./gather.js";
 import { SeqOrder } from "./sequence.js";
-import { requestBuild } from "./client.js";
+import { GAP_WAIT_MS, requestBuild } from "./client.js";
 
 /**
  * Listeners answer `deploy.discover` at once (nothing to fetch, unlike a
@@ -166,6 +167,12 @@ export interface DeployRequestSpec {
 export interface FollowOptions extends AskOptions {
   /** After the acknowledgement, stop waiting for a listener that sends nothing for this long. 0: no limit. */
   idleTimeoutMs: number;
+  /**
+   * How long a listener's messages after a gap in its numbers wait for the
+   * resend that fills it before they go on without it (as a build's do:
+   * the listener resends for half a minute after a NATS outage).
+   */
+  gapWaitMs?: number | undefined;
   /** Every message of a host, in seq order. */
   onMessage?: ((message: DeployResponse) => void) | undefined;
 }
@@ -187,11 +194,33 @@ export async function followDeploy(
 ): Promise<Map<string, HostOutcome>> {
   const orders = new Map<string, SeqOrder<DeployResponse>>();
   const outcomes = new Map<string, HostOutcome>();
+  const gapTimers = new Map<string, NodeJS.Timeout>();
+  const allAnswered = new AbortController();
+  const complete = () => hosts.every((host) => outcomes.has(host));
   const deliver = (message: DeployResponse) => {
     if (outcomes.has(message.host)) return;
     options.onMessage?.(message);
     if (message.type === "completed") outcomes.set(message.host, { kind: "completed", host: message.host, message });
     if (message.type === "rejected") outcomes.set(message.host, { kind: "rejected", host: message.host, message });
+  };
+  // A host's messages held behind a gap wait this long for the resend that
+  // fills it, then go on without it: a lost message does not hold the final
+  // answer back until the idle timeout.
+  const watchGap = (host: string, order: SeqOrder<DeployResponse>) => {
+    if (!order.waiting) {
+      clearTimeout(gapTimers.get(host));
+      gapTimers.delete(host);
+      return;
+    }
+    if (gapTimers.has(host)) return;
+    gapTimers.set(
+      host,
+      setTimeout(() => {
+        gapTimers.delete(host);
+        for (const message of order.flush().messages) deliver(message);
+        if (complete()) allAnswered.abort();
+      }, options.gapWaitMs ?? GAP_WAIT_MS),
+    );
   };
   const idle = options.idleTimeoutMs > 0 ? options.idleTimeoutMs : FOREVER_MS;
   await gather(
@@ -206,12 +235,16 @@ export async function followDeploy(
       onInvalid: options.onInvalid,
       onAnswer: (message) => {
         let order = orders.get(message.host);
-        if (!order) orders.set(message.host, (order = new SeqOrder<DeployResponse>()));
+        if (!order) orders.set(message.host, (order = new SeqOrder<DeployResponse>(DEPLOY_NUMBERING)));
         for (const ready of order.push(message)) deliver(ready);
+        watchGap(message.host, order);
       },
-      complete: () => hosts.every((host) => outcomes.has(host)),
+      complete,
+      stop: allAnswered.signal,
     },
-  );
+  ).finally(() => {
+    for (const timer of gapTimers.values()) clearTimeout(timer);
+  });
   // Messages still held behind a gap that never filled: in order, without it.
   for (const order of orders.values()) for (const message of order.flush().messages) deliver(message);
   const seconds = Math.round(idle / 1000);

@@ -60,6 +60,8 @@ export interface GatherOptions<T = ControlResponse> {
   onAnswer?: (answer: T) => void;
   /** True once every answer expected is in: stop without waiting for the quiet period. */
   complete?: (answers: readonly T[]) => boolean;
+  /** Stops the wait with the answers so far (unlike `signal`, which rejects): the caller decided it has them all. */
+  stop?: AbortSignal;
 }
 
 export interface GatherRequest<T> {
@@ -100,11 +102,13 @@ export async function gather<T>(nc: NatsConnection, request: GatherRequest<T>, o
   let maxTimer: NodeJS.Timeout | undefined;
   let quietTimer: NodeJS.Timeout | undefined;
   let onAbort: (() => void) | undefined;
+  let onStop: (() => void) | undefined;
   const cleanup = () => {
     clearTimeout(ackTimer);
     clearTimeout(maxTimer);
     clearTimeout(quietTimer);
     if (onAbort) options.signal?.removeEventListener("abort", onAbort);
+    if (onStop) options.stop?.removeEventListener("abort", onStop);
     subscription?.unsubscribe();
   };
   const result = new Promise<T[]>((resolve, reject) => {
@@ -119,6 +123,8 @@ export async function gather<T>(nc: NatsConnection, request: GatherRequest<T>, o
     onAbort = () => fail(new RequestAbortedError(`stopped waiting for the ${responders}s' answers`));
     if (options.signal?.aborted) return onAbort();
     options.signal?.addEventListener("abort", onAbort, { once: true });
+    onStop = done;
+    options.stop?.addEventListener("abort", onStop, { once: true });
     subscription = nc.subscribe(reply, {
       callback: (err, msg) => {
         if (err) return fail(refusedRequest(err, subject));
