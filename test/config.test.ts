@@ -8,7 +8,7 @@ import { ROOT } from "./support/cli.js";
 
 const base = {
   nats: { url: "nats://127.0.0.1:4222", nkeySeedFile: "/run/keys/builder.nk" },
-  repos: { "nixos-servers": { url: "git+https://git.t-juice.club/torjus/nixos-servers.git" } },
+  repos: { "nixos-servers": { url: "git+https://git.example.org/infra/nixos-servers.git" } },
   stateDir: "/var/lib/homelab-deploy",
 };
 
@@ -37,7 +37,7 @@ describe("config", () => {
   it("accepts config.example.yaml as shipped", async () => {
     const config = await loadConfig(join(ROOT, "config.example.yaml"));
     expect(Object.keys(config.repos)).toEqual(["nixos-servers", "nixos"]);
-    expect(config.repos["nixos-servers"]?.url).toBe("git+https://git.t-juice.club/torjus/nixos-servers.git");
+    expect(config.repos["nixos-servers"]?.url).toBe("git+https://git.example.org/infra/nixos-servers.git");
     expect(config.build).toMatchObject({ timeout: 3_600_000, maxQueue: 32, logTailLines: 50, keepGenerations: 2, keepRefBuilds: 604_800_000, historySize: 50 });
     expect(config.metrics.listen).toEqual({ host: "0.0.0.0", port: 9973 });
     expect(config.stateDir).toBe("/var/lib/homelab-deploy");
@@ -158,7 +158,7 @@ describe("config", () => {
 
   it("takes build.copyTo as a Nix store URL and refuses anything else", () => {
     const copyTo = (url: string) => parseConfig({ ...base, build: { copyTo: url, copyTimeout: "5m" } }, "test.yaml").build;
-    for (const url of ["file:///var/cache/nix", "ssh-ng://nix-cache01", "s3://cache?region=eu-west-1", "https://cache.example.org", "daemon", "/srv/store"]) {
+    for (const url of ["file:///var/cache/nix", "ssh-ng://buildhost01", "s3://cache?region=eu-west-1", "https://cache.example.org", "daemon", "/srv/store"]) {
       expect(copyTo(url)).toMatchObject({ copyTo: url, copyTimeout: 300_000 });
     }
     for (const url of ["--option", "file:///x y", "ftp://cache", "file:///cache#x", ""]) {
@@ -175,7 +175,7 @@ describe("config", () => {
     const custom = (listen: string) => parseConfig({ ...base, metrics: { listen } }, "test.yaml").metrics.listen;
     expect(custom("127.0.0.1:0")).toEqual({ host: "127.0.0.1", port: 0 });
     expect(custom("[::]:9100")).toEqual({ host: "::", port: 9100 });
-    expect(custom("nix-cache02.home.2rjus.net:9973")).toEqual({ host: "nix-cache02.home.2rjus.net", port: 9973 });
+    expect(custom("buildhost02.example.org:9973")).toEqual({ host: "buildhost02.example.org", port: 9973 });
     for (const listen of ["9973", "0.0.0.0:99999", ":9973", "http://0.0.0.0:9973", "::1:9973", "host:port"]) {
       expect(problems({ ...base, metrics: { listen } })).toEqual([expect.stringMatching(/^metrics\.listen: expected host:port/)]);
     }

@@ -57,9 +57,9 @@ in
       default = { };
       example = lib.literalExpression ''
         {
-          nats.url = "nats://nats.home.2rjus.net:4222";
-          repos.nixos-servers.url = "git+https://git.t-juice.club/torjus/nixos-servers.git";
-          repos.nixos.url = "git+https://git.t-juice.club/torjus/nixos.git";
+          nats.url = "nats://nats.example.org:4222";
+          repos.nixos-servers.url = "git+https://git.example.org/infra/nixos-servers.git";
+          repos.nixos.url = "git+https://git.example.org/infra/nixos.git";
           build.timeout = "1h";
         }
       '';

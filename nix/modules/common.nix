@@ -45,7 +45,7 @@ rec {
       address = mkOption {
         type = types.nullOr types.str;
         default = null;
-        example = "https://vault.home.2rjus.net:8200";
+        example = "https://vault.example.org:8200";
         description = "Vault's URL (the unit has no VAULT_ADDR).";
       };
       caCertFile = mkOption {

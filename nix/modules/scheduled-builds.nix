@@ -59,7 +59,7 @@ in
 
     natsUrl = mkOption {
       type = types.str;
-      example = "nats://nats.home.2rjus.net:4222";
+      example = "nats://nats.example.org:4222";
       description = "NATS server URL (several: comma-separated).";
     };
 

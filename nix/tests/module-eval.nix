@@ -1,6 +1,6 @@
 # checks.<system>.module-eval: the modules (builder, scheduler, listener) evaluated by the real NixOS
 # module system (with nixpkgs' own types, systemd and users modules) for a
-# configuration like nix-cache02's, with allowed-users narrowed to @wheel.
+# configuration like a build host's, with allowed-users narrowed to @wheel.
 # Fails when an assertion fails or an option does not exist or does not
 # type-check; its output is the unit files and the nix.conf NixOS writes.
 # test/nixos/module.test.ts checks the same with a stand-in where nixpkgs is
@@ -8,7 +8,7 @@
 { pkgs, nixpkgs, system, module }:
 let
   vault = {
-    address = "https://vault.home.2rjus.net:8200";
+    address = "https://vault.example.org:8200";
     caCertFile = "/etc/ssl/certs/homelab-root-ca.pem";
     roleIdFile = "/var/lib/vault/approle/role-id";
     secretIdFile = "/var/lib/vault/approle/secret-id";
@@ -28,23 +28,23 @@ let
           openFirewall = true;
           inherit vault;
           settings = {
-            nats.url = "nats://nats.home.2rjus.net:4222";
-            repos.nixos-servers.url = "git+https://git.t-juice.club/torjus/nixos-servers.git";
-            repos.nixos.url = "git+https://git.t-juice.club/torjus/nixos.git";
+            nats.url = "nats://nats.example.org:4222";
+            repos.nixos-servers.url = "git+https://git.example.org/infra/nixos-servers.git";
+            repos.nixos.url = "git+https://git.example.org/infra/nixos.git";
           };
         };
         services.homelab-deploy.listener = {
           enable = true;
           tier = "prod";
           roles = [ "dns" ];
-          repo = { name = "nixos-servers"; url = "git+https://git.t-juice.club/torjus/nixos-servers.git"; };
+          repo = { name = "nixos-servers"; url = "git+https://git.example.org/infra/nixos-servers.git"; };
           nkeySeedFile = "/run/secrets/homelab-deploy/listener.nkey";
-          settings.nats.url = "nats://nats.home.2rjus.net:4222";
+          settings.nats.url = "nats://nats.example.org:4222";
         };
         services.homelab-deploy.scheduledBuilds = {
           enable = true;
           repos = [ "nixos-servers" "nixos" ];
-          natsUrl = "nats://nats.home.2rjus.net:4222";
+          natsUrl = "nats://nats.example.org:4222";
           inherit vault;
         };
       }
