@@ -8,7 +8,7 @@ import { ErrorCode, NatsError, nuid, type Msg, type NatsConnection, type Subscri
 import type { z } from "zod";
 import { ConnectionError, NoBuilderError, HomelabDeployError } from "../errors.js";
 import { parseJsonAs } from "../util/json.js";
-import { SeqOrder } from "./sequence.js";
+import { GAP_WAIT_MS, GapWait, SeqOrder } from "./sequence.js";
 import {
   BuildResponseSchema,
   RESPONSE_PREFIX,
@@ -46,8 +46,6 @@ export interface ExchangeOptions<T> {
    */
   gapWaitMs?: number;
 }
-
-export const GAP_WAIT_MS = 35_000;
 
 /** The caller gave up waiting (MCP cancel, Ctrl-C). The build goes on for its other requesters. */
 export class RequestAbortedError extends HomelabDeployError {}
@@ -92,12 +90,12 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
   let subscription: Subscription | undefined;
   let ackTimer: NodeJS.Timeout | undefined;
   let idleTimer: NodeJS.Timeout | undefined;
-  let gapTimer: NodeJS.Timeout | undefined;
+  let gaps: GapWait<T> | undefined;
   let onAbort: (() => void) | undefined;
   const cleanup = () => {
     clearTimeout(ackTimer);
     clearTimeout(idleTimer);
-    clearTimeout(gapTimer);
+    gaps?.stop();
     if (onAbort) options.signal?.removeEventListener("abort", onAbort);
     subscription?.unsubscribe();
   };
@@ -133,20 +131,12 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
       }
     };
     // Messages held behind a gap wait this long for the resend that fills it.
-    const watchGaps = () => {
-      const order = request.sequence;
-      if (!order?.waiting) {
-        clearTimeout(gapTimer);
-        gapTimer = undefined;
-        return;
-      }
-      gapTimer ??= setTimeout(() => {
-        gapTimer = undefined;
-        const { messages, missing } = order.flush();
+    gaps =
+      request.sequence &&
+      new GapWait(request.sequence, options.gapWaitMs ?? GAP_WAIT_MS, ({ messages, missing }) => {
         if (missing.length > 0) options.onGap?.(missing);
         for (const message of messages) deliver(message);
-      }, options.gapWaitMs ?? GAP_WAIT_MS);
-    };
+      });
     if (options.signal?.aborted) return onAbort();
     options.signal?.addEventListener("abort", onAbort, { once: true });
     subscription = nc.subscribe(reply, {
@@ -164,7 +154,7 @@ export async function exchange<T>(nc: NatsConnection, request: Exchange<T>, opti
         watchSilence();
         const ready = request.sequence ? request.sequence.push(message) : [message];
         for (const each of ready) deliver(each);
-        if (!done) watchGaps();
+        if (!done) gaps?.check();
       },
     });
     watchRefusals(subscription, request.subject);

@@ -34,8 +34,8 @@ import {
 import { ALL_HOSTS, isValidHostName, type BuildResponse, type HistoryEntry } from "../protocol.js";
 import { NoBuilderError, UsageError } from "../errors.js";
 import { askEveryBuilder, gather } from "./gather.js";
-import { SeqOrder } from "./sequence.js";
-import { GAP_WAIT_MS, requestBuild } from "./client.js";
+import { GAP_WAIT_MS, GapWait, SeqOrder } from "./sequence.js";
+import { requestBuild } from "./client.js";
 
 /**
  * Listeners answer `deploy.discover` at once (nothing to fetch, unlike a
@@ -192,9 +192,8 @@ export async function followDeploy(
   hosts: readonly string[],
   options: FollowOptions,
 ): Promise<Map<string, HostOutcome>> {
-  const orders = new Map<string, SeqOrder<DeployResponse>>();
+  const orders = new Map<string, { order: SeqOrder<DeployResponse>; gap: GapWait<DeployResponse> }>();
   const outcomes = new Map<string, HostOutcome>();
-  const gapTimers = new Map<string, NodeJS.Timeout>();
   const allAnswered = new AbortController();
   const complete = () => hosts.every((host) => outcomes.has(host));
   const deliver = (message: DeployResponse) => {
@@ -203,24 +202,20 @@ export async function followDeploy(
     if (message.type === "completed") outcomes.set(message.host, { kind: "completed", host: message.host, message });
     if (message.type === "rejected") outcomes.set(message.host, { kind: "rejected", host: message.host, message });
   };
-  // A host's messages held behind a gap wait this long for the resend that
-  // fills it, then go on without it: a lost message does not hold the final
-  // answer back until the idle timeout.
-  const watchGap = (host: string, order: SeqOrder<DeployResponse>) => {
-    if (!order.waiting) {
-      clearTimeout(gapTimers.get(host));
-      gapTimers.delete(host);
-      return;
-    }
-    if (gapTimers.has(host)) return;
-    gapTimers.set(
-      host,
-      setTimeout(() => {
-        gapTimers.delete(host);
-        for (const message of order.flush().messages) deliver(message);
+  // A host's messages held behind a gap that does not fill go on after the
+  // gap wait: a lost message does not hold its final answer back until the
+  // idle timeout.
+  const orderOf = (host: string) => {
+    let entry = orders.get(host);
+    if (!entry) {
+      const order = new SeqOrder<DeployResponse>(DEPLOY_NUMBERING);
+      const gap = new GapWait(order, options.gapWaitMs ?? GAP_WAIT_MS, ({ messages }) => {
+        for (const message of messages) deliver(message);
         if (complete()) allAnswered.abort();
-      }, options.gapWaitMs ?? GAP_WAIT_MS),
-    );
+      });
+      orders.set(host, (entry = { order, gap }));
+    }
+    return entry;
   };
   const idle = options.idleTimeoutMs > 0 ? options.idleTimeoutMs : FOREVER_MS;
   await gather(
@@ -234,19 +229,18 @@ export async function followDeploy(
       signal: options.signal,
       onInvalid: options.onInvalid,
       onAnswer: (message) => {
-        let order = orders.get(message.host);
-        if (!order) orders.set(message.host, (order = new SeqOrder<DeployResponse>(DEPLOY_NUMBERING)));
+        const { order, gap } = orderOf(message.host);
         for (const ready of order.push(message)) deliver(ready);
-        watchGap(message.host, order);
+        gap.check();
       },
       complete,
       stop: allAnswered.signal,
     },
   ).finally(() => {
-    for (const timer of gapTimers.values()) clearTimeout(timer);
+    for (const { gap } of orders.values()) gap.stop();
   });
   // Messages still held behind a gap that never filled: in order, without it.
-  for (const order of orders.values()) for (const message of order.flush().messages) deliver(message);
+  for (const { order } of orders.values()) for (const message of order.flush().messages) deliver(message);
   const seconds = Math.round(idle / 1000);
   for (const host of hosts) {
     if (!outcomes.has(host)) {
@@ -438,7 +432,11 @@ export async function deployFleet(nc: NatsConnection, run: DeployRun, reporter: 
   const ask = { ackTimeoutMs: run.ackTimeoutMs, signal, onInvalid };
   const only = target.kind === "host" ? { tier, host: target.host } : undefined;
   const histories = run.prebuilt && !run.build ? new BuilderHistories(nc, ask) : undefined;
-  const onListener = histories && ((l: DeployDiscoverResponse) => addressed([l], tier, target).length > 0 && histories.ask(l.repo.name));
+  const onListener =
+    histories &&
+    ((l: DeployDiscoverResponse) => {
+      if (addressed([l], tier, target).length > 0) histories.ask(l.repo.name);
+    });
   const listeners = addressed(await discoverListeners(nc, { ...ask, only, onListener }), tier, target);
   if (listeners.length === 0) throw new NoBuilderError(`no listener of ${describeTarget(tier, target)} answered on deploy.discover; is the listener running on it?`);
   const follow = { ...ask, idleTimeoutMs: run.idleTimeoutMs, onMessage: (m: DeployResponse) => reporter.message(m) };

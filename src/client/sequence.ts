@@ -113,3 +113,39 @@ export class SeqOrder<T> {
     this.resumedAt = next;
   }
 }
+
+/**
+ * How long messages after a gap wait for the missing ones before they are
+ * handed on without them (a daemon resends for half a minute after a NATS
+ * outage).
+ */
+export const GAP_WAIT_MS = 35_000;
+
+/**
+ * The caller's timer for one SeqOrder: once a gap opens, it waits `waitMs`
+ * for the resend that fills it, then gives up (SeqOrder.flush) and hands
+ * on what was held. Checked after every push.
+ */
+export class GapWait<T> {
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly order: SeqOrder<T>,
+    private readonly waitMs: number,
+    private readonly onGiveUp: (flushed: { messages: T[]; missing: number[] }) => void,
+  ) {}
+
+  /** Starts the wait when a gap is open, ends it when the gap has filled. */
+  check(): void {
+    if (!this.order.waiting) return this.stop();
+    this.timer ??= setTimeout(() => {
+      this.timer = undefined;
+      this.onGiveUp(this.order.flush());
+    }, this.waitMs);
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+}
