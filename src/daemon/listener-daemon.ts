@@ -64,7 +64,7 @@ export async function startListenerDaemon(config: ListenerConfig, logger: Logger
       void daemon?.stop();
     },
   });
-  const readiness = new Readiness({ natsState: () => transport.state, nix, initialNix: await nix.version(), accepting: "accepting deploys" });
+  const readiness = new Readiness({ natsState: () => transport.state, nix, initialNix: await nix.version(), daemon: "listener" });
   const http = new HttpServer({ listen: config.metrics.listen, registry: metrics.registry, readiness: () => readiness.report(), logger: logger.child({ component: "http" }) });
   await http.start();
   readiness.start();

@@ -1,10 +1,11 @@
 /**
- * What `GET /readyz` answers: can this builder take a request and build it
- * right now? Three checks, all cheap at request time:
+ * What `GET /readyz` answers: can this daemon (a builder or a listener)
+ * take a request and carry it out right now? Three checks, all cheap at
+ * request time:
  *   - nats:    the NATS connection is `connected` (requests arrive, answers leave);
  *   - nix:     `nix --version` ran and exited 0 (re-checked at most once a
  *              minute, so a probe every few seconds never forks a nix each time);
- *   - builder: the daemon is not shutting down.
+ *   - builder or listener (named after the daemon): it is not shutting down.
  * And one that does not decide readiness: `state` (the state files under
  * stateDir can be written). A builder that cannot save them still builds,
  * so it stays ready, but reports itself `degraded` with the reason.
@@ -18,11 +19,13 @@ export interface Check {
   detail: string;
 }
 
+export type Daemon = "builder" | "listener";
+
 export interface ReadinessReport {
   ready: boolean;
   /** Ready, but something an operator must fix: see the checks that are not ok. */
   degraded: boolean;
-  checks: { nats: Check; nix: Check; builder: Check; state: Check };
+  checks: { nats: Check; nix: Check; state: Check } & Partial<Record<Daemon, Check>>;
 }
 
 export interface ReadinessOptions {
@@ -35,8 +38,8 @@ export interface ReadinessOptions {
   nixProbeTimeoutMs?: number;
   /** State files whose last write failed. */
   stateProblems?: () => StateProblem[];
-  /** What the service check says while it takes requests (default "accepting builds"; the listener: "accepting deploys"). */
-  accepting?: string;
+  /** Which daemon: names its own check, which says "accepting builds" or "accepting deploys" while it takes requests. Default builder. */
+  daemon?: Daemon;
 }
 
 const DEFAULT_TTL_MS = 60_000;
@@ -57,7 +60,7 @@ export class Readiness {
     void this.nixCheck();
   }
 
-  /** From now on the builder reports not ready; a running probe is ended. */
+  /** From now on the daemon reports not ready; a running probe is ended. */
   stop(): void {
     this.stopping = true;
     this.abort.abort();
@@ -67,13 +70,14 @@ export class Readiness {
     const state = this.options.natsState();
     const nats = { ok: state === "connected", detail: state };
     const nix = await this.nixCheck();
-    const builder = this.stopping ? { ok: false, detail: "shutting down" } : { ok: true, detail: this.options.accepting ?? "accepting builds" };
+    const daemon = this.options.daemon ?? "builder";
+    const service = this.stopping ? { ok: false, detail: "shutting down" } : { ok: true, detail: daemon === "builder" ? "accepting builds" : "accepting deploys" };
     const problems = this.options.stateProblems?.() ?? [];
     const files =
       problems.length === 0
         ? { ok: true, detail: "state files writable" }
         : { ok: false, detail: problems.map((p) => `cannot save ${p.file}: ${p.error}`).join("; ") };
-    return { ready: nats.ok && nix.ok && builder.ok, degraded: !files.ok, checks: { nats, nix, builder, state: files } };
+    return { ready: nats.ok && nix.ok && service.ok, degraded: !files.ok, checks: { nats, nix, [daemon]: service, state: files } };
   }
 
   private nixCheck(): Promise<Check> {
