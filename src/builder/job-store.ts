@@ -94,7 +94,7 @@ export class JobStore {
       // Kept for the operator rather than overwritten by the next save.
       const aside = `${this.file}.damaged-${Date.now()}`;
       await rename(this.file, aside).catch(() => undefined);
-      this.options.logger?.error({ file: this.file, keptAs: aside }, "the saved job queue is unreadable; starting with an empty queue");
+      this.options.logger?.error({ file: this.file, keptAs: aside, problem: read.problem }, "the saved job queue is unreadable; starting with an empty queue");
       return [];
     }
     return read.value.jobs;

@@ -57,7 +57,7 @@ export class InFlightStore {
       case "loaded":
         return read.value === null ? { status: "none" } : { status: "found", deploy: read.value };
       case "corrupt":
-        return { status: "unusable", why: `${this.file} is not a saved deploy` };
+        return { status: "unusable", why: `${this.file} is not a saved deploy (${read.problem})` };
       case "unreadable":
         return { status: "unusable", why: `cannot read ${this.file}: ${String(read.error)}` };
     }

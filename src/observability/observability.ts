@@ -13,7 +13,7 @@ import type { Logger } from "../logger.js";
 import { BuildMetrics } from "./metrics.js";
 import type { NixRunner, Outcome } from "../nix/runner.js";
 import { Readiness } from "./readiness.js";
-import { STATE_FILE_NAME, StatePersister, StateStore } from "./state.js";
+import { MetricsStateFile, STATE_FILE_NAME } from "./state.js";
 import type { StateHealth } from "./state-health.js";
 import { assertReplaceable } from "../util/regular-file.js";
 import { errorMessage } from "../errors.js";
@@ -51,22 +51,21 @@ export async function startObservability(config: Config, logger: Logger, parts: 
   for (const problem of stateHealth.problems()) metrics.recordStateWrite(problem.file, problem.error);
   stateHealth.onRecord((file, error) => metrics.recordStateWrite(file, error));
   const stateLogger = logger.child({ component: "state" });
-  const store = new StateStore({ dir: config.stateDir, logger: stateLogger });
+  const metricsState = new MetricsStateFile({
+    dir: config.stateDir,
+    logger: stateLogger,
+    snapshot: () => metrics.snapshot(),
+    onSaved: (error) => stateHealth.record(STATE_FILE_NAME, error),
+  });
   // A FIFO (or directory, …) where the file belongs cannot be replaced:
   // say so from the start, not only after the first build.
-  await assertReplaceable(store.file).catch((err: unknown) => stateHealth.record(STATE_FILE_NAME, errorMessage(err)));
-  const saved = await store.load();
+  await assertReplaceable(metricsState.file).catch((err: unknown) => stateHealth.record(STATE_FILE_NAME, errorMessage(err)));
+  const saved = await metricsState.load();
   if (saved) {
     const dropped = metrics.restore(saved);
     if (dropped.length > 0) stateLogger.info({ dropped }, "saved metrics of repos that are no longer configured were dropped");
   }
-  const persister = new StatePersister({
-    store,
-    snapshot: () => metrics.snapshot(),
-    logger: stateLogger,
-    onSaved: (error) => stateHealth.record(STATE_FILE_NAME, error),
-  });
-  metrics.onPersistentChange(() => persister.request());
+  metrics.onPersistentChange(() => metricsState.request());
   const unsubscribe = events.on(metrics.onEvent);
   metrics.setNatsState(transport.state);
   transport.onStateChange((state) => metrics.setNatsState(state));
@@ -98,7 +97,7 @@ export async function startObservability(config: Config, logger: Logger, parts: 
     async stop() {
       readiness.stop();
       unsubscribe();
-      await persister.flush();
+      await metricsState.flush();
       await http.stop();
     },
   };

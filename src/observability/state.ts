@@ -2,20 +2,18 @@
  * What must survive a restart: the build counters and the last-build and
  * last-success timestamps the alert rules read. Without them "no successful
  * build in 24 h" goes blind after every restart, and every counter reset
- * looks like history lost. One JSON file under `stateDir`, written
- * atomically (temp file, fsync, rename, fsync of the directory) so a crash
- * leaves either the old or the new file, never half of one. A missing or
- * unreadable file is one warning and an empty start, never a stopped daemon.
+ * looks like history lost. One JSON file under `stateDir`, a StateFile
+ * like every other state file, so a crash leaves either the old or the new
+ * file, never half of one. A missing or unreadable file is one warning and
+ * an empty start, never a stopped daemon.
  */
-import { STATE_FILES } from "../state-files.js";
-import { readRegularFile } from "../util/regular-file.js";
 import { join } from "node:path";
 import { z } from "zod";
-import { writeFileAtomic } from "../util/atomic-file.js";
 import { errorMessage } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { HostNameSchema, HostStatusSchema, JobStatusSchema, RepoNameSchema } from "../protocol.js";
-import { SaveLoop } from "../util/save-loop.js";
+import { STATE_FILES } from "../state-files.js";
+import { StateFile } from "../util/state-file.js";
 
 export const STATE_FILE_NAME = STATE_FILES.metrics;
 const FORMAT_VERSION = 1;
@@ -46,100 +44,71 @@ const StateFileSchema = z.strictObject({
   metrics: MetricsStateSchema,
 });
 
-export interface StateStoreOptions {
+type StateFileContents = z.infer<typeof StateFileSchema>;
+
+export interface MetricsStateFileOptions {
   dir: string;
   logger: Logger;
+  /** The metrics as they are now (the registry's values are gathered asynchronously). */
+  snapshot: () => Promise<MetricsState>;
+  /** Told after every write: undefined when it worked, else why it failed. */
+  onSaved?: (error: string | undefined) => void;
 }
 
-export class StateStore {
+/**
+ * The metrics state file: a StateFile (src/util/state-file.ts), so read
+ * with its schema without blocking on a FIFO, and saved after every change
+ * by one coalescing writer, atomically and durably. What is special here
+ * is only what a bad file means: a warning and empty metrics.
+ */
+export class MetricsStateFile {
   readonly file: string;
+  private readonly state: StateFile<StateFileContents>;
 
-  constructor(private readonly options: StateStoreOptions) {
+  constructor(private readonly options: MetricsStateFileOptions) {
     this.file = join(options.dir, STATE_FILE_NAME);
+    this.state = new StateFile({
+      file: this.file,
+      schema: StateFileSchema,
+      snapshot: async () => ({ version: FORMAT_VERSION, savedAt: new Date().toISOString(), metrics: await options.snapshot() }),
+      onSaved: (error) => {
+        // The daemon keeps building; the metrics only lose their memory.
+        if (error !== undefined) options.logger.warn({ file: this.file, err: error }, "cannot save the metrics state file; metrics will not survive a restart");
+        options.onSaved?.(error);
+      },
+    });
   }
 
   /** The saved metrics, or undefined (after one warning) when there are none that can be used. */
   async load(): Promise<MetricsState | undefined> {
     const { logger } = this.options;
-    let text: string;
-    try {
-      text = await readRegularFile(this.file);
-    } catch (err) {
-      const missing = (err as NodeJS.ErrnoException).code === "ENOENT";
-      const why = missing ? "it does not exist yet (first start?)" : `it cannot be read: ${errorMessage(err)}`;
-      logger.warn({ file: this.file }, `metrics state file not loaded, ${why}; starting with empty build metrics`);
-      return undefined;
+    const read = await this.state.read();
+    switch (read.status) {
+      case "loaded":
+        logger.info({ file: this.file, savedAt: read.value.savedAt }, "metrics state loaded");
+        return read.value.metrics;
+      case "missing":
+        logger.warn({ file: this.file }, "metrics state file not loaded, it does not exist yet (first start?); starting with empty build metrics");
+        return undefined;
+      case "unreadable":
+        logger.warn({ file: this.file, err: errorMessage(read.error) }, "metrics state file not loaded, it cannot be read; starting with empty build metrics");
+        return undefined;
+      case "corrupt":
+        logger.warn(
+          { file: this.file, problem: read.problem },
+          "metrics state file is corrupt and was ignored; starting with empty build metrics (it is rewritten after the next build)",
+        );
+        return undefined;
     }
-    const parsed = parseStateFile(text);
-    if (!parsed.ok) {
-      logger.warn(
-        { file: this.file, problem: parsed.problem },
-        "metrics state file is corrupt and was ignored; starting with empty build metrics (it is rewritten after the next build)",
-      );
-      return undefined;
-    }
-    logger.info({ file: this.file, savedAt: parsed.savedAt }, "metrics state loaded");
-    return parsed.metrics;
   }
 
-  /** Replaces the file atomically. Throws when the directory cannot be written. */
-  async save(metrics: MetricsState): Promise<void> {
-    const body = JSON.stringify({ version: FORMAT_VERSION, savedAt: new Date().toISOString(), metrics }, null, 2);
-    await writeFileAtomic(this.file, `${body}\n`);
-  }
-}
-
-type ParsedState = { ok: true; metrics: MetricsState; savedAt: string } | { ok: false; problem: string };
-
-export function parseStateFile(text: string): ParsedState {
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (err) {
-    return { ok: false, problem: `not JSON: ${errorMessage(err)}` };
-  }
-  const result = StateFileSchema.safeParse(json);
-  if (!result.success) {
-    const issue = result.error.issues[0];
-    const where = issue?.path.length ? `${issue.path.map(String).join(".")}: ` : "";
-    return { ok: false, problem: `${where}${issue?.message ?? "invalid"}` };
-  }
-  return { ok: true, metrics: result.data.metrics, savedAt: result.data.savedAt };
-}
-
-export interface StatePersisterOptions {
-  store: StateStore;
-  snapshot: () => Promise<MetricsState>;
-  logger: Logger;
-  /** Told after every write: undefined when it worked, else why it failed. */
-  onSaved?: (error: string | undefined) => void;
-}
-
-/** Saves after every change, a burst of events folded into one write (SaveLoop). */
-export class StatePersister {
-  private readonly loop = new SaveLoop(() => this.writeOnce());
-
-  constructor(private readonly options: StatePersisterOptions) {}
-
-  /** Something worth keeping changed; save it soon. */
+  /** Something worth keeping changed: save it soon (a burst of changes is one write). A failed write is logged. */
   request(): void {
-    this.loop.request();
+    this.state.save().catch(() => undefined);
   }
 
   /** Resolves once every requested change is on disk (or its write failed and was logged). */
   flush(): Promise<void> {
-    return this.loop.flush();
-  }
-
-  private async writeOnce(): Promise<void> {
-    const { store, snapshot, logger } = this.options;
-    try {
-      await store.save(await snapshot());
-      this.options.onSaved?.(undefined);
-    } catch (err) {
-      this.options.onSaved?.(errorMessage(err));
-      // The daemon keeps building; the metrics only lose their memory.
-      logger.warn({ file: store.file, err: errorMessage(err) }, "cannot save the metrics state file; metrics will not survive a restart");
-    }
+    return this.state.flush();
   }
 }

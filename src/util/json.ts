@@ -5,14 +5,25 @@ import type { z } from "zod";
  * file, a NATS payload): the typed value, or undefined when it is not.
  */
 export function parseJsonAs<T>(text: string, schema: z.ZodType<T>): T | undefined {
+  const checked = checkJson(text, schema);
+  return checked.ok ? checked.value : undefined;
+}
+
+/** The same with why it is not: "not JSON: …" or "<key path>: <problem>" (for a file an operator may have to look at). */
+export function checkJson<T>(text: string, schema: z.ZodType<T>): { ok: true; value: T } | { ok: false; problem: string } {
   let json: unknown;
   try {
     json = JSON.parse(text);
-  } catch {
-    return undefined;
+  } catch (err) {
+    return { ok: false, problem: `not JSON: ${(err as Error).message}` };
   }
   const parsed = schema.safeParse(json);
-  return parsed.success ? parsed.data : undefined;
+  return parsed.success ? { ok: true, value: parsed.data } : { ok: false, problem: describeIssue(parsed.error.issues[0]) };
+}
+
+/** "<key path>: <problem>" of a schema's first complaint. */
+function describeIssue(issue: z.core.$ZodIssue | undefined): string {
+  return `${issue?.path.length ? `${issue.path.map(String).join(".")}: ` : ""}${issue?.message ?? "invalid"}`;
 }
 
 /** Request bodies are small: a larger one is refused before it is parsed. */
@@ -42,6 +53,6 @@ export function parseRequestBody<T>(data: Uint8Array, schema: z.ZodType<T>, expe
   const parsed = schema.safeParse(json);
   if (parsed.success) return { ok: true, value: parsed.data };
   const issue = parsed.error.issues[0];
-  const invalid = `${issue?.path.length ? `${issue.path.join(".")}: ` : ""}${issue?.message ?? "invalid"}`;
+  const invalid = describeIssue(issue);
   return { ok: false, error: `malformed request body: ${invalid}; expected ${expected}`, invalid, ...(issue ? { issue } : {}) };
 }

@@ -9,7 +9,7 @@ import { constants, lstatSync } from "node:fs";
 import { lstat, open } from "node:fs/promises";
 import type { z } from "zod";
 import { StateFileError } from "../errors.js";
-import { parseJsonAs } from "./json.js";
+import { checkJson } from "./json.js";
 
 function kind(stats: { isFIFO(): boolean; isDirectory(): boolean; isSymbolicLink(): boolean; isSocket(): boolean }): string {
   if (stats.isFIFO()) return "a FIFO";
@@ -45,8 +45,8 @@ export type StateFileRead<T> =
   | { status: "missing" }
   /** Not a regular file (StateFileError) or not readable. */
   | { status: "unreadable"; error: unknown }
-  /** Not JSON of the expected shape. */
-  | { status: "corrupt" };
+  /** Not JSON of the expected shape; `problem` says why ("not JSON: …", "<key path>: …"). */
+  | { status: "corrupt"; problem: string };
 
 /** A state file's JSON checked against `schema`, never blocking on a FIFO (see readRegularFile). */
 export async function readStateFile<T>(file: string, schema: z.ZodType<T>): Promise<StateFileRead<T>> {
@@ -57,8 +57,8 @@ export async function readStateFile<T>(file: string, schema: z.ZodType<T>): Prom
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return { status: "missing" };
     return { status: "unreadable", error: err };
   }
-  const value = parseJsonAs(text, schema);
-  return value === undefined ? { status: "corrupt" } : { status: "loaded", value };
+  const checked = checkJson(text, schema);
+  return checked.ok ? { status: "loaded", value: checked.value } : { status: "corrupt", problem: checked.problem };
 }
 
 /** Throws StateFileError when something other than a regular file (or nothing) is at `file`. */

@@ -20,8 +20,8 @@ import { SaveLoop } from "./save-loop.js";
 export interface StateFileOptions<T> {
   file: string;
   schema: z.ZodType<T>;
-  /** The state to write, as it is now: called when a write starts. */
-  snapshot: () => T;
+  /** The state to write, as it is now: called when a write starts (async for state that must be gathered, like a metrics registry's). */
+  snapshot: () => T | Promise<T>;
   /** Default 0o640; 0o600 for files that name requesters. */
   mode?: number;
   writer?: "async" | "thread";
@@ -59,9 +59,9 @@ export class StateFile<T> {
   }
 
   private async write(): Promise<void> {
-    const body = `${JSON.stringify(this.options.snapshot())}\n`;
     const mode = this.options.mode ?? 0o640;
     try {
+      const body = `${JSON.stringify(await this.options.snapshot())}\n`;
       await (this.options.writer === "thread" ? writeFileAtomicOffThread(this.file, body, mode) : writeFileAtomic(this.file, body, mode));
     } catch (err) {
       this.options.onSaved?.(errorMessage(err));

@@ -80,11 +80,18 @@ describe("JobStore", () => {
     const { store: jobs, stateDir, lines } = await store();
     await writeFile(join(stateDir, "jobs.json"), '{"version": 1, "jobs": [{"id": "nope"');
     expect(await jobs.load()).toEqual([]);
-    expect(lines).toContainEqual(expect.objectContaining({ msg: "the saved job queue is unreadable; starting with an empty queue" }));
+    expect(lines).toContainEqual(expect.objectContaining({ msg: "the saved job queue is unreadable; starting with an empty queue", problem: expect.stringMatching(/^not JSON: /) }));
     const files = await readdir(stateDir);
     const aside = files.find((f) => f.startsWith("jobs.json.damaged-"));
     expect(aside).toBeDefined();
     expect(await readFile(join(stateDir, aside!), "utf8")).toContain('"nope"');
+  });
+
+  it("says which field of a damaged file is wrong", async () => {
+    const { store: jobs, stateDir, lines } = await store();
+    await writeFile(join(stateDir, "jobs.json"), JSON.stringify({ version: 1, jobs: [{ id: "nope" }] }));
+    expect(await jobs.load()).toEqual([]);
+    expect(lines).toContainEqual(expect.objectContaining({ level: 50, problem: expect.stringMatching(/^jobs\.0\.id: /) }));
   });
 
   it("starts empty when nothing was ever saved", async () => {

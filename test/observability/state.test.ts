@@ -3,7 +3,7 @@ import { mkdtemp, readFile, readdir, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { StatePersister, StateStore, type MetricsState } from "../../src/observability/state.js";
+import { MetricsStateFile, type MetricsState } from "../../src/observability/state.js";
 import { memoryLogger } from "../support/logger.js";
 
 const state: MetricsState = {
@@ -17,13 +17,20 @@ const state: MetricsState = {
   hostLastSuccess: [{ repo: "nixos-servers", host: "ns1", value: 1_760_000_000.5 }],
 };
 
-async function store() {
+/** A metrics state file in a fresh directory (or `sub` below it) that saves `snapshot`'s metrics. */
+async function store(snapshot: () => Promise<MetricsState> = async () => state, sub?: string) {
   const dir = await mkdtemp(join(tmpdir(), "hd-state-unit-"));
   const { logger, lines } = memoryLogger();
-  return { dir, lines, store: new StateStore({ dir, logger }) };
+  return { dir, lines, store: new MetricsStateFile({ dir: sub ? join(dir, sub) : dir, logger, snapshot }) };
 }
 
-describe("StateStore", () => {
+/** Saves what the snapshot gives now and waits until it is written. */
+async function save(file: MetricsStateFile): Promise<void> {
+  file.request();
+  await file.flush();
+}
+
+describe("MetricsStateFile: loading", () => {
   it("loads a file written before per-host last-success times existed", async () => {
     const { dir, store: s } = await store();
     const { hostLastSuccess: _, ...older } = state;
@@ -33,7 +40,7 @@ describe("StateStore", () => {
 
   it("saves and loads the same metrics, leaving only metrics.json behind", async () => {
     const { dir, store: s, lines } = await store();
-    await s.save(state);
+    await save(s);
     expect(await s.load()).toEqual(state);
     expect(await readdir(dir)).toEqual(["metrics.json"]);
     expect((await stat(join(dir, "metrics.json"))).mode & 0o777).toBe(0o640);
@@ -43,10 +50,8 @@ describe("StateStore", () => {
   });
 
   it("creates the state directory when it is missing", async () => {
-    const { dir } = await store();
-    const { logger } = memoryLogger();
-    const nested = new StateStore({ dir: join(dir, "a", "b"), logger });
-    await nested.save(state);
+    const { store: nested } = await store(async () => state, join("a", "b"));
+    await save(nested);
     expect(await nested.load()).toEqual(state);
   });
 
@@ -72,38 +77,28 @@ describe("StateStore", () => {
   });
 });
 
-describe("StatePersister", () => {
+describe("MetricsStateFile: saving", () => {
   it("folds a burst of changes into few writes and always saves the last one", async () => {
-    const { store: s } = await store();
-    const { logger } = memoryLogger();
     let snapshots = 0;
     let successes = 0;
-    const persister = new StatePersister({
-      store: s,
-      logger,
-      snapshot: async () => {
-        snapshots += 1;
-        return { ...state, builds: [{ repo: "nixos-servers", status: "success", value: successes }] };
-      },
+    const { store: s } = await store(async () => {
+      snapshots += 1;
+      return { ...state, builds: [{ repo: "nixos-servers", status: "success", value: successes }] };
     });
     for (let i = 1; i <= 50; i++) {
       successes = i;
-      persister.request();
+      s.request();
     }
-    await persister.flush();
+    await s.flush();
     expect(snapshots).toBeLessThanOrEqual(2);
     expect((await s.load())?.builds).toEqual([{ repo: "nixos-servers", status: "success", value: 50 }]);
   });
 
   it("logs a failed write and carries on", async () => {
-    const { dir } = await store();
-    await writeFile(join(dir, "file"), "");
-    const { logger, lines } = memoryLogger();
     // A state directory below a regular file cannot be created, not even by root.
-    const broken = new StateStore({ dir: join(dir, "file", "state"), logger });
-    const persister = new StatePersister({ store: broken, logger, snapshot: async () => state });
-    persister.request();
-    await persister.flush();
+    const { dir, store: broken, lines } = await store(async () => state, join("file", "state"));
+    await writeFile(join(dir, "file"), "");
+    await save(broken);
     expect(lines.filter((l) => (l.level ?? 0) >= 40)).toEqual([
       expect.objectContaining({ file: join(dir, "file", "state", "metrics.json"), err: expect.stringMatching(/ENOTDIR|EEXIST/) }),
     ]);

@@ -102,7 +102,7 @@ export class GcRoots {
     const read = await this.saves.read();
     if (read.status === "loaded") for (const root of read.value.roots) booked.set(root.link, root);
     else if (read.status === "unreadable") this.options.logger.warn({ file: this.file, err: errorMessage(read.error) }, "the GC root bookkeeping was not loaded");
-    else if (read.status === "corrupt") this.options.logger.warn({ file: this.file }, "the GC root bookkeeping is unreadable; the root links themselves are kept");
+    else if (read.status === "corrupt") this.options.logger.warn({ file: this.file, problem: read.problem }, "the GC root bookkeeping is unreadable; the root links themselves are kept");
     this.roots = [];
     for (const repo of await names(this.dir)) {
       if (!isValidRepoName(repo)) continue;

@@ -62,7 +62,7 @@ export class BuildHistory {
       return;
     }
     if (read.status === "corrupt") {
-      this.options.logger.warn({ file: this.file }, "the build history file is unreadable; starting a fresh history");
+      this.options.logger.warn({ file: this.file, problem: read.problem }, "the build history file is unreadable; starting a fresh history");
       return;
     }
     const parsed = read.value;
