@@ -19,6 +19,20 @@ export function isStorePath(path: string): boolean {
   return STORE_PATH_RE.test(path) && !path.includes("/../") && !path.includes("/./");
 }
 
+/**
+ * The store directory nix uses in this process's environment, as nix
+ * itself decides it: NIX_STORE_DIR, else NIX_STORE, else /nix/store.
+ */
+export function storeDir(env: NodeJS.ProcessEnv = process.env): string {
+  const dir = env["NIX_STORE_DIR"] || env["NIX_STORE"] || "/nix/store";
+  return dir.length > 1 ? dir.replace(/\/+$/, "") : dir;
+}
+
+/** A store path directly in `dir` (not merely shaped like one somewhere else). */
+export function isStorePathIn(path: string, dir: string): boolean {
+  return isStorePath(path) && path.slice(0, path.lastIndexOf("/")) === dir;
+}
+
 export const StorePathSchema = z.string().refine(isStorePath, { message: "expected a nix store path" });
 export const DrvPathSchema = z.string().refine((p) => isStorePath(p) && DRV_PATH_RE.test(p), { message: "expected a store derivation (.drv)" });
 

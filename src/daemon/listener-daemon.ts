@@ -19,6 +19,7 @@ import { ProcessLedger } from "../nix/process-ledger.js";
 import { NixStore } from "../nix/store.js";
 import { HttpServer } from "../observability/http-server.js";
 import { Readiness } from "../observability/readiness.js";
+import { storeDir } from "../store-path.js";
 import { VERSION } from "../version.js";
 import { seedSourceOf, stoppable, type Daemon } from "./daemon.js";
 
@@ -48,6 +49,7 @@ export async function startListenerDaemon(config: ListenerConfig, logger: Logger
     tier,
     roles: config.roles,
     repo: config.repo,
+    storeDir: storeDir(),
     version: VERSION,
     rollback: config.rollback,
     health: config.health,

@@ -35,6 +35,7 @@ import {
 import { errorMessage } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { Changes } from "../protocol.js";
+import { isStorePathIn } from "../store-path.js";
 import { Responder, type Conversation } from "../nats/responder.js";
 import type { NatsTransport } from "../nats/transport.js";
 import type { NixStore } from "../nix/store.js";
@@ -58,6 +59,8 @@ export interface ListenerOptions {
   tier: string;
   roles: readonly string[];
   repo: { name: string; url: string };
+  /** The store nix uses here: a requested toplevel must be in it. */
+  storeDir: string;
   version: string;
   rollback: boolean;
   health: { commands: string[][]; timeout: number; confirmTimeout: number };
@@ -199,6 +202,9 @@ export class Listener {
     if (!body.ok) return this.reject(reply, "invalid_request", body.error);
     const { action, ref, toplevel } = body.value;
     const { host } = this.options;
+    if (toplevel !== undefined && !isStorePathIn(toplevel, this.options.storeDir)) {
+      return this.reject(reply, "invalid_request", `${toplevel} is not in this host's Nix store (${this.options.storeDir}); nothing was switched`);
+    }
     if (toplevel !== undefined && !isSystemOfHost(toplevel, host)) {
       return this.reject(reply, "wrong_host", `${toplevel} is not a NixOS system of ${host} (expected nixos-system-${host}-…); nothing was switched`);
     }

@@ -298,6 +298,10 @@ describe("refusals", () => {
     const outside = await deploy("deploy.test.web1", { toplevel: "/etc/nixos-system-web1-1" });
     expect(outside.final).toMatchObject({ type: "rejected", code: "invalid_request" });
     expect(outside.final.error).toMatch(/^malformed request body: toplevel: expected a nix store path/);
+    // Shaped like a store path, but in another directory: never handed to nix.
+    const elsewhere = await deploy("deploy.test.web1", { toplevel: `${web1.root}/${"a".repeat(32)}-nixos-system-web1-1` });
+    expect(elsewhere.final).toMatchObject({ type: "rejected", code: "invalid_request" });
+    expect(elsewhere.final.error).toBe(`${web1.root}/${"a".repeat(32)}-nixos-system-web1-1 is not in this host's Nix store (/nix/store); nothing was switched`);
 
     const missing = (v2["web1"] as string).replace(/\/[0-9a-z]{32}-/, "/00000000000000000000000000000000-");
     const unknown = await deploy("deploy.test.web1", { toplevel: missing });
