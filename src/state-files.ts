@@ -28,6 +28,9 @@ export const LISTENER_STATE_FILES = {
   metrics: "listener-metrics.json",
 } as const;
 
+/** Not a state file: the listener's GC root for the system of its last deploy (src/listener/activation.ts). */
+export const LISTENER_SYSTEM_ROOT = "last-deployed-system";
+
 export type StateFileName = (typeof STATE_FILES)[keyof typeof STATE_FILES];
 
 export const STATE_FILE_NAMES: readonly StateFileName[] = Object.values(STATE_FILES);

@@ -5,6 +5,7 @@
  * in reverse. Like the builder's daemon it never exits the process itself:
  * `done` resolves with the exit code and the command exits.
  */
+import { join } from "node:path";
 import { natsServers } from "../config.js";
 import { errorMessage } from "../errors.js";
 import type { ListenerConfig } from "../listener-config.js";
@@ -19,6 +20,7 @@ import { ProcessLedger } from "../nix/process-ledger.js";
 import { NixStore } from "../nix/store.js";
 import { HttpServer } from "../observability/http-server.js";
 import { Readiness } from "../observability/readiness.js";
+import { LISTENER_SYSTEM_ROOT } from "../state-files.js";
 import { storeDir } from "../store-path.js";
 import { VERSION } from "../version.js";
 import { seedSourceOf, stoppable, type Daemon } from "./daemon.js";
@@ -40,7 +42,7 @@ export async function startListenerDaemon(config: ListenerConfig, logger: Logger
   });
   const metrics = new ListenerMetrics({ tier, host, version: VERSION, stateDir: config.stateDir, logger: logger.child({ component: "metrics" }) });
   await metrics.load();
-  const activation = new Activation({ nix, host, repoUrl: config.repo.url, system: config.system, timeouts: config.timeouts });
+  const activation = new Activation({ nix, host, repoUrl: config.repo.url, system: config.system, root: join(config.stateDir, LISTENER_SYSTEM_ROOT), timeouts: config.timeouts });
   let daemon: Daemon | undefined;
   // A deploy taken up at start may finish before the daemon below exists.
   let unitChanged = false;

@@ -22,6 +22,13 @@ export interface ActivationOptions {
   /** The flake URL of this host's configuration (deploys evaluated on the host). */
   repoUrl: string;
   system: SystemPaths;
+  /**
+   * A symlink the listener keeps as a GC root for the system of its last
+   * deploy: from the fetch or build on, so that a garbage collection before
+   * the profile or /run/current-system hold it (or after a `test` deploy,
+   * which sets no profile) cannot take it away. Replaced by the next deploy.
+   */
+  root: string;
   timeouts: { fetch: number; build: number; switch: number };
 }
 
@@ -68,7 +75,7 @@ export class Activation {
 
   /** Fetches a prebuilt toplevel and its closure from the substituters: no evaluation. */
   async fetch(toplevel: string, onProgress: (progress: NixProgress) => void): Promise<Step<string>> {
-    const built = await this.options.nix.realise(toplevel, { timeoutMs: this.options.timeouts.fetch, onProgress });
+    const built = await this.options.nix.realise(toplevel, { timeoutMs: this.options.timeouts.fetch, onProgress }, this.options.root);
     if (built.status !== "success") {
       return fail("realise_failed", `cannot fetch ${toplevel} from the substituters: ${built.error ?? built.status}`, built.logTail?.join("\n"));
     }
@@ -79,7 +86,7 @@ export class Activation {
   async build(ref: string | null, onProgress: (progress: NixProgress) => void): Promise<Step<string>> {
     const { repoUrl, host, nix } = this.options;
     if (ref !== null && !supportsRef(repoUrl)) return fail("build_failed", `the repo URL ${repoUrl} cannot be pinned to a ref`);
-    const built = await nix.buildHost(flakeUrlWithRef(repoUrl, ref), host, { timeoutMs: this.options.timeouts.build, onProgress });
+    const built = await nix.buildHost(flakeUrlWithRef(repoUrl, ref), host, { timeoutMs: this.options.timeouts.build, onProgress }, this.options.root);
     if (built.status !== "success" || !built.storePath) {
       return fail("build_failed", `building ${host} from ${repoUrl}${ref ? ` at ${ref}` : ""} failed: ${built.error ?? built.status}`, built.logTail?.join("\n"));
     }

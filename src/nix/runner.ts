@@ -8,6 +8,7 @@
  * `--json` instead of `--print-out-paths` (absent in 2.8), and `-L` *before*
  * `--log-format internal-json` (in 2.8 a later `-L` resets the format).
  */
+import { readlink } from "node:fs/promises";
 import { stripVTControlCharacters } from "node:util";
 import { dirname, join } from "node:path";
 import { z } from "zod";
@@ -195,9 +196,13 @@ export class NixRunner {
     return failure ?? { ok: true, value: run.stdout.trim() };
   }
 
-  /** Evaluates and builds one host: `nix build` (uses nix's own eval cache). */
-  async buildHost(lockedUrl: string, host: string, options: RunOptions): Promise<HostBuild> {
-    const args = ["build", "-L", ...LOG_JSON, "--no-link", "--json"];
+  /**
+   * Evaluates and builds one host: `nix build` (uses nix's own eval cache).
+   * `root`: a symlink made a GC root for the result (`--out-link`), for a
+   * result that must stay in the store after nix exits; without it, none.
+   */
+  async buildHost(lockedUrl: string, host: string, options: RunOptions, root?: string): Promise<HostBuild> {
+    const args = ["build", "-L", ...LOG_JSON, ...(root ? ["--out-link", root] : ["--no-link"]), "--json"];
     if (this.options.keepGoing) args.push("--keep-going");
     args.push(toplevelInstallable(lockedUrl, host));
     const run = await this.run(args, options);
@@ -208,13 +213,16 @@ export class NixRunner {
    * Builds an already evaluated toplevel (a .drv), or fetches a store path
    * from the substituters (nix checks their signatures). `nix-store --realise` works on
    * Nix 2.8 and current Nix alike (`nix build <drv>^*` does not exist in 2.8).
+   * `root`: a symlink made a GC root for the result (`--add-root`,
+   * `--indirect` for 2.8), as for buildHost.
    */
-  async realise(drvPath: string, options: RunOptions): Promise<HostBuild> {
-    const args = [...LOG_JSON, "--realise", drvPath];
+  async realise(drvPath: string, options: RunOptions, root?: string): Promise<HostBuild> {
+    const args = [...LOG_JSON, "--realise", drvPath, ...(root ? ["--add-root", root, "--indirect"] : [])];
     if (this.options.keepGoing) args.push("--keep-going");
     const run = await this.run(args, options, this.nixStoreBin);
     if (run.outcome === "exited" && run.exitCode === 0) {
-      const storePath = run.stdout.split("\n").find((line) => isStorePath(line.trim()));
+      // With a root, nix prints the root's path: the result is where it points.
+      const storePath = root ? await readlink(root).catch(() => undefined) : run.stdout.split("\n").find((line) => isStorePath(line.trim()));
       if (storePath) return { status: "success", durationMs: run.durationMs, storePath: storePath.trim() };
     }
     return hostBuildFrom(run, this.nixStoreBin);

@@ -11,7 +11,7 @@
  */
 import type { NatsConnection } from "nats";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -60,6 +60,23 @@ const tempDir = () => mkdtemp(join(tmpdir(), "hd-listener-test-"));
 const types = (inbox: Inbox) => inbox.messages.filter((m) => m.type !== "progress").map((m) => m.type);
 
 describe("deploying a prebuilt system", () => {
+  it("keeps the deployed system as a GC root: a garbage collection while it activates, or after a `test` deploy (no profile), leaves it in the store", async () => {
+    const web1 = await listenerOn("web1");
+    // The switch sleeps 5 s: the collection runs while the new system is
+    // fetched but held by neither a profile nor a running system's link.
+    await web1.knob("slow-switch", v2["web1"]!);
+    const inbox = await Inbox.open(deployer, "deploy.responses.");
+    cleanups.push(async () => inbox.close());
+    inbox.send("deploy.test.web1", { action: "test", toplevel: v2["web1"] });
+    await inbox.waitFor((m) => m.type === "activating", 60_000);
+    await web1.nix("nix-store", ["--gc"]);
+    expect(web1.hasPath(v2["web1"]!)).toBe(true);
+    expect(await inbox.final(60_000)).toMatchObject({ type: "completed", status: "success", toplevel: v2["web1"] });
+    await web1.nix("nix-store", ["--gc"]);
+    expect(web1.hasPath(v2["web1"]!)).toBe(true);
+    expect(await readlink(join(web1.root, "state", "last-deployed-system"))).toBe(v2["web1"]);
+  }, 120_000);
+
   it("switches each listener to exactly the builder's store path, fetched from the signed cache", async () => {
     const [web1, web2] = await Promise.all([listenerOn("web1"), listenerOn("web2")]);
     for (const [listener, host] of [

@@ -43,7 +43,7 @@ async function setup() {
   const paths = { profile: join(dir, "profiles", "system"), current: join(dir, "current"), booted: join(dir, "booted") };
   await mkdir(join(dir, "profiles"));
   const nix = new NixRunner({ nixBin: "nix", killGraceMs: 1_000, logTailLines: 20 });
-  const activation = new Activation({ nix, host: "web1", repoUrl: "git+file:///nonexistent", system: paths, timeouts: { fetch: 60_000, build: 60_000, switch: 60_000 } });
+  const activation = new Activation({ nix, host: "web1", repoUrl: "git+file:///nonexistent", system: paths, root: join(dir, "last-deployed-system"), timeouts: { fetch: 60_000, build: 60_000, switch: 60_000 } });
   return { dir, log, paths, activation };
 }
 

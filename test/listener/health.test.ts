@@ -14,6 +14,7 @@ const activation = new Activation({
   host: "web1",
   repoUrl: "git+file:///nonexistent",
   system: { profile: "/nonexistent/profile", current: "/nonexistent/current", booted: "/nonexistent/booted" },
+  root: "/nonexistent/last-deployed-system",
   timeouts: { fetch: 1_000, build: 1_000, switch: 1_000 },
 });
 
