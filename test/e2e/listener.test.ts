@@ -218,7 +218,11 @@ describe("rollback", () => {
     cleanups.push(async () => process.kill(fixture.nats.pid(), "SIGCONT"));
     inbox.send("deploy.test.web1", { toplevel: v2["web1"] });
     // The listener gives up on NATS and rolls back while the server is stopped.
-    await eventually(async () => ((await web1.activations()).length === 2 ? true : undefined), "the rollback's switch", 60_000);
+    await eventually(async () => ((await web1.activations()).length === 2 ? true : undefined), "the rollback's switch", 60_000).catch(async (err: Error) => {
+      // Failed once in a fresh-clone run and never again: say what the listener did.
+      const said = web1.process.logs.slice(-20).map((l) => [l.msg, l["code"] ?? l["err"] ?? l["error"] ?? ""].filter(Boolean).join(" "));
+      throw new Error(`${err.message}; activations: ${JSON.stringify(await web1.activations())}; deploy messages: ${JSON.stringify(inbox.messages.map((m) => m.type))}; the listener's last log lines: ${said.join(" | ")}`);
+    });
     process.kill(fixture.nats.pid(), "SIGCONT");
     const final = await inbox.final(60_000);
     expect(final).toMatchObject({ status: "rolled_back", error: { code: "nats_unconfirmed" } });
