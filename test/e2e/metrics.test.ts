@@ -15,6 +15,7 @@ import { createFixtureFlake, type FixtureFlake } from "../support/flake.js";
 import { BUILD_DURATION_BUCKETS } from "../../src/observability/metrics.js";
 import { eventually, metricsBaseUrl, samplesOf, scrape, valueOf, type Exposition } from "../support/metrics.js";
 import { startNatsServer, type NatsServer } from "../support/nats-server.js";
+import { refusedPort } from "../support/ports.js";
 import { STATE_FILE_NAMES } from "../../src/state-files.js";
 
 let nats: NatsServer;
@@ -351,7 +352,7 @@ describe("/healthz and /readyz", () => {
   });
 
   it("answers /healthz and /readyz (not ready) while still waiting for NATS at start-up", async () => {
-    const unreachable = await extraBuilder({ natsUrl: `nats://127.0.0.1:${await closedPort()}` }, false);
+    const unreachable = await extraBuilder({ natsUrl: `nats://127.0.0.1:${await refusedPort()}` }, false);
     try {
       const url = await metricsBaseUrl(unreachable);
       expect((await fetch(`${url}/healthz`)).status).toBe(200);
@@ -423,10 +424,3 @@ function listenOn(port: number): Promise<Server> {
   });
 }
 
-/** A loopback port nothing listens on. */
-async function closedPort(): Promise<number> {
-  const server = await listenOn(0);
-  const port = (server.address() as { port: number }).port;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}

@@ -13,7 +13,8 @@ import { jsonLines, runCli } from "../support/cli.js";
 import { startBuilder, type BuilderProcess } from "../support/daemon.js";
 import { createFixtureFlake, type FixtureFlake } from "../support/flake.js";
 import { startNatsServer, type NatsServer } from "../support/nats-server.js";
-import { freePort, startRemoteBuilder, type RemoteBuilder } from "../support/sshd.js";
+import { refusedPort } from "../support/ports.js";
+import { startRemoteBuilder, type RemoteBuilder } from "../support/sshd.js";
 
 const run = promisify(execFile);
 
@@ -81,7 +82,7 @@ describe("nix remote builders", () => {
   }, 240_000);
 
   it("end in a host failure that names an unreachable remote builder", async () => {
-    const closed = await freePort();
+    const closed = await refusedPort();
     const builder = await builderUsing(`${remote.url} ${remote.machine.split(" ").slice(1).join(" ")}`, `-p ${closed} -o BatchMode=yes -o ConnectTimeout=10`);
     await flake.bump();
     const result = await runCli(["build", "cache", "web"], clientEnv());

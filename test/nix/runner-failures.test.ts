@@ -4,23 +4,14 @@
  * error, an evaluation that overflows the stack. Real nix, loopback only
  * (a failed DNS lookup is covered on recorded output in log.test.ts).
  */
-import { createServer } from "node:net";
 import { beforeAll, describe, expect, it } from "vitest";
 import { NixRunner } from "../../src/nix/runner.js";
 import { createFixtureFlake, type FixtureFlake } from "../support/flake.js";
+import { refusedPort } from "../support/ports.js";
 
 const runner = new NixRunner({ nixBin: "nix", killGraceMs: 500, logTailLines: 20, keepGoing: true });
 const run = { timeoutMs: 60_000 };
 
-/** A loopback port nobody listens on. */
-function closedPort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 function errorOf(outcome: { ok: boolean; error?: string }): string {
   expect(outcome.ok).toBe(false);
@@ -45,7 +36,7 @@ describe("fetch failures name their cause", () => {
   });
 
   it("a refused connection", async () => {
-    const port = await closedPort();
+    const port = await refusedPort();
     const error = errorOf(await runner.resolveFlake(`git+http://127.0.0.1:${port}/x`, null, run));
     expect(error).toMatch(new RegExp(`^fetching git\\+http://127\\.0\\.0\\.1:${port}/x: fatal: unable to access 'http://127\\.0\\.0\\.1:${port}/x/': .*Couldn't connect to server`));
   });
