@@ -431,12 +431,11 @@ export async function deployFleet(nc: NatsConnection, run: DeployRun, reporter: 
   const { tier, target, spec } = run;
   const ask = { ackTimeoutMs: run.ackTimeoutMs, signal, onInvalid };
   const only = target.kind === "host" ? { tier, host: target.host } : undefined;
-  const histories = run.prebuilt && !run.build ? new BuilderHistories(nc, ask) : undefined;
-  const onListener =
-    histories &&
-    ((l: DeployDiscoverResponse) => {
-      if (addressed([l], tier, target).length > 0) histories.ask(l.repo.name);
-    });
+  // Only a prebuilt deploy (without --build) needs the builders' history.
+  const histories = new BuilderHistories(nc, ask);
+  const onListener = (l: DeployDiscoverResponse) => {
+    if (run.prebuilt && !run.build && addressed([l], tier, target).length > 0) histories.ask(l.repo.name);
+  };
   const listeners = addressed(await discoverListeners(nc, { ...ask, only, onListener }), tier, target);
   if (listeners.length === 0) throw new NoBuilderError(`no listener of ${describeTarget(tier, target)} answered on deploy.discover; is the listener running on it?`);
   const follow = { ...ask, idleTimeoutMs: run.idleTimeoutMs, onMessage: (m: DeployResponse) => reporter.message(m) };
@@ -463,7 +462,7 @@ export async function deployFleet(nc: NatsConnection, run: DeployRun, reporter: 
         ? new Map([[target.host, await deployOne(nc, spec, { host: target.host, evaluatedBecause: "no_prebuilt" }, follow)]])
         : await deployTogether(nc, spec, target, hosts, follow);
   } else {
-    const built = await builderBuilds(histories ?? new BuilderHistories(nc, ask), listeners, spec.ref);
+    const built = await builderBuilds(histories, listeners, spec.ref);
     const plans: HostPlan[] = listeners.map((l) => {
       const found = built.get(l.host);
       return found ? { host: l.host, toplevel: found.toplevel } : { host: l.host, evaluatedBecause: "never_built" };
@@ -519,7 +518,10 @@ export async function listFleet(
 ): Promise<{ rows: FleetRow[]; noBuilder?: string | undefined }> {
   const shown = (l: DeployDiscoverResponse) => tier === undefined || l.tier === tier;
   const histories = new BuilderHistories(nc, ask);
-  const listeners = (await discoverListeners(nc, { ...ask, onListener: (l) => shown(l) && histories.ask(l.repo.name) })).filter(shown);
+  const onListener = (l: DeployDiscoverResponse) => {
+    if (shown(l)) histories.ask(l.repo.name);
+  };
+  const listeners = (await discoverListeners(nc, { ...ask, onListener })).filter(shown);
   if (listeners.length === 0) throw new NoBuilderError(`no listener${tier === undefined ? "" : ` of tier ${tier}`} answered on deploy.discover`);
   try {
     const builds = await histories.newest(listeners.map((l) => ({ host: l.host, repo: l.repo.name })), undefined);

@@ -1,4 +1,5 @@
 import type { z } from "zod";
+import { errorMessage } from "../errors.js";
 
 /**
  * Text that must be JSON of a known shape (nix's --json output, a cache
@@ -15,7 +16,7 @@ export function checkJson<T>(text: string, schema: z.ZodType<T>): { ok: true; va
   try {
     json = JSON.parse(text);
   } catch (err) {
-    return { ok: false, problem: `not JSON: ${(err as Error).message}` };
+    return { ok: false, problem: `not JSON: ${errorMessage(err)}` };
   }
   const parsed = schema.safeParse(json);
   return parsed.success ? { ok: true, value: parsed.data } : { ok: false, problem: describeIssue(parsed.error.issues[0]) };

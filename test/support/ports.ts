@@ -42,3 +42,8 @@ async function connectError(port: number): Promise<string | undefined> {
     socket.once("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? "error"));
   });
 }
+
+/** Whether something accepts connections on the loopback port (a server that has come up). */
+export async function accepts(port: number): Promise<boolean> {
+  return (await connectError(port)) === undefined;
+}

@@ -14,11 +14,10 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { execFile } from "node:child_process";
 import { chmod, mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
-import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { freePort } from "./ports.js";
+import { accepts, freePort } from "./ports.js";
 
 const run = promisify(execFile);
 export const SSHD = "/usr/sbin/sshd";
@@ -36,16 +35,6 @@ export interface RemoteBuilder {
   stop(): Promise<void>;
 }
 
-async function accepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect(port, "127.0.0.1");
-    socket.once("connect", () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once("error", () => resolve(false));
-  });
-}
 
 export async function startRemoteBuilder(): Promise<RemoteBuilder> {
   const dir = await mkdtemp(join(tmpdir(), "hd-remote-"));
