@@ -2,10 +2,12 @@
  * The durable queue's file: every accepted job (spec, requesters' reply
  * subjects, plan, per-host results so far, message number, interruptions)
  * in <stateDir>/jobs.json, so that a restart or a crash loses nothing that
- * was accepted. A StateFile (src/util/state-file.ts): written atomically
- * and durably by one coalescing writer on a thread of its own, `save`
- * resolving once a snapshot taken after the call is on disk — the queue
- * awaits it before a request is acknowledged.
+ * was accepted. A StateFile (src/util/state-file.ts) written in place (two
+ * slots in turn, each a header line and the queue's JSON: slot-file.ts),
+ * by one coalescing writer, `save` resolving once a snapshot taken after
+ * the call is on disk — the queue awaits it before a request is
+ * acknowledged. A plain-JSON jobs.json (from before the slots) is read as
+ * it is and replaced at the first write.
  */
 import { rename } from "node:fs/promises";
 import { join } from "node:path";
@@ -79,7 +81,7 @@ export class JobStore {
       schema: JobsFileSchema,
       snapshot: () => ({ version: 1 as const, jobs: options.snapshot().slice(0, options.maxJobs) }),
       mode: 0o600,
-      writer: "thread",
+      writer: "in-place",
       ...(options.onSaved ? { onSaved: options.onSaved } : {}),
     });
   }

@@ -3,7 +3,7 @@
  * bounded, and durable: it owns <stateDir>/jobs.json (job-store.ts), so
  * that "accepted means saved" lives in one place. A request is enqueued,
  * the queue saved (one write for every request that arrived meanwhile: a
- * group commit, on the state file writer's own thread), and only then
+ * group commit, written in place with the flush off the event loop), and only then
  * acknowledged and made a requester of its job; a job is handed out to run
  * only once every requester it waits for was acknowledged, so nobody hears
  * of a job before its `accepted`. Running nix and talking to requesters is

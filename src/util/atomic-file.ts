@@ -15,12 +15,9 @@
 import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import { mkdir, open, rename, unlink } from "node:fs/promises";
 import { dirname } from "node:path";
-import { Worker } from "node:worker_threads";
-import { StateFileError } from "../errors.js";
-import type { WriteAnswer, WriteRequest } from "./atomic-file-worker.js";
 import { assertReplaceable, assertReplaceableSync } from "./regular-file.js";
 
-export async function writeFileAtomic(file: string, body: string, mode = 0o640): Promise<void> {
+export async function writeFileAtomic(file: string, body: string | Uint8Array, mode = 0o640): Promise<void> {
   const dir = dirname(file);
   await mkdir(dir, { recursive: true, mode: 0o750 });
   await assertReplaceable(file);
@@ -30,7 +27,7 @@ export async function writeFileAtomic(file: string, body: string, mode = 0o640):
     await unlink(temp).catch(() => undefined);
     const handle = await open(temp, "wx", mode);
     try {
-      await handle.writeFile(body, "utf8");
+      await handle.writeFile(body);
       await handle.sync();
     } finally {
       await handle.close();
@@ -46,13 +43,10 @@ export async function writeFileAtomic(file: string, body: string, mode = 0o640):
 
 /**
  * The same, blocking: for the few small records that must be written
- * before the next line of code runs (a crash may come at any moment), and
- * for writes a request waits for: done in one go, they cost the event loop
- * a millisecond or two once, where each of the dozen steps of the async
- * version waits its turn on a busy event loop (measured in
- * docs/performance.md, "Accept latency"). `durable: false` skips the
- * fsyncs, for records that only need to survive the process (a power cut
- * would end what they describe anyway).
+ * before the next line of code runs (a crash may come at any moment).
+ * `durable: false` skips the fsyncs, for records that only need to survive
+ * the process (a power cut would end what they describe anyway). Writes a
+ * request waits for go in place instead (slot-file.ts).
  */
 export function writeFileAtomicSync(file: string, body: string, mode = 0o640, { durable = true } = {}): void {
   const dir = dirname(file);
@@ -102,72 +96,3 @@ async function syncDirectory(dir: string): Promise<void> {
     await handle.close();
   }
 }
-
-/**
- * writeFileAtomicSync on a thread of its own: durable like it, without
- * blocking the event loop, and with a single wake-up of the event loop when
- * it is done. For writes a request waits for on a busy daemon: the async
- * version's dozen steps through libuv's pool each wait their turn behind
- * whatever keeps the event loop busy (a build's log flood), the blocking one
- * holds every other request for the disk's fsyncs (docs/performance.md,
- * "Accept latency"). One thread for the process, started at the first write
- * and kept (unref'd while idle); writes run one after another.
- */
-export function writeFileAtomicOffThread(file: string, body: string, mode = 0o640): Promise<void> {
-  return writerThread.write(file, body, mode);
-}
-
-class WriterThread {
-  private worker: Worker | undefined;
-  private readonly pending = new Map<number, { resolve: () => void; reject: (err: Error) => void }>();
-  private nextId = 1;
-
-  write(file: string, body: string, mode: number): Promise<void> {
-    const worker = (this.worker ??= this.start());
-    const id = this.nextId++;
-    const request: WriteRequest = { id, file, body, mode };
-    return new Promise<void>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      // Held while a write is pending: the process must not end under it.
-      if (this.pending.size === 1) worker.ref();
-      worker.postMessage(request);
-    });
-  }
-
-  private start(): Worker {
-    // Built: the .js beside this file. Under the TypeScript sources (the
-    // unit tests), the .ts one, loaded through tsx (a dev dependency).
-    const ext = import.meta.url.endsWith(".ts") ? ".ts" : ".js";
-    const module = new URL(`./atomic-file-worker${ext}`, import.meta.url).href;
-    const boot = `const { workerData } = require("node:worker_threads");
-(async () => {
-  if (workerData.module.endsWith(".ts")) (await import("tsx/esm/api")).register();
-  await import(workerData.module);
-})();`;
-    const worker = new Worker(boot, { eval: true, workerData: { module } });
-    worker.unref();
-    worker.on("message", (answer: WriteAnswer) => this.settle(answer));
-    const lost = (err: Error) => {
-      if (this.worker === worker) this.worker = undefined;
-      for (const { reject } of this.pending.values()) reject(err);
-      this.pending.clear();
-    };
-    worker.on("error", lost);
-    worker.on("exit", (code) => lost(new Error(`the state file writer thread exited (${code})`)));
-    return worker;
-  }
-
-  private settle(answer: WriteAnswer): void {
-    const waiter = this.pending.get(answer.id);
-    if (!waiter) return;
-    this.pending.delete(answer.id);
-    if (this.pending.size === 0) this.worker?.unref();
-    if (!answer.error) return waiter.resolve();
-    const { name, message, code } = answer.error;
-    const err: NodeJS.ErrnoException = name === "StateFileError" ? new StateFileError(message) : new Error(message);
-    if (code) err.code = code;
-    waiter.reject(err);
-  }
-}
-
-const writerThread = new WriterThread();

@@ -25,6 +25,11 @@ function refused(file: string, what: string): StateFileError {
 
 /** The file's text; ENOENT and other read errors are thrown as they are, a non-regular file as StateFileError. */
 export async function readRegularFile(file: string): Promise<string> {
+  return (await readRegularFileBytes(file)).toString("utf8");
+}
+
+/** The same, as bytes. */
+export async function readRegularFileBytes(file: string): Promise<Buffer> {
   const handle = await open(file, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW).catch(async (err: NodeJS.ErrnoException) => {
     // O_NOFOLLOW on a symlink fails with ELOOP: say what is there.
     if (err.code === "ELOOP") throw refused(file, "a symbolic link");
@@ -33,7 +38,7 @@ export async function readRegularFile(file: string): Promise<string> {
   try {
     const stats = await handle.stat();
     if (!stats.isFile()) throw refused(file, kind(stats));
-    return await handle.readFile("utf8");
+    return await handle.readFile();
   } finally {
     await handle.close();
   }

@@ -3,19 +3,22 @@
  * (never blocking on a FIFO, checked against its schema: readStateFile),
  * then saved after every change by one coalescing writer (SaveLoop: a burst
  * of changes is one write, a write always takes the state as it is when it
- * starts), each write atomic and durable (atomic-file.ts).
+ * starts), each write atomic and durable.
  *
  * Two ways to write: "async" (default) for files written behind the work
- * (history, GC roots, metrics state): nobody waits for them; "thread" for
- * files a request waits for (the builder's job queue: a request is
- * acknowledged once its job is on disk), written on a thread of their own
- * so that neither the event loop nor the request waits behind the other.
+ * (history, GC roots, metrics state): nobody waits for them, and each write
+ * replaces the file (atomic-file.ts); "in-place" for files a request waits
+ * for (the builder's job queue: a request is acknowledged once its job is
+ * on disk): two slots overwritten in turn (slot-file.ts), one data flush
+ * per write, the fdatasync off the event loop.
  */
 import type { z } from "zod";
 import { errorMessage } from "../errors.js";
-import { writeFileAtomic, writeFileAtomicOffThread } from "./atomic-file.js";
+import { checkJson } from "./json.js";
+import { writeFileAtomic } from "./atomic-file.js";
 import { readStateFile, type StateFileRead } from "./regular-file.js";
 import { SaveLoop } from "./save-loop.js";
+import { SlotFile } from "./slot-file.js";
 
 export interface StateFileOptions<T> {
   file: string;
@@ -24,7 +27,7 @@ export interface StateFileOptions<T> {
   snapshot: () => T | Promise<T>;
   /** Default 0o640; 0o600 for files that name requesters. */
   mode?: number;
-  writer?: "async" | "thread";
+  writer?: "async" | "in-place";
   /** Told after every write: undefined when it worked, else why it failed (for /readyz and metrics). */
   onSaved?: (error: string | undefined) => void;
 }
@@ -32,15 +35,21 @@ export interface StateFileOptions<T> {
 export class StateFile<T> {
   readonly file: string;
   private readonly loop: SaveLoop;
+  private readonly slots: SlotFile | undefined;
 
   constructor(private readonly options: StateFileOptions<T>) {
     this.file = options.file;
     this.loop = new SaveLoop(() => this.write());
+    if (options.writer === "in-place") this.slots = new SlotFile(options.file, options.mode ?? 0o640);
   }
 
   /** What is on disk; each caller decides what a missing, unreadable or corrupt file means. */
-  read(): Promise<StateFileRead<T>> {
-    return readStateFile(this.file, this.options.schema);
+  async read(): Promise<StateFileRead<T>> {
+    if (!this.slots) return readStateFile(this.file, this.options.schema);
+    const read = await this.slots.read();
+    if (read.status !== "loaded") return read;
+    const checked = checkJson(read.text, this.options.schema);
+    return checked.ok ? { status: "loaded", value: checked.value } : { status: "corrupt", problem: checked.problem };
   }
 
   /**
@@ -62,7 +71,7 @@ export class StateFile<T> {
     const mode = this.options.mode ?? 0o640;
     try {
       const body = `${JSON.stringify(await this.options.snapshot())}\n`;
-      await (this.options.writer === "thread" ? writeFileAtomicOffThread(this.file, body, mode) : writeFileAtomic(this.file, body, mode));
+      await (this.slots ? this.slots.write(body) : writeFileAtomic(this.file, body, mode));
     } catch (err) {
       this.options.onSaved?.(errorMessage(err));
       throw err;

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { JobStore, restoredJob, savedJob, type SavedJob } from "../../src/builder/job-store.js";
 import { Job } from "../../src/job.js";
+import { savedQueue } from "../support/jobs-file.js";
 import { memoryLogger } from "../support/logger.js";
 
 /** A store whose snapshot is `jobs.now` (what the queue holds at each write). */
@@ -52,7 +53,7 @@ describe("JobStore", () => {
       queue.now = made.slice(0, n + 1).map((job) => savedJob(job, false));
       await jobs.save();
       // What a caller finds on disk once its save resolved: at least its own job.
-      const file = JSON.parse(await readFile(join(stateDir, "jobs.json"), "utf8")) as { jobs: SavedJob[] };
+      const file = savedQueue(stateDir);
       onDisk.push(file.jobs.map((j) => j.id));
       expect(file.jobs.map((j) => j.id)).toContain(made[n]!.id);
     });
@@ -92,6 +93,20 @@ describe("JobStore", () => {
     await writeFile(join(stateDir, "jobs.json"), JSON.stringify({ version: 1, jobs: [{ id: "nope" }] }));
     expect(await jobs.load()).toEqual([]);
     expect(lines).toContainEqual(expect.objectContaining({ level: 50, problem: expect.stringMatching(/^jobs\.0\.id: /) }));
+  });
+
+  it("loads a plain-JSON jobs.json (written by a builder before the in-place slots) and writes slots over it at the next save", async () => {
+    const { store: jobs, jobs: queue, stateDir } = await store();
+    const old = new Job({ repo: "r", target: "h", ref: null });
+    old.requesters.add("build.responses.old");
+    await writeFile(join(stateDir, "jobs.json"), `${JSON.stringify({ version: 1, jobs: [savedJob(old, false)] })}\n`);
+    const loaded = await jobs.load();
+    expect(loaded.map((j) => [j.id, j.requesters])).toEqual([[old.id, ["build.responses.old"]]]);
+    const next = new Job({ repo: "r", target: "h2", ref: null });
+    queue.now = [...loaded, savedJob(next, false)];
+    await jobs.save();
+    expect((await readFile(join(stateDir, "jobs.json"), "latin1")).startsWith("homelab-deploy state slot 1 seq=1 ")).toBe(true);
+    expect(savedQueue(stateDir).jobs.map((j) => j.id)).toEqual([old.id, next.id]);
   });
 
   it("starts empty when nothing was ever saved", async () => {

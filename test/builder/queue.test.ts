@@ -1,10 +1,10 @@
 import { execFileSync } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { JobQueue } from "../../src/builder/queue.js";
+import { savedQueue } from "../support/jobs-file.js";
 import { memoryLogger } from "../support/logger.js";
 
 const spec = (target: string, ref: string | null = null) => ({ repo: "r", target, ref });
@@ -77,7 +77,7 @@ describe("JobQueue", () => {
     const acknowledged = ["r1", "r2"].map((reply) =>
       queue.enqueue(spec("a"), reply, (job) => {
         // Saved before acknowledged: the requester is in the file, not yet one of the job's.
-        const saved = JSON.parse(readFileSync(join(stateDir, "jobs.json"), "utf8")) as { jobs: Array<{ requesters: string[] }> };
+        const saved = savedQueue(stateDir);
         events.push(`ack ${reply}: saved ${saved.jobs[0]?.requesters.includes(reply)}, told ${job.requesters.has(reply)}`);
       }),
     );

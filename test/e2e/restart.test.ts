@@ -13,6 +13,7 @@ import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
 import type { CallToolResult, Progress } from "@modelcontextprotocol/sdk/types.js";
 import { describe, expect, it } from "vitest";
 import { cleanupsAfterEach } from "../support/cleanups.js";
+import { savedQueue } from "../support/jobs-file.js";
 import { CLI, jsonLines, spawnCli } from "../support/cli.js";
 import { spawnBuilder, startBuilder, type BuilderProcess } from "../support/daemon.js";
 import { createFixtureFlake, type FixtureFlake } from "../support/flake.js";
@@ -194,7 +195,7 @@ describe("the builder is stopped (SIGTERM) in the middle of `all`", () => {
     const { code } = await t.builder.stop("SIGTERM");
     expect(code).toBe(0);
     expect(await processesMatching(t.flake.dir)).toEqual([]);
-    const saved = JSON.parse(await readFile(join(JSON.parse(await readFile(t.builder.configFile, "utf8")).stateDir as string, "jobs.json"), "utf8"));
+    const saved = savedQueue(JSON.parse(await readFile(t.builder.configFile, "utf8")).stateDir as string);
     expect(saved.jobs.map((j: { target: string; running: boolean }) => [j.target, j.running])).toEqual([
       ["all", true],
       ["h01", false],

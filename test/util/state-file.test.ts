@@ -8,7 +8,7 @@ import { StateFile } from "../../src/util/state-file.js";
 
 const Schema = z.object({ version: z.literal(1), items: z.array(z.string()) });
 
-async function stateFile(writer: "async" | "thread") {
+async function stateFile(writer: "async" | "in-place") {
   const dir = await mkdtemp(join(tmpdir(), "hd-state-file-"));
   const items: string[] = [];
   const outcomes: Array<string | undefined> = [];
@@ -23,7 +23,7 @@ async function stateFile(writer: "async" | "thread") {
   return { dir, items, outcomes, state };
 }
 
-describe.each(["async", "thread"] as const)("StateFile (%s writer)", (writer) => {
+describe.each(["async", "in-place"] as const)("StateFile (%s writer)", (writer) => {
   it("reads nothing at first, then what was saved, with the mode asked for, and reports each write", async () => {
     const { items, outcomes, state } = await stateFile(writer);
     expect(await state.read()).toEqual({ status: "missing" });
@@ -33,7 +33,10 @@ describe.each(["async", "thread"] as const)("StateFile (%s writer)", (writer) =>
     await state.save();
     expect(await state.read()).toEqual({ status: "loaded", value: { version: 1, items: ["d1", "d2"] } });
     expect((await stat(state.file)).mode & 0o777).toBe(0o600);
-    expect(JSON.parse(await readFile(state.file, "utf8"))).toEqual({ version: 1, items: ["d1", "d2"] });
+    // What is on disk, read by a fresh reader (another process after a restart).
+    const again = new StateFile({ file: state.file, schema: Schema, snapshot: () => ({ version: 1 as const, items: [] }), writer });
+    expect(await again.read()).toEqual({ status: "loaded", value: { version: 1, items: ["d1", "d2"] } });
+    if (writer === "async") expect(JSON.parse(await readFile(state.file, "utf8"))).toEqual({ version: 1, items: ["d1", "d2"] });
     expect(outcomes).toEqual([undefined, undefined]);
   });
 
