@@ -103,6 +103,48 @@ export function parseNixLine(line: string): NixLine {
   return parsed.success ? parsed.data : { action: "ignored" };
 }
 
+/**
+ * A build's log line as nix writes it (nlohmann::json orders keys by name,
+ * in Nix 2.8 as in current Nix): `@nix {"action":"result","fields":[…],
+ * "id":N,"type":101}` (107 after a post-build hook). A build that prints a
+ * lot sends little else, and only the last few lines are ever shown, so
+ * these lines skip JSON.parse and the schema: the fields' JSON is kept as
+ * it is and decoded when the tail is read (about 0.2 µs a line instead of
+ * 2.2 µs, docs/performance.md "Accept latency"). Anything else takes the
+ * full parse.
+ */
+const LOG_LINE_START = '@nix {"action":"result","fields":[';
+const LOG_LINE_ID = '],"id":';
+const LOG_LINE_END = [',"type":101}', ',"type":107}'] as const;
+
+/** A log line kept undecoded: its derivation's name, and `fields` as nix wrote it (a JSON array). */
+interface RawLogLine {
+  drv: string | undefined;
+  fields: string;
+}
+
+/** The `id` and fields' JSON of a build log line, or undefined for any other line. */
+function rawLogLine(line: string): { id: number; fields: string } | undefined {
+  if (!line.startsWith(LOG_LINE_START) || !(line.endsWith(LOG_LINE_END[0]) || line.endsWith(LOG_LINE_END[1]))) return undefined;
+  const idAt = line.lastIndexOf(LOG_LINE_ID);
+  if (idAt < LOG_LINE_START.length - 1) return undefined;
+  const digits = line.slice(idAt + LOG_LINE_ID.length, line.length - LOG_LINE_END[0].length);
+  if (!/^\d{1,16}$/.test(digits)) return undefined;
+  return { id: Number(digits), fields: line.slice(LOG_LINE_START.length - 1, idAt + 1) };
+}
+
+function decodeLogLine(raw: RawLogLine): string {
+  let text = "";
+  try {
+    const fields = JSON.parse(raw.fields) as unknown;
+    if (Array.isArray(fields) && typeof fields[0] === "string") text = stripVTControlCharacters(fields[0]);
+  } catch {
+    // Not what nix writes; shown as it came rather than dropped.
+    text = stripVTControlCharacters(raw.fields);
+  }
+  return raw.drv ? `${raw.drv}> ${text}` : text;
+}
+
 export interface Counts {
   done: number;
   expected: number;
@@ -180,7 +222,7 @@ export class NixLogState {
   readonly plainErrors: string[] = [];
   /** True once nix started realising (building or substituting): evaluation is over. */
   realiseStarted = false;
-  private readonly tail: RingBuffer<string>;
+  private readonly tail: RingBuffer<string | RawLogLine>;
   private readonly activities = new Map<number, Activity>();
   private readonly transfers = new Map<number, number>();
   private finishedTransferBytes = 0;
@@ -193,6 +235,11 @@ export class NixLogState {
 
   /** Feeds one stderr line; returns true when the visible progress changed. */
   push(line: string): boolean {
+    const raw = rawLogLine(line);
+    if (raw) {
+      this.tail.push({ drv: this.activities.get(raw.id)?.name || undefined, fields: raw.fields });
+      return false;
+    }
     const event = parseNixLine(line);
     switch (event.action) {
       case "plain":
@@ -214,7 +261,7 @@ export class NixLogState {
   }
 
   logTail(): string[] {
-    return this.tail.toArray();
+    return this.tail.toArray().map((line) => (typeof line === "string" ? line : decodeLogLine(line)));
   }
 
   /**

@@ -90,6 +90,46 @@ describe("NixLogState on a recorded evaluation error", () => {
   });
 });
 
+describe("build log lines (read without JSON.parse until the tail is shown)", () => {
+  const start = '@nix {"action":"start","fields":["/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-hello-2.12.drv","",1,1],"id":7,"level":3,"parent":0,"text":"building","type":105}';
+  const texts = ['plain', 'quote " and \\ backslash', "tab\tand unicode ✓ \u00e9", "\u001b[31mred\u001b[0m", "ends with ],\"id\":1,\"type\":101}", ""];
+
+  it("shows each line as nix meant it: escapes decoded, colours removed, tagged with its derivation", () => {
+    const state = new NixLogState(20);
+    state.push(start);
+    for (const text of texts) state.push(`@nix {"action":"result","fields":[${JSON.stringify(text)}],"id":7,"type":101}`);
+    state.push('@nix {"action":"result","fields":["after the hook"],"id":7,"type":107}');
+    state.push('@nix {"action":"result","fields":["no such activity"],"id":99,"type":101}');
+    expect(state.logTail()).toEqual([
+      "hello-2.12> plain",
+      'hello-2.12> quote " and \\ backslash',
+      "hello-2.12> tab\tand unicode ✓ é",
+      "hello-2.12> red",
+      'hello-2.12> ends with ],"id":1,"type":101}',
+      "hello-2.12> ",
+      "hello-2.12> after the hook",
+      "no such activity",
+    ]);
+  });
+
+  it("takes the full parse for the same event written another way (keys in another order), with the same result", () => {
+    const state = new NixLogState(5);
+    state.push(start);
+    state.push('@nix {"id":7,"type":101,"action":"result","fields":["reordered"]}');
+    state.push('@nix {"action":"result","fields":["spaced"], "id":7, "type":101}');
+    expect(state.logTail()).toEqual(["hello-2.12> reordered", "hello-2.12> spaced"]);
+  });
+
+  it("still follows progress between log lines", () => {
+    const state = new NixLogState(5);
+    state.push('@nix {"action":"start","fields":[],"id":1,"level":0,"parent":0,"text":"","type":104}');
+    state.push(start);
+    state.push('@nix {"action":"result","fields":["x"],"id":7,"type":101}');
+    expect(state.push('@nix {"action":"result","fields":[0,1,1,0],"id":1,"type":105}')).toBe(true);
+    expect(state.progress.derivations).toEqual({ done: 0, expected: 1, running: 1, failed: 0 });
+  });
+});
+
 describe("NixLogState memory", () => {
   it("stays bounded however many lines nix prints", () => {
     const state = new NixLogState(50);
