@@ -62,6 +62,11 @@ export async function readStateFile<T>(file: string, schema: z.ZodType<T>): Prom
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return { status: "missing" };
     return { status: "unreadable", error: err };
   }
+  return stateFileText(text, schema);
+}
+
+/** A state file's text checked against `schema`: loaded, or corrupt saying why. */
+export function stateFileText<T>(text: string, schema: z.ZodType<T>): Extract<StateFileRead<T>, { status: "loaded" | "corrupt" }> {
   const checked = checkJson(text, schema);
   return checked.ok ? { status: "loaded", value: checked.value } : { status: "corrupt", problem: checked.problem };
 }

@@ -50,7 +50,7 @@ export type SlotFileRead =
   | { status: "loaded"; text: string };
 
 /** Where the next write goes: known from the last read or write of this file by this process. */
-interface Layout {
+export interface SlotLayout {
   slotBytes: number;
   newest: 0 | 1;
   seq: number;
@@ -59,7 +59,7 @@ interface Layout {
 type Slot = { ok: true; seq: number; text: string } | { ok: false; problem: string };
 
 export class SlotFile {
-  private layout: Layout | undefined;
+  private layout: SlotLayout | undefined;
 
   constructor(
     readonly file: string,
@@ -132,7 +132,7 @@ export class SlotFile {
 }
 
 /** A slot file's bytes (or a plain JSON file's): its newest intact text, and where the next write goes. */
-export function decodeSlotFile(data: Buffer): { status: "loaded"; text: string; layout?: Layout } | { status: "corrupt"; problem: string } {
+export function decodeSlotFile(data: Buffer): { status: "loaded"; text: string; layout?: SlotLayout } | { status: "corrupt"; problem: string } {
   // Plain JSON: written before slots, or by hand. The first write replaces it.
   if (data[0] === 0x7b) return { status: "loaded", text: data.toString("utf8") };
   if (data.length === 0 || data.length % 2 !== 0) {

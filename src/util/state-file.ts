@@ -14,9 +14,8 @@
  */
 import type { z } from "zod";
 import { errorMessage } from "../errors.js";
-import { checkJson } from "./json.js";
 import { writeFileAtomic } from "./atomic-file.js";
-import { readStateFile, type StateFileRead } from "./regular-file.js";
+import { readStateFile, stateFileText, type StateFileRead } from "./regular-file.js";
 import { SaveLoop } from "./save-loop.js";
 import { SlotFile } from "./slot-file.js";
 
@@ -47,9 +46,7 @@ export class StateFile<T> {
   async read(): Promise<StateFileRead<T>> {
     if (!this.slots) return readStateFile(this.file, this.options.schema);
     const read = await this.slots.read();
-    if (read.status !== "loaded") return read;
-    const checked = checkJson(read.text, this.options.schema);
-    return checked.ok ? { status: "loaded", value: checked.value } : { status: "corrupt", problem: checked.problem };
+    return read.status === "loaded" ? stateFileText(read.text, this.options.schema) : read;
   }
 
   /**
