@@ -35,7 +35,9 @@ import { readRegularFileBytes } from "./regular-file.js";
 
 const fdatasyncAsync = promisify(fdatasync);
 
-const HEADER = /^homelab-deploy state slot 1 seq=(\d{1,15}) bytes=(\d{1,12}) sha256=([0-9a-f]{64})\n/;
+/** What starts every slot: names the file's kind and the format's version for whoever opens it. */
+const MAGIC = "homelab-deploy state slot 1";
+const HEADER = new RegExp(`^${MAGIC} seq=(\\d{1,15}) bytes=(\\d{1,12}) sha256=([0-9a-f]{64})\n`);
 /** Longer than any header HEADER accepts: where a read stops looking for its end. */
 const HEADER_MAX = 160;
 /** The smallest slot made: room for a queue of a few dozen jobs without growing. */
@@ -152,7 +154,7 @@ export function decodeSlotFile(data: Buffer): { status: "loaded"; text: string; 
 function encodeSlot(seq: number, text: string): Buffer {
   const body = Buffer.from(text, "utf8");
   const sha = createHash("sha256").update(body).digest("hex");
-  return Buffer.concat([Buffer.from(`homelab-deploy state slot 1 seq=${seq} bytes=${body.length} sha256=${sha}\n`, "latin1"), body]);
+  return Buffer.concat([Buffer.from(`${MAGIC} seq=${seq} bytes=${body.length} sha256=${sha}\n`, "latin1"), body]);
 }
 
 function decodeSlot(slot: Buffer): Slot {
