@@ -15,8 +15,6 @@ import type { NixRunner, Outcome } from "../nix/runner.js";
 import { Readiness } from "./readiness.js";
 import { MetricsStateFile, STATE_FILE_NAME } from "./state.js";
 import type { StateHealth } from "./state-health.js";
-import { assertReplaceable } from "../util/regular-file.js";
-import { errorMessage } from "../errors.js";
 import { STATE_FILE_NAMES } from "../state-files.js";
 import type { NatsTransport } from "../nats/transport.js";
 import { VERSION } from "../version.js";
@@ -57,9 +55,8 @@ export async function startObservability(config: Config, logger: Logger, parts: 
     snapshot: () => metrics.snapshot(),
     onSaved: (error) => stateHealth.record(STATE_FILE_NAME, error),
   });
-  // A FIFO (or directory, …) where the file belongs cannot be replaced:
-  // say so from the start, not only after the first build.
-  await assertReplaceable(metricsState.file).catch((err: unknown) => stateHealth.record(STATE_FILE_NAME, errorMessage(err)));
+  // A FIFO (or directory, …) at metrics.json is already in stateHealth: the
+  // daemon checks every state file before it starts this (daemon.ts).
   const saved = await metricsState.load();
   if (saved) {
     const dropped = metrics.restore(saved);
